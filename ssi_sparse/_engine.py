@@ -1,0 +1,184 @@
+"""Numeric engine: factorize the stencil values with a plan, then solve many times.
+
+Written against an array namespace ``xp`` (NumPy on the CPU, CuPy on the GPU): assembly is by
+gathers with the plan's precomputed index maps, elimination by batched dense kernels.
+
+Factorize: leaves (assemble frontal from the stencil, eliminate interiors), then every merge
+level (gather the two children's Schur complements into the parent's frontal, eliminate the
+shared edge), up to the root whose boundary is empty.
+
+Solve (``trans='N'``): up sweep (condense the right-hand side level by level), root, down sweep
+(back-substitute each eliminated block from its boundary values).  ``'T'`` and ``'H'`` walk the
+same stored blocks transposed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._kernels import EliminatedBlocks, eliminate, matrix_h, matrix_t
+from ._plan import Plan
+
+__all__ = ["NumericFactor", "factorize_values"]
+
+
+@dataclass(eq=False)
+class NumericFactor:
+    plan: Plan
+    blocks: list  # blocks[level][class] -> EliminatedBlocks
+    hermitian: bool
+    dtype: np.dtype
+
+    def nbytes(self) -> int:
+        return sum(b.nbytes() for level in self.blocks for b in level)
+
+    @property
+    def min_rcond(self) -> float:
+        return min(b.min_rcond for level in self.blocks for b in level)
+
+
+def _pad_zero(xp, a, axes):
+    """Append one zero row (axis 1) and, for matrices, one zero column (axis 2)."""
+    shape = list(a.shape)
+    for ax in axes:
+        shape[ax] += 1
+    out = xp.zeros(tuple(shape), dtype=a.dtype)
+    if len(axes) == 2:
+        out[:, :-1, :-1] = a
+    else:
+        out[:, :-1, ...] = a
+    return out
+
+
+def _gather_matrix(xp, D, rows, gather):
+    """Child Schur complements scattered (by gather) into parent-frontal coordinates."""
+    Dp = _pad_zero(xp, xp.take(D, rows, axis=0), (1, 2))
+    return xp.take(xp.take(Dp, gather, axis=1), gather, axis=2)
+
+
+def _gather_vector(xp, d, rows, gather):
+    dp = _pad_zero(xp, xp.take(d, rows, axis=0), (1,))
+    return xp.take(dp, gather, axis=1)
+
+
+def _leaf_frontals(xp, V, cls):
+    nb, n_local = cls.closed_nodes.shape
+    Vbox = xp.reshape(xp.take(V, xp.reshape(cls.closed_nodes, (-1,)), axis=0), (nb, n_local * 9))
+    Vbox = xp.concat([Vbox, xp.zeros((nb, 1), dtype=V.dtype)], axis=1)
+    f = cls.n_front
+    return xp.reshape(xp.take(Vbox, xp.reshape(cls.leaf_template, (-1,)), axis=1), (nb, f, f))
+
+
+def factorize_values(plan: Plan, V, hermitian: bool, xp=np) -> NumericFactor:
+    """Numeric phase: eliminate every level of ``plan`` for the stencil values ``V`` (n, 9)."""
+    blocks = []
+    schur = None  # Schur complements of the level below, per class
+    for k, level in enumerate(plan.levels):
+        level_blocks, level_schur = [], []
+        for ci, cls in enumerate(level.classes):
+            if k == 0:
+                F = _leaf_frontals(xp, V, cls)
+            else:
+                F = None
+                for kc, rows, gather in cls.children:
+                    part = _gather_matrix(xp, schur[kc], rows, gather)
+                    F = part if F is None else F + part
+            where = f"level {k} ({cls.n_boxes} boxes, {cls.n_elim} eliminated, {cls.n_boundary} kept)"
+            eliminated, D = eliminate(xp, F, cls.n_elim, hermitian, where)
+            level_blocks.append(eliminated)
+            level_schur.append(D)
+            del F
+        blocks.append(level_blocks)
+        schur = level_schur
+    return NumericFactor(plan, blocks, hermitian, np.dtype(V.dtype))
+
+
+def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
+    """Solve ``op(A) x = b`` with ``b`` of shape (n, k) in the engine's node order."""
+    if factor.hermitian:
+        if trans == "T":  # A^T = conj(A) for Hermitian A
+            return xp.conj(solve_values(factor, xp.conj(b), "N", xp))
+        trans = "N"
+    if trans == "H" and not xp.isdtype(factor.dtype, "complex floating"):
+        trans = "T"
+    plan = factor.plan
+    k_rhs = b.shape[1]
+    bp = xp.take(b, plan.order, axis=0)
+
+    # right-hand side pieces, one per (level, class): (P, s, k)
+    pieces, offset = [], 0
+    for level in plan.levels:
+        row = []
+        for cls in level.classes:
+            size = cls.n_boxes * cls.n_elim
+            row.append(xp.reshape(bp[offset : offset + size], (cls.n_boxes, cls.n_elim, k_rhs)))
+            offset += size
+        pieces.append(row)
+
+    # up sweep: keep per class what the down sweep needs (y for 'N', f_S for 'T'/'H')
+    kept, condensed = [], None
+    for k, level in enumerate(plan.levels):
+        level_kept, level_condensed = [], []
+        for ci, cls in enumerate(level.classes):
+            blk: EliminatedBlocks = factor.blocks[k][ci]
+            f_S = pieces[k][ci]
+            if k == 0:
+                f_R = None
+            else:
+                f = None
+                for kc, rows, gather in cls.children:
+                    part = _gather_vector(xp, condensed[kc], rows, gather)
+                    f = part if f is None else f + part
+                f_S = f_S + f[:, : cls.n_elim]
+                f_R = f[:, cls.n_elim :]
+            if trans == "N":
+                y = blk.s_inv @ f_S
+                upd = (matrix_h(blk.x) @ f_S) if blk.r_s is None else (blk.r_s @ y)
+                level_kept.append(y)
+            else:
+                op = matrix_t if trans == "T" else matrix_h
+                upd = op(blk.x) @ f_S
+                level_kept.append(f_S)
+            level_condensed.append(-upd if f_R is None else f_R - upd)
+        kept.append(level_kept)
+        condensed = level_condensed
+
+    # down sweep: boundary values come from the parent's frontal solution
+    solutions = [None] * len(plan.levels)
+    parent_front = None
+    for k in range(len(plan.levels) - 1, -1, -1):
+        level = plan.levels[k]
+        level_sol, level_front = [], []
+        for ci, cls in enumerate(level.classes):
+            blk = factor.blocks[k][ci]
+            if k == len(plan.levels) - 1:
+                u_R = xp.zeros((cls.n_boxes, 0, k_rhs), dtype=bp.dtype)
+            else:
+                parent_level = plan.levels[k + 1]
+                parts = [
+                    xp.take(
+                        parent_front[pi],
+                        xp.asarray(parent_level.classes[pi].child_boundary_pos[role]),
+                        axis=1,
+                    )
+                    for pi, role in level.boundary_sources[ci]
+                ]
+                u_R = xp.take(xp.concat(parts, axis=0), level.boundary_order[ci], axis=0)
+            if trans == "N":
+                u_S = kept[k][ci] - blk.x @ u_R
+            else:
+                op = matrix_t if trans == "T" else matrix_h
+                rhs = kept[k][ci]
+                if cls.n_boundary:
+                    r_s = blk.r_s
+                    rhs = rhs - op(r_s) @ u_R
+                u_S = op(blk.s_inv) @ rhs
+            level_sol.append(u_S)
+            level_front.append(xp.concat([u_S, u_R], axis=1))
+        solutions[k] = level_sol
+        parent_front = level_front
+
+    u = xp.concat([xp.reshape(s, (-1, k_rhs)) for level in solutions for s in level], axis=0)
+    return xp.take(u, plan.inverse_order, axis=0)

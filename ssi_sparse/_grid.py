@@ -1,0 +1,187 @@
+"""Grid structure: is a sparse matrix a 3x3-stencil operator on an H x W grid?
+
+A column-major (``order='F'``) H x W grid is the row-major W x H grid with the two axes swapped,
+so everything downstream (plan, engine) only knows row-major grids: :class:`GridSpec` keeps the
+user's description and the engine's ``(height, width)``.
+
+The stencil array ``V`` (n x 9) holds ``A[i, j]`` for pixel ``i`` and its neighbour ``j`` in slot
+``(dr + 1) * 3 + (dc + 1)`` of the engine's grid; duplicate entries are summed, explicit zeros
+are ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._errors import NotGridStructuredError
+
+__all__ = ["GridSpec", "detect_grid", "grid_stencil"]
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """How the unknowns of a matrix are laid out on a grid.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(H, W)``: the grid has H rows and W columns of pixels.
+    order : {'C', 'F'}
+        ``'C'``: pixel (r, c) is unknown ``r * W + c``; ``'F'``: unknown ``c * H + r``.
+    stencil : {'5-point', '9-point'}
+        Whether any diagonal neighbour is coupled.
+    """
+
+    shape: tuple
+    order: str = "C"
+    stencil: str = "9-point"
+
+    @property
+    def engine_shape(self) -> tuple:
+        """Row-major ``(height, width)`` seen by the engine."""
+        h, w = self.shape
+        return (h, w) if self.order == "C" else (w, h)
+
+    def __str__(self) -> str:
+        return f"{self.shape[0]}x{self.shape[1]} grid, order={self.order!r}, {self.stencil} stencil"
+
+
+def _coo_parts(A):
+    """Rows, columns and values of the stored nonzeros (explicit zeros dropped)."""
+    if not (sp.issparse(A)):
+        raise TypeError(f"expected a SciPy sparse matrix or array, got {type(A).__name__}")
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"matrix must be square (has shape {A.shape})")
+    coo = A.tocoo()
+    keep = coo.data != 0
+    if not keep.all():
+        return coo.row[keep], coo.col[keep], coo.data[keep]
+    return coo.row, coo.col, coo.data
+
+
+def _fits(rows, cols, width):
+    """Row/column offsets on a row-major grid of the given width, or None if not 3x3."""
+    ri, ci = np.divmod(rows, width)
+    rj, cj = np.divmod(cols, width)
+    dr = rj - ri
+    dc = cj - ci
+    if dr.size and (np.abs(dr).max() > 1 or np.abs(dc).max() > 1):
+        return None
+    return dr, dc
+
+
+def _candidate_widths(rows, cols, n):
+    """Row-major widths that could hold every coupling, cheapest grid first."""
+    if rows.size == 0:
+        return [n]
+    reach = int(np.abs(cols - rows).max())
+    if reach <= 1:
+        return [n]  # a 1 x n strip holds any tridiagonal matrix and costs O(n)
+    widths = {w for w in (reach - 1, reach, reach + 1) if w >= 2 and n % w == 0}
+    # a thin grid is cheap to solve: cost grows like n * min(H, W)^2
+    return sorted(widths, key=lambda w: (min(w, n // w), w))
+
+
+def _offsets(A, width):
+    rows, cols, vals = _coo_parts(A)
+    fit = _fits(rows.astype(np.int64), cols.astype(np.int64), width)
+    return rows, fit, vals
+
+
+def detect_grid(A, grid=None, order=None):
+    """Find the H x W grid on which ``A`` is a 3x3-stencil operator.
+
+    Parameters
+    ----------
+    A : sparse matrix or array, shape (n, n)
+        Any SciPy sparse format; duplicate entries are summed and explicit zeros ignored.
+    grid : tuple of int, optional
+        ``(H, W)`` to check instead of inferring one.
+    order : {'C', 'F'}, optional
+        Numbering of the pixels; ``'C'`` (row-major) unless given.
+
+    Returns
+    -------
+    GridSpec or None
+        The grid, or ``None`` when ``A`` does not couple only 3x3 neighbourhoods on any grid
+        (or on the one given).
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> from ssi_sparse import detect_grid
+    >>> T = sp.diags([-1, 2, -1], [-1, 0, 1], shape=(4, 4))
+    >>> L = sp.kronsum(T, T)          # 5-point Laplacian of a 4 x 4 grid
+    >>> detect_grid(L).shape
+    (4, 4)
+    """
+    try:
+        return _detect(A, grid, order)[0]
+    except NotGridStructuredError:
+        return None
+
+
+def _detect(A, grid, order):
+    """(GridSpec, rows, dr, dc, vals) or raise NotGridStructuredError saying why."""
+    if order not in (None, "C", "F"):
+        raise ValueError(f"order must be 'C' or 'F', got {order!r}")
+    rows, cols, vals = _coo_parts(A)
+    rows = rows.astype(np.int64, copy=False)
+    cols = cols.astype(np.int64, copy=False)
+    n = A.shape[0]
+    if n == 0:
+        raise NotGridStructuredError("an empty matrix has no grid")
+    if grid is not None:
+        h, w = (int(v) for v in grid)
+        if h < 1 or w < 1 or h * w != n:
+            raise ValueError(f"grid {grid} does not have {n} pixels (A has shape {A.shape})")
+        order = order or "C"
+        width = w if order == "C" else h
+        fit = _fits(rows, cols, width)
+        if fit is None:
+            raise NotGridStructuredError(
+                f"A couples pixels that are not 3x3 neighbours on the {h}x{w} grid "
+                f"(order={order!r})"
+            )
+        spec_shape = (h, w)
+    else:
+        fit = None
+        for width in _candidate_widths(rows, cols, n):
+            fit = _fits(rows, cols, width)
+            if fit is not None:
+                break
+        if fit is None:
+            raise NotGridStructuredError(
+                "A is not a 3x3-stencil operator on any grid: some stored nonzero couples "
+                "unknowns that are not neighbours"
+            )
+        # column-major numbering of H x W is row-major W x H: report the user's order
+        spec_shape = (n // width, width) if order != "F" else (width, n // width)
+        order = order or "C"
+    dr, dc = fit
+    diagonal = bool(np.any((dr != 0) & (dc != 0)))
+    spec = GridSpec(spec_shape, order, "9-point" if diagonal else "5-point")
+    return spec, rows, dr, dc, vals
+
+
+def grid_stencil(A, grid=None, order=None):
+    """Detect (or check) the grid and return ``(GridSpec, V)`` with ``V`` of shape (n, 9).
+
+    Raises
+    ------
+    NotGridStructuredError
+        If ``A`` is not a 3x3-stencil operator on the grid (given or any).
+    """
+    spec, rows, dr, dc, vals = _detect(A, grid, order)
+    n = A.shape[0]
+    slot = (dr + 1) * 3 + (dc + 1)
+    flat = rows * 9 + slot
+    dtype = np.result_type(vals.dtype, np.float32)
+    # bincount sums duplicates in one vectorized pass (in float64, then rounded once)
+    V = np.bincount(flat, weights=vals.real, minlength=n * 9)
+    if np.iscomplexobj(vals):
+        V = V + 1j * np.bincount(flat, weights=vals.imag, minlength=n * 9)
+    return spec, V.astype(dtype, copy=False).reshape(n, 9)

@@ -1,0 +1,328 @@
+"""Symbolic phase: the box tree of an H x W grid and every index map, from the shape alone.
+
+Boxes are closed rectangles of nodes that share their edge lines with their neighbours (every
+grid cell belongs to exactly one leaf box).  A node is eliminated in the lowest box of the tree
+that is the only box of its level containing it; nodes on the grid's outer boundary therefore
+go early instead of riding along to the top (DESIGN.md section 3).
+
+Boxes of one level with the same local structure (size in nodes and which of their four sides
+are shared with a neighbour) form a *class*; every class is one batched dense call in the
+numeric engine.  Arbitrary H, W are handled by halving cell ranges unevenly (sizes differ by at
+most one cell per axis within a level), so there is no padding and no wasted work; a level has
+at most 2 x 2 sizes x 9 positions = 36 classes, in practice far fewer.
+
+All node ids here are row-major (``r * W + c``) on the engine's grid.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Plan", "BoxClass", "build_plan", "DEFAULT_LEAF_CELLS"]
+
+#: Largest leaf box side, in cells (a 4-cell side is the paper's 5 x 5-node patch).
+DEFAULT_LEAF_CELLS = 4
+
+# Stencil slots: slot = (dr + 1) * 3 + (dc + 1) for the coupling of pixel (r, c) to (r+dr, c+dc).
+STENCIL_OFFSETS = np.array([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)], dtype=np.int64)
+
+
+@dataclass(eq=False)
+class BoxClass:
+    """Boxes of one level that share a local structure; one batched dense call.
+
+    The frontal matrix of a box is ordered ``[eliminated (n_elim), boundary (n_boundary)]``.
+    """
+
+    n_elim: int
+    n_boundary: int
+    #: (n_boxes, n_elim) global ids of the nodes this frontal eliminates.
+    eliminated: np.ndarray
+    # Leaf classes: frontal = take(V[closed_nodes] flattened, leaf_template).
+    closed_nodes: np.ndarray | None = None  # (n_boxes, n_local)
+    leaf_template: np.ndarray | None = None  # (n_front, n_front) into n_local*9 (+ zero slot)
+    # Merge classes: children (class index one level down, row index in that class's batch)
+    # and where each frontal position comes from in the child's boundary (or the zero slot).
+    children: tuple = ()  # ((child_class, child_rows (n_boxes,), gather (n_front,)), ...)
+    #: For every child: positions of its boundary nodes in this frontal (scatter-free down sweep).
+    child_boundary_pos: tuple = ()
+
+    @property
+    def n_boxes(self) -> int:
+        return self.eliminated.shape[0]
+
+    @property
+    def n_front(self) -> int:
+        return self.n_elim + self.n_boundary
+
+
+@dataclass(eq=False)
+class Level:
+    classes: list
+    #: For the down sweep: for each class, the sources of its boundary values, as
+    #: (parent class, child role) pairs in concatenation order, and the row order that
+    #: turns the concatenation into this class's batch order.
+    boundary_sources: list = field(default_factory=list)
+    boundary_order: list = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Plan:
+    """The box tree of an ``height x width`` row-major grid with its index maps."""
+
+    height: int
+    width: int
+    leaf_cells: int
+    levels: list  # levels[0] = leaves, levels[-1] = root (a single box, no boundary)
+    #: Elimination order: the concatenation of every class's ``eliminated`` ids, level by level.
+    order: np.ndarray
+    #: inverse of ``order``: x = take(u_in_elimination_order, inverse_order).
+    inverse_order: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return self.height * self.width
+
+    def flops(self) -> float:
+        """LU-type work model: factor each eliminated block, solve, Schur-update."""
+        total = 0.0
+        for level in self.levels:
+            for c in level.classes:
+                s, r = float(c.n_elim), float(c.n_boundary)
+                total += c.n_boxes * (2.0 / 3.0 * s**3 + 2.0 * s * s * r + 2.0 * r * r * s)
+        return total
+
+    def max_front(self) -> int:
+        return max(c.n_front for level in self.levels for c in level.classes)
+
+
+def _split_segments(seg: np.ndarray) -> np.ndarray:
+    """Halve every [start, end] node segment at its middle cell (shared node between halves)."""
+    start, end = seg[:, 0], seg[:, 1]
+    mid = start + (end - start) // 2
+    out = np.empty((2 * len(seg), 2), dtype=np.int64)
+    out[0::2, 0], out[0::2, 1] = start, mid
+    out[1::2, 0], out[1::2, 1] = mid, end
+    return out
+
+
+def _segment_tree(height: int, width: int, leaf_cells: int):
+    """Row and column segments of every level, leaves first, and the axis merged above each."""
+    rows = np.array([[0, height - 1]], dtype=np.int64)
+    cols = np.array([[0, width - 1]], dtype=np.int64)
+    levels = [(rows, cols)]
+    axes = []
+    while True:
+        row_cells = int((rows[:, 1] - rows[:, 0]).max())
+        col_cells = int((cols[:, 1] - cols[:, 0]).max())
+        if max(row_cells, col_cells) <= leaf_cells:
+            break
+        if row_cells >= col_cells:
+            rows = _split_segments(rows)
+            axes.append(0)
+        else:
+            cols = _split_segments(cols)
+            axes.append(1)
+        levels.append((rows, cols))
+    return levels[::-1], axes[::-1]
+
+
+def _local_structure(hn: int, wn: int, top: bool, bottom: bool, left: bool, right: bool):
+    """Local (row-major) ids of a box's eliminated and boundary nodes."""
+    rr, cc = np.divmod(np.arange(hn * wn), wn)
+    top, bottom, left, right = bool(top), bool(bottom), bool(left), bool(right)
+    shared = (
+        (top & (rr == 0))
+        | (bottom & (rr == hn - 1))
+        | (left & (cc == 0))
+        | (right & (cc == wn - 1))
+    )
+    return np.flatnonzero(~shared), np.flatnonzero(shared)
+
+
+def _leaf_template(hn, wn, bottom, right, front_local):
+    """Frontal entry -> (local node * 9 + slot), or the zero slot for entries not owned here.
+
+    An entry (i, j) is owned by the box holding the grid cell with top-left corner
+    (min(ri, rj), min(ci, cj)); along an axis where i and j agree, a node on the box's far
+    side belongs to the next box's cell unless it lies on the grid's outer boundary.  The rule
+    is symmetric in (i, j), so Hermitian matrices give Hermitian frontals.
+    """
+    n_local = hn * wn
+    n_front = len(front_local)
+    pos = np.full(n_local, -1, dtype=np.int64)
+    pos[front_local] = np.arange(n_front)
+    zero_slot = n_local * 9
+    template = np.full((n_front, n_front), zero_slot, dtype=np.int64)
+
+    ra, ca = np.divmod(np.arange(n_local), wn)
+
+    def owned(a, b, n_axis, far_shared):
+        if n_axis == 1:
+            return np.ones_like(a, dtype=bool)
+        cell = np.minimum(a, b)
+        same_far = (a == b) & (a == n_axis - 1) & (not far_shared)
+        cell = np.where(same_far, cell - 1, cell)
+        return (cell >= 0) & (cell <= n_axis - 2)
+
+    for slot, (dr, dc) in enumerate(STENCIL_OFFSETS):
+        rb, cb = ra + dr, ca + dc
+        inside = (rb >= 0) & (rb < hn) & (cb >= 0) & (cb < wn)
+        ok = inside & owned(ra, rb, hn, bottom) & owned(ca, cb, wn, right)
+        a = np.flatnonzero(ok)
+        b = rb[a] * wn + cb[a]
+        template[pos[a], pos[b]] = a * 9 + slot
+    return template
+
+
+def _classify(rows, cols, height, width):
+    """Class id of every box of a level (boxes numbered row-major over segments)."""
+    r0, r1 = rows[:, 0], rows[:, 1]
+    c0, c1 = cols[:, 0], cols[:, 1]
+    nr, nc = len(rows), len(cols)
+    sig = np.stack(
+        [
+            np.repeat(r1 - r0 + 1, nc),
+            np.tile(c1 - c0 + 1, nr),
+            np.repeat(r0 > 0, nc),
+            np.repeat(r1 < height - 1, nc),
+            np.tile(c0 > 0, nr),
+            np.tile(c1 < width - 1, nr),
+        ],
+        axis=1,
+    ).astype(np.int64)
+    signatures, class_of_box = np.unique(sig, axis=0, return_inverse=True)
+    return signatures, class_of_box.reshape(-1)
+
+
+def _global_ids(rows, cols, boxes, n_cols, width, hn, wn, local):
+    """Global ids of local nodes ``local`` in each of ``boxes``."""
+    bi, bj = np.divmod(boxes, n_cols)
+    lr, lc = np.divmod(local, wn)
+    return (rows[bi, 0][:, None] + lr[None, :]) * width + (cols[bj, 0][:, None] + lc[None, :])
+
+
+@functools.lru_cache(maxsize=16)
+def build_plan(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS) -> Plan:
+    """Build (once per shape, cached) the box tree and index maps of a row-major grid."""
+    if height < 1 or width < 1:
+        raise ValueError(f"grid shape must be positive, got {height}x{width}")
+    if leaf_cells < 2:
+        raise ValueError("leaf_cells must be at least 2")
+    seg_levels, axes = _segment_tree(height, width, leaf_cells)
+
+    levels = []
+    prev = None  # (signatures, class_of_box, row_in_class, boundary local ids per class, n_cols)
+    for k, (rows, cols) in enumerate(seg_levels):
+        signatures, class_of_box = _classify(rows, cols, height, width)
+        n_cols = len(cols)
+        row_in_class = np.empty_like(class_of_box)
+        classes, boundaries = [], []
+        for ci, (hn, wn, top, bottom, left, right) in enumerate(signatures.tolist()):
+            boxes = np.flatnonzero(class_of_box == ci)
+            row_in_class[boxes] = np.arange(len(boxes))
+            elim_l, bound_l = _local_structure(hn, wn, top, bottom, left, right)
+            boundaries.append(bound_l)
+            if k == 0:
+                front_l = np.concatenate([elim_l, bound_l])
+                n_elim = len(elim_l)
+                closed = _global_ids(rows, cols, boxes, n_cols, width, hn, wn, np.arange(hn * wn))
+                cls = BoxClass(
+                    n_elim=n_elim,
+                    n_boundary=len(bound_l),
+                    eliminated=closed[:, elim_l],
+                    closed_nodes=closed,
+                    leaf_template=_leaf_template(hn, wn, bool(bottom), bool(right), front_l),
+                )
+            else:
+                cls = _merge_class(
+                    prev, axes[k - 1], boxes, n_cols, (hn, wn), bound_l, rows, cols, width
+                )
+            classes.append(cls)
+        levels.append(Level(classes))
+        prev = (signatures, class_of_box, row_in_class, boundaries, n_cols)
+
+    for k in range(len(levels) - 1):
+        _link_down_sweep(levels[k], levels[k + 1])
+
+    order = np.concatenate(
+        [c.eliminated.reshape(-1) for level in levels for c in level.classes]
+    ).astype(np.int64)
+    if len(order) != height * width:  # a planning bug, never user input
+        raise AssertionError("plan does not eliminate every node exactly once")
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return Plan(height, width, leaf_cells, levels, order, inverse)
+
+
+def _merge_class(prev, axis, boxes, n_cols, shape, bound_l, rows, cols, width):
+    """A class of parent boxes formed by merging two children along ``axis``."""
+    hn, wn = shape
+    signatures, class_of_box, row_in_class, boundaries, child_n_cols = prev
+    bi, bj = np.divmod(boxes, n_cols)
+    # children: first (top/left) and second half; they share one line of nodes
+    if axis == 0:
+        kids = [(2 * bi) * child_n_cols + bj, (2 * bi + 1) * child_n_cols + bj]
+    else:
+        kids = [bi * child_n_cols + 2 * bj, bi * child_n_cols + 2 * bj + 1]
+
+    # which parent-local nodes appear in a child's boundary, and where
+    where = []
+    offset = (0, 0)
+    for kid in kids:
+        kc = class_of_box[kid]
+        if np.any(kc != kc[0]):  # children of one parent class share one class
+            raise AssertionError("inconsistent child classes in plan")
+        kc = int(kc[0])
+        khn, kwn = int(signatures[kc][0]), int(signatures[kc][1])
+        kr, kcol = np.divmod(boundaries[kc], kwn)
+        local = (kr + offset[0]) * wn + (kcol + offset[1])
+        where.append((kc, row_in_class[kid], local))
+        offset = (khn - 1, 0) if axis == 0 else (0, kwn - 1)
+
+    in_child = np.zeros(hn * wn, dtype=bool)
+    for _, _, local in where:
+        in_child[local] = True
+    is_bound = np.zeros(hn * wn, dtype=bool)
+    is_bound[bound_l] = True
+    elim_l = np.flatnonzero(in_child & ~is_bound)
+    front_l = np.concatenate([elim_l, bound_l])
+    pos = np.full(hn * wn, -1, dtype=np.int64)
+    pos[front_l] = np.arange(len(front_l))
+
+    children, child_pos = [], []
+    for kc, kid_rows, local in where:
+        n_kid = len(local)
+        gather = np.full(len(front_l), n_kid, dtype=np.int64)  # n_kid = the zero slot
+        gather[pos[local]] = np.arange(n_kid)
+        children.append((kc, kid_rows, gather))
+        child_pos.append(pos[local])
+    eliminated = _global_ids(rows, cols, boxes, n_cols, width, hn, wn, elim_l)
+    return BoxClass(
+        n_elim=len(elim_l),
+        n_boundary=len(bound_l),
+        eliminated=eliminated,
+        children=tuple(children),
+        child_boundary_pos=tuple(child_pos),
+    )
+
+
+def _link_down_sweep(child_level: Level, parent_level: Level) -> None:
+    """For each child class, where its boundary values come from in the down sweep."""
+    for ci, cls in enumerate(child_level.classes):
+        sources, rows = [], []
+        for pi, parent in enumerate(parent_level.classes):
+            for role, (kc, kid_rows, _) in enumerate(parent.children):
+                if kc == ci:
+                    sources.append((pi, role))
+                    rows.append(kid_rows)
+        got = np.concatenate(rows)
+        order = np.empty_like(got)
+        order[got] = np.arange(len(got))
+        if len(got) != cls.n_boxes:
+            raise AssertionError("a box has no parent in plan")
+        child_level.boundary_sources.append(sources)
+        child_level.boundary_order.append(order)
