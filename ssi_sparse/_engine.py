@@ -39,28 +39,16 @@ class NumericFactor:
         return min(b.min_rcond for level in self.blocks for b in level)
 
 
-def _pad_zero(xp, a, axes):
-    """Append one zero row (axis 1) and, for matrices, one zero column (axis 2)."""
-    shape = list(a.shape)
-    for ax in axes:
-        shape[ax] += 1
-    out = xp.zeros(tuple(shape), dtype=a.dtype)
-    if len(axes) == 2:
-        out[:, :-1, :-1] = a
-    else:
-        out[:, :-1, ...] = a
-    return out
+def _add_child_matrix(xp, F, D, rows, runs):
+    """F += the child Schur complements ``D[rows]`` (a slice) placed by ``runs``."""
+    for di, si, li in runs:
+        for dj, sj, lj in runs:
+            F[:, di : di + li, dj : dj + lj] += D[rows, si : si + li, sj : sj + lj]
 
 
-def _gather_matrix(xp, D, rows, gather):
-    """Child Schur complements scattered (by gather) into parent-frontal coordinates."""
-    Dp = _pad_zero(xp, xp.take(D, rows, axis=0), (1, 2))
-    return xp.take(xp.take(Dp, gather, axis=1), gather, axis=2)
-
-
-def _gather_vector(xp, d, rows, gather):
-    dp = _pad_zero(xp, xp.take(d, rows, axis=0), (1,))
-    return xp.take(dp, gather, axis=1)
+def _add_child_vector(xp, f, d, rows, runs):
+    for di, si, li in runs:
+        f[:, di : di + li] += d[rows, si : si + li]
 
 
 def _leaf_frontals(xp, V, cls):
@@ -81,10 +69,9 @@ def factorize_values(plan: Plan, V, hermitian: bool, xp=np) -> NumericFactor:
             if k == 0:
                 F = _leaf_frontals(xp, V, cls)
             else:
-                F = None
-                for kc, rows, gather in cls.children:
-                    part = _gather_matrix(xp, schur[kc], rows, gather)
-                    F = part if F is None else F + part
+                F = xp.zeros((cls.n_boxes, cls.n_front, cls.n_front), dtype=V.dtype)
+                for kc, rows, _, runs in cls.children:
+                    _add_child_matrix(xp, F, schur[kc], rows, runs)
             where = f"level {k} ({cls.n_boxes} boxes, {cls.n_elim} eliminated, {cls.n_boundary} kept)"
             eliminated, D = eliminate(xp, F, cls.n_elim, hermitian, where)
             level_blocks.append(eliminated)
@@ -127,10 +114,9 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
             if k == 0:
                 f_R = None
             else:
-                f = None
-                for kc, rows, gather in cls.children:
-                    part = _gather_vector(xp, condensed[kc], rows, gather)
-                    f = part if f is None else f + part
+                f = xp.zeros((cls.n_boxes, cls.n_front, k_rhs), dtype=bp.dtype)
+                for kc, rows, _, runs in cls.children:
+                    _add_child_vector(xp, f, condensed[kc], rows, runs)
                 f_S = f_S + f[:, : cls.n_elim]
                 f_R = f[:, cls.n_elim :]
             if trans == "N":
@@ -165,7 +151,7 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
                     )
                     for pi, role in level.boundary_sources[ci]
                 ]
-                u_R = xp.take(xp.concat(parts, axis=0), level.boundary_order[ci], axis=0)
+                u_R = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
             if trans == "N":
                 u_S = kept[k][ci] - blk.x @ u_R
             else:

@@ -52,15 +52,22 @@ def _rcond(xp, S, S_inv):
     return 1.0 / (norm_s * norm_inv)
 
 
+#: Bytes of temporaries per chunk of the Schur update: small enough to stay in cache and in
+#: the allocator's free lists (fresh large allocations cost page faults on every level).
+CHUNK_BYTES = 8 << 20
+
+
 def eliminate(xp, F, s: int, hermitian: bool, where: str) -> tuple:
     """Eliminate the leading ``s`` unknowns of every frontal in the batch ``F`` (P, f, f).
 
+    ``F`` is overwritten: the returned Schur complement ``D`` is the view ``F[:, s:, s:]``.
     Returns ``(EliminatedBlocks, D)``; raises :class:`SingularMatrixError` naming ``where``
     when a block is exactly or numerically singular.
     """
+    P, f, _ = F.shape
+    r = f - s
     S = F[:, :s, :s]
     S_R = F[:, :s, s:]
-    R = F[:, s:, s:]
     try:
         S_inv = xp.linalg.inv(S)
     except np.linalg.LinAlgError:
@@ -68,7 +75,7 @@ def eliminate(xp, F, s: int, hermitian: bool, where: str) -> tuple:
             f"matrix is exactly singular: a zero pivot in {where}", exact=True
         ) from None
     rcond = _rcond(xp, S, S_inv)
-    min_rcond = float(xp.min(rcond)) if rcond.shape[0] else 1.0
+    min_rcond = float(xp.min(rcond)) if P else 1.0
     eps = float(np.finfo(F.dtype).eps)
     if not (min_rcond >= eps):  # also catches NaN from an exactly singular block
         raise SingularMatrixError(
@@ -77,10 +84,10 @@ def eliminate(xp, F, s: int, hermitian: bool, where: str) -> tuple:
             exact=min_rcond == 0.0,
         )
     X = S_inv @ S_R
-    if hermitian:
-        D = R - matrix_h(S_R) @ X
-        R_S = None
-    else:
-        R_S = xp.asarray(F[:, s:, :s], copy=True)
-        D = R - R_S @ X
-    return EliminatedBlocks(S_inv, X, R_S, min_rcond), D
+    R_S = None if hermitian else xp.asarray(F[:, s:, :s], copy=True)
+    step = max(1, CHUNK_BYTES // max(1, r * max(r, s) * F.dtype.itemsize))
+    for c0 in range(0, P, step):
+        c1 = min(P, c0 + step)
+        left = matrix_h(S_R[c0:c1]) if hermitian else R_S[c0:c1]
+        F[c0:c1, s:, s:] -= left @ X[c0:c1]
+    return EliminatedBlocks(S_inv, X, R_S, min_rcond), F[:, s:, s:]

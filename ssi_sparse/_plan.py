@@ -44,9 +44,10 @@ class BoxClass:
     # Leaf classes: frontal = take(V[closed_nodes] flattened, leaf_template).
     closed_nodes: np.ndarray | None = None  # (n_boxes, n_local)
     leaf_template: np.ndarray | None = None  # (n_front, n_front) into n_local*9 (+ zero slot)
-    # Merge classes: children (class index one level down, row index in that class's batch)
-    # and where each frontal position comes from in the child's boundary (or the zero slot).
-    children: tuple = ()  # ((child_class, child_rows (n_boxes,), gather (n_front,)), ...)
+    # Merge classes: children (class index one level down, row index in that class's batch),
+    # where each frontal position comes from in the child's boundary (or the zero slot), and
+    # the same map as contiguous runs (dst_start, src_start, length).
+    children: tuple = ()  # ((child_class, child_rows: slice, gather (n_front,), runs), ...)
     #: For every child: positions of its boundary nodes in this frontal (scatter-free down sweep).
     child_boundary_pos: tuple = ()
 
@@ -63,10 +64,8 @@ class BoxClass:
 class Level:
     classes: list
     #: For the down sweep: for each class, the sources of its boundary values, as
-    #: (parent class, child role) pairs in concatenation order, and the row order that
-    #: turns the concatenation into this class's batch order.
+    #: (parent class, child role) pairs whose concatenation is this class's box order.
     boundary_sources: list = field(default_factory=list)
-    boundary_order: list = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -131,16 +130,38 @@ def _segment_tree(height: int, width: int, leaf_cells: int):
 
 
 def _local_structure(hn: int, wn: int, top: bool, bottom: bool, left: bool, right: bool):
-    """Local (row-major) ids of a box's eliminated and boundary nodes."""
+    """Local (row-major) ids of a box's eliminated and boundary nodes.
+
+    Boundary nodes are ordered side by side (top, bottom, left, right; a corner goes with the
+    first side it is on), each side along its line, so that a child's boundary lands in its
+    parent's frontal as a few contiguous runs (block copies instead of gathers).
+    """
     rr, cc = np.divmod(np.arange(hn * wn), wn)
-    top, bottom, left, right = bool(top), bool(bottom), bool(left), bool(right)
-    shared = (
-        (top & (rr == 0))
-        | (bottom & (rr == hn - 1))
-        | (left & (cc == 0))
-        | (right & (cc == wn - 1))
-    )
-    return np.flatnonzero(~shared), np.flatnonzero(shared)
+    on_side = [
+        bool(top) & (rr == 0),
+        bool(bottom) & (rr == hn - 1),
+        bool(left) & (cc == 0),
+        bool(right) & (cc == wn - 1),
+    ]
+    side = np.full(hn * wn, 4)
+    for k in range(3, -1, -1):
+        side[on_side[k]] = k
+    along = np.where(side < 2, cc, rr)
+    boundary = np.flatnonzero(side < 4)
+    boundary = boundary[np.lexsort((along[boundary], side[boundary]))]
+    return np.flatnonzero(side == 4), boundary
+
+
+def _runs(gather: np.ndarray, zero_slot: int) -> np.ndarray:
+    """Maximal runs (dst_start, src_start, length) with gather[dst + t] == src + t."""
+    dst = np.flatnonzero(gather != zero_slot)
+    if dst.size == 0:
+        return np.zeros((0, 3), dtype=np.int64)
+    src = gather[dst]
+    brk = np.flatnonzero((np.diff(dst) != 1) | (np.diff(src) != 1)) + 1
+    starts = np.concatenate([[0], brk])
+    lengths = np.diff(np.concatenate([starts, [dst.size]]))
+    return np.stack([dst[starts], src[starts], lengths], axis=1)
 
 
 def _leaf_template(hn, wn, bottom, right, front_local):
@@ -205,6 +226,42 @@ def _global_ids(rows, cols, boxes, n_cols, width, hn, wn, local):
     return (rows[bi, 0][:, None] + lr[None, :]) * width + (cols[bj, 0][:, None] + lc[None, :])
 
 
+def _children_of(boxes, axis, n_cols, child_n_cols):
+    """Box ids one level down of the first (top/left) and second halves of ``boxes``."""
+    bi, bj = np.divmod(boxes, n_cols)
+    if axis == 0:
+        return [(2 * bi) * child_n_cols + bj, (2 * bi + 1) * child_n_cols + bj]
+    return [bi * child_n_cols + 2 * bj, bi * child_n_cols + 2 * bj + 1]
+
+
+def _box_order(seg_levels, axes, classified):
+    """Boxes of every class, ordered top-down so that each parent class reads its children
+    as one contiguous slice of the child class: ``links[k][ci]`` lists, per child role,
+    ``(child class, start, stop)`` one level down."""
+    n_levels = len(seg_levels)
+    order = [None] * n_levels
+    links = [[] for _ in range(n_levels)]
+    order[-1] = [np.zeros(1, dtype=np.int64)]
+    for k in range(n_levels - 2, -1, -1):
+        class_of_box = classified[k][1]
+        n_cols, child_n_cols = len(seg_levels[k + 1][1]), len(seg_levels[k][1])
+        parts = [[] for _ in range(len(classified[k][0]))]
+        filled = [0] * len(parts)
+        for boxes in order[k + 1]:
+            roles = []
+            for kid in _children_of(boxes, axes[k], n_cols, child_n_cols):
+                kc = class_of_box[kid]
+                if np.any(kc != kc[0]):  # children of one parent class share one class
+                    raise AssertionError("inconsistent child classes in plan")
+                kc = int(kc[0])
+                roles.append((kc, filled[kc], filled[kc] + len(kid)))
+                parts[kc].append(kid)
+                filled[kc] += len(kid)
+            links[k + 1].append(roles)
+        order[k] = [np.concatenate(p) for p in parts]
+    return order, links
+
+
 @functools.lru_cache(maxsize=16)
 def build_plan(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS) -> Plan:
     """Build (once per shape, cached) the box tree and index maps of a row-major grid."""
@@ -213,37 +270,37 @@ def build_plan(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS) ->
     if leaf_cells < 2:
         raise ValueError("leaf_cells must be at least 2")
     seg_levels, axes = _segment_tree(height, width, leaf_cells)
+    classified = [_classify(rows, cols, height, width) for rows, cols in seg_levels]
+    box_order, links = _box_order(seg_levels, axes, classified)
 
     levels = []
-    prev = None  # (signatures, class_of_box, row_in_class, boundary local ids per class, n_cols)
+    child_boundaries = None
     for k, (rows, cols) in enumerate(seg_levels):
-        signatures, class_of_box = _classify(rows, cols, height, width)
-        n_cols = len(cols)
-        row_in_class = np.empty_like(class_of_box)
+        signatures = classified[k][0]
         classes, boundaries = [], []
         for ci, (hn, wn, top, bottom, left, right) in enumerate(signatures.tolist()):
-            boxes = np.flatnonzero(class_of_box == ci)
-            row_in_class[boxes] = np.arange(len(boxes))
+            boxes = box_order[k][ci]
             elim_l, bound_l = _local_structure(hn, wn, top, bottom, left, right)
-            boundaries.append(bound_l)
+            boundaries.append((bound_l, hn, wn))
             if k == 0:
                 front_l = np.concatenate([elim_l, bound_l])
-                n_elim = len(elim_l)
-                closed = _global_ids(rows, cols, boxes, n_cols, width, hn, wn, np.arange(hn * wn))
+                closed = _global_ids(rows, cols, boxes, len(cols), width, hn, wn, np.arange(hn * wn))
                 cls = BoxClass(
-                    n_elim=n_elim,
+                    n_elim=len(elim_l),
                     n_boundary=len(bound_l),
                     eliminated=closed[:, elim_l],
                     closed_nodes=closed,
                     leaf_template=_leaf_template(hn, wn, bool(bottom), bool(right), front_l),
                 )
             else:
-                cls = _merge_class(
-                    prev, axes[k - 1], boxes, n_cols, (hn, wn), bound_l, rows, cols, width
+                kids = [(kc, a, b, child_boundaries[kc]) for kc, a, b in links[k][ci]]
+                cls = _merge_class(axes[k - 1], (hn, wn), bound_l, kids)
+                cls.eliminated = _global_ids(
+                    rows, cols, boxes, len(cols), width, hn, wn, cls.eliminated
                 )
             classes.append(cls)
         levels.append(Level(classes))
-        prev = (signatures, class_of_box, row_in_class, boundaries, n_cols)
+        child_boundaries = boundaries
 
     for k in range(len(levels) - 1):
         _link_down_sweep(levels[k], levels[k + 1])
@@ -258,29 +315,20 @@ def build_plan(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS) ->
     return Plan(height, width, leaf_cells, levels, order, inverse)
 
 
-def _merge_class(prev, axis, boxes, n_cols, shape, bound_l, rows, cols, width):
-    """A class of parent boxes formed by merging two children along ``axis``."""
-    hn, wn = shape
-    signatures, class_of_box, row_in_class, boundaries, child_n_cols = prev
-    bi, bj = np.divmod(boxes, n_cols)
-    # children: first (top/left) and second half; they share one line of nodes
-    if axis == 0:
-        kids = [(2 * bi) * child_n_cols + bj, (2 * bi + 1) * child_n_cols + bj]
-    else:
-        kids = [bi * child_n_cols + 2 * bj, bi * child_n_cols + 2 * bj + 1]
+def _merge_class(axis, shape, bound_l, kids):
+    """A class of parent boxes formed by merging two children along ``axis``.
 
+    ``kids``: per role, (child class, start, stop, (child boundary, child hn, child wn)).
+    Returns the BoxClass with ``eliminated`` still in parent-local ids.
+    """
+    hn, wn = shape
     # which parent-local nodes appear in a child's boundary, and where
     where = []
     offset = (0, 0)
-    for kid in kids:
-        kc = class_of_box[kid]
-        if np.any(kc != kc[0]):  # children of one parent class share one class
-            raise AssertionError("inconsistent child classes in plan")
-        kc = int(kc[0])
-        khn, kwn = int(signatures[kc][0]), int(signatures[kc][1])
-        kr, kcol = np.divmod(boundaries[kc], kwn)
-        local = (kr + offset[0]) * wn + (kcol + offset[1])
-        where.append((kc, row_in_class[kid], local))
+    for kc, start, stop, (k_bound, khn, kwn) in kids:
+        kr, kcol = np.divmod(k_bound, kwn)
+        where.append((kc, slice(start, stop), (kr + offset[0]) * wn + (kcol + offset[1])))
+        # the second child starts on the line the two share
         offset = (khn - 1, 0) if axis == 0 else (0, kwn - 1)
 
     in_child = np.zeros(hn * wn, dtype=bool)
@@ -294,35 +342,31 @@ def _merge_class(prev, axis, boxes, n_cols, shape, bound_l, rows, cols, width):
     pos[front_l] = np.arange(len(front_l))
 
     children, child_pos = [], []
-    for kc, kid_rows, local in where:
+    for kc, rows, local in where:
         n_kid = len(local)
         gather = np.full(len(front_l), n_kid, dtype=np.int64)  # n_kid = the zero slot
         gather[pos[local]] = np.arange(n_kid)
-        children.append((kc, kid_rows, gather))
+        children.append((kc, rows, gather, _runs(gather, n_kid)))
         child_pos.append(pos[local])
-    eliminated = _global_ids(rows, cols, boxes, n_cols, width, hn, wn, elim_l)
     return BoxClass(
         n_elim=len(elim_l),
         n_boundary=len(bound_l),
-        eliminated=eliminated,
+        eliminated=elim_l,
         children=tuple(children),
         child_boundary_pos=tuple(child_pos),
     )
 
 
 def _link_down_sweep(child_level: Level, parent_level: Level) -> None:
-    """For each child class, where its boundary values come from in the down sweep."""
+    """For each child class, the (parent class, role) slices that give its boundary values,
+    in the class's own box order (children are stored parent by parent)."""
     for ci, cls in enumerate(child_level.classes):
-        sources, rows = [], []
+        sources = []
         for pi, parent in enumerate(parent_level.classes):
-            for role, (kc, kid_rows, _) in enumerate(parent.children):
+            for role, (kc, rows, _, _) in enumerate(parent.children):
                 if kc == ci:
-                    sources.append((pi, role))
-                    rows.append(kid_rows)
-        got = np.concatenate(rows)
-        order = np.empty_like(got)
-        order[got] = np.arange(len(got))
-        if len(got) != cls.n_boxes:
+                    sources.append((rows.start, pi, role))
+        sources.sort()
+        if sum(parent_level.classes[pi].n_boxes for _, pi, _ in sources) != cls.n_boxes:
             raise AssertionError("a box has no parent in plan")
-        child_level.boundary_sources.append(sources)
-        child_level.boundary_order.append(order)
+        child_level.boundary_sources.append([(pi, role) for _, pi, role in sources])
