@@ -39,46 +39,48 @@ class NumericFactor:
         return min(b.min_rcond for level in self.blocks for b in level)
 
 
-def _add_child_matrix(xp, F, D, rows, runs):
-    """F += the child Schur complements ``D[rows]`` (a slice) placed by ``runs``."""
-    for di, si, li in runs:
-        for dj, sj, lj in runs:
-            F[:, di : di + li, dj : dj + lj] += D[rows, si : si + li, sj : sj + lj]
+def _merge_frontals(xp, cls, fronts, child_classes):
+    """Assemble a merge class's frontals from its children's eliminated frontals.
+
+    Each child's Schur block lands as a few contiguous runs (the plan orders boundaries side
+    by side), so assembly is a handful of block copies, not a gather per entry.
+    """
+    P, f = cls.n_boxes, cls.n_front
+    F = xp.zeros((P, f, f), dtype=fronts[0].dtype)
+    for link in cls.children:
+        s = child_classes[link.cls].n_elim
+        D = fronts[link.cls][link.rows, s:, s:]
+        for di, si, li in link.runs.tolist():
+            for dj, sj, lj in link.runs.tolist():
+                F[:, di : di + li, dj : dj + lj] += D[:, si : si + li, sj : sj + lj]
+    return F
 
 
-def _add_child_vector(xp, f, d, rows, runs):
-    for di, si, li in runs:
-        f[:, di : di + li] += d[rows, si : si + li]
-
-
-def _leaf_frontals(xp, V, cls):
+def _leaf_frontals(xp, V_padded, cls):
     nb, n_local = cls.closed_nodes.shape
-    Vbox = xp.reshape(xp.take(V, xp.reshape(cls.closed_nodes, (-1,)), axis=0), (nb, n_local * 9))
-    Vbox = xp.concat([Vbox, xp.zeros((nb, 1), dtype=V.dtype)], axis=1)
+    nodes = xp.reshape(cls.closed_nodes, (-1,))
+    Vbox = xp.reshape(xp.take(V_padded, nodes, axis=0), (nb, n_local * 9))
     f = cls.n_front
     return xp.reshape(xp.take(Vbox, xp.reshape(cls.leaf_template, (-1,)), axis=1), (nb, f, f))
 
 
 def factorize_values(plan: Plan, V, hermitian: bool, xp=np) -> NumericFactor:
     """Numeric phase: eliminate every level of ``plan`` for the stencil values ``V`` (n, 9)."""
+    V_padded = xp.concat([V, xp.zeros((1, 9), dtype=V.dtype)], axis=0)
     blocks = []
-    schur = None  # Schur complements of the level below, per class
+    fronts = None  # eliminated frontals of the level below (their Schur blocks feed parents)
     for k, level in enumerate(plan.levels):
-        level_blocks, level_schur = [], []
-        for ci, cls in enumerate(level.classes):
+        level_blocks, level_fronts = [], []
+        for cls in level.classes:
             if k == 0:
-                F = _leaf_frontals(xp, V, cls)
+                F = _leaf_frontals(xp, V_padded, cls)
             else:
-                F = xp.zeros((cls.n_boxes, cls.n_front, cls.n_front), dtype=V.dtype)
-                for kc, rows, _, runs in cls.children:
-                    _add_child_matrix(xp, F, schur[kc], rows, runs)
+                F = _merge_frontals(xp, cls, fronts, plan.levels[k - 1].classes)
             where = f"level {k} ({cls.n_boxes} boxes, {cls.n_elim} eliminated, {cls.n_boundary} kept)"
-            eliminated, D = eliminate(xp, F, cls.n_elim, hermitian, where)
-            level_blocks.append(eliminated)
-            level_schur.append(D)
-            del F
+            level_blocks.append(eliminate(xp, F, cls.n_elim, hermitian, where))
+            level_fronts.append(F)
         blocks.append(level_blocks)
-        schur = level_schur
+        fronts = level_fronts
     return NumericFactor(plan, blocks, hermitian, np.dtype(V.dtype))
 
 
@@ -115,8 +117,10 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
                 f_R = None
             else:
                 f = xp.zeros((cls.n_boxes, cls.n_front, k_rhs), dtype=bp.dtype)
-                for kc, rows, _, runs in cls.children:
-                    _add_child_vector(xp, f, condensed[kc], rows, runs)
+                for link in cls.children:
+                    d = condensed[link.cls][link.rows]
+                    for di, si, li in link.runs.tolist():
+                        f[:, di : di + li] += d[:, si : si + li]
                 f_S = f_S + f[:, : cls.n_elim]
                 f_R = f[:, cls.n_elim :]
             if trans == "N":
@@ -144,11 +148,7 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
             else:
                 parent_level = plan.levels[k + 1]
                 parts = [
-                    xp.take(
-                        parent_front[pi],
-                        xp.asarray(parent_level.classes[pi].child_boundary_pos[role]),
-                        axis=1,
-                    )
+                    xp.take(parent_front[pi], parent_level.classes[pi].children[role].boundary_pos, axis=1)
                     for pi, role in level.boundary_sources[ci]
                 ]
                 u_R = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)

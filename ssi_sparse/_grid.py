@@ -62,12 +62,17 @@ def _coo_parts(A):
     return coo.row, coo.col, coo.data
 
 
+def _grid_row(ids, width):
+    # float division is exact here (ids < 2**52) and far faster than integer division
+    return np.floor((ids + 0.5) / width).astype(np.int64)
+
+
 def _fits(rows, cols, width):
     """Row/column offsets on a row-major grid of the given width, or None if not 3x3."""
-    ri, ci = np.divmod(rows, width)
-    rj, cj = np.divmod(cols, width)
+    ri = _grid_row(rows, width)
+    rj = _grid_row(cols, width)
     dr = rj - ri
-    dc = cj - ci
+    dc = (cols - rj * width) - (rows - ri * width)
     if dr.size and (np.abs(dr).max() > 1 or np.abs(dc).max() > 1):
         return None
     return dr, dc

@@ -60,8 +60,8 @@ CHUNK_BYTES = 8 << 20
 def eliminate(xp, F, s: int, hermitian: bool, where: str) -> tuple:
     """Eliminate the leading ``s`` unknowns of every frontal in the batch ``F`` (P, f, f).
 
-    ``F`` is overwritten: the returned Schur complement ``D`` is the view ``F[:, s:, s:]``.
-    Returns ``(EliminatedBlocks, D)``; raises :class:`SingularMatrixError` naming ``where``
+    ``F`` is overwritten in place: afterwards ``F[:, s:, s:]`` holds the Schur complement
+    ``D`` handed to the parent.  Returns the stored blocks; raises :class:`SingularMatrixError` naming ``where``
     when a block is exactly or numerically singular.
     """
     P, f, _ = F.shape
@@ -90,4 +90,4 @@ def eliminate(xp, F, s: int, hermitian: bool, where: str) -> tuple:
         c1 = min(P, c0 + step)
         left = matrix_h(S_R[c0:c1]) if hermitian else R_S[c0:c1]
         F[c0:c1, s:, s:] -= left @ X[c0:c1]
-    return EliminatedBlocks(S_inv, X, R_S, min_rcond), F[:, s:, s:]
+    return EliminatedBlocks(S_inv, X, R_S, min_rcond)

@@ -21,13 +21,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Plan", "BoxClass", "build_plan", "DEFAULT_LEAF_CELLS"]
+__all__ = ["Plan", "BoxClass", "ChildLink", "build_plan", "DEFAULT_LEAF_CELLS"]
 
 #: Largest leaf box side, in cells (a 4-cell side is the paper's 5 x 5-node patch).
 DEFAULT_LEAF_CELLS = 4
 
 # Stencil slots: slot = (dr + 1) * 3 + (dc + 1) for the coupling of pixel (r, c) to (r+dr, c+dc).
 STENCIL_OFFSETS = np.array([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)], dtype=np.int64)
+
+
+@dataclass(eq=False)
+class ChildLink:
+    """How one child class feeds a merge class: the children of this class's boxes are rows
+    ``rows`` of class ``cls`` one level down (stored parent by parent, so a slice)."""
+
+    cls: int
+    rows: slice
+    #: (dst_start, src_start, length) runs: frontal positions fed by the child's boundary.
+    runs: np.ndarray
+    #: Positions of the child's boundary nodes in this frontal (down sweep).
+    boundary_pos: np.ndarray
 
 
 @dataclass(eq=False)
@@ -41,15 +54,12 @@ class BoxClass:
     n_boundary: int
     #: (n_boxes, n_elim) global ids of the nodes this frontal eliminates.
     eliminated: np.ndarray
-    # Leaf classes: frontal = take(V[closed_nodes] flattened, leaf_template).
-    closed_nodes: np.ndarray | None = None  # (n_boxes, n_local)
-    leaf_template: np.ndarray | None = None  # (n_front, n_front) into n_local*9 (+ zero slot)
-    # Merge classes: children (class index one level down, row index in that class's batch),
-    # where each frontal position comes from in the child's boundary (or the zero slot), and
-    # the same map as contiguous runs (dst_start, src_start, length).
-    children: tuple = ()  # ((child_class, child_rows: slice, gather (n_front,), runs), ...)
-    #: For every child: positions of its boundary nodes in this frontal (scatter-free down sweep).
-    child_boundary_pos: tuple = ()
+    # Leaf classes: frontal = take(V[closed_nodes] flattened, leaf_template), where the last
+    # closed node is the id n: a zero row the engine appends to V (the template's zero slot).
+    closed_nodes: np.ndarray | None = None  # (n_boxes, n_local + 1)
+    leaf_template: np.ndarray | None = None  # (n_front, n_front) into (n_local + 1) * 9
+    # Merge classes: one ChildLink per child role (first/second half).
+    children: tuple = ()
 
     @property
     def n_boxes(self) -> int:
@@ -285,11 +295,12 @@ def build_plan(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS) ->
             if k == 0:
                 front_l = np.concatenate([elim_l, bound_l])
                 closed = _global_ids(rows, cols, boxes, len(cols), width, hn, wn, np.arange(hn * wn))
+                zero_node = np.full((len(boxes), 1), height * width, dtype=closed.dtype)
                 cls = BoxClass(
                     n_elim=len(elim_l),
                     n_boundary=len(bound_l),
                     eliminated=closed[:, elim_l],
-                    closed_nodes=closed,
+                    closed_nodes=np.concatenate([closed, zero_node], axis=1),
                     leaf_template=_leaf_template(hn, wn, bool(bottom), bool(right), front_l),
                 )
             else:
@@ -327,7 +338,8 @@ def _merge_class(axis, shape, bound_l, kids):
     offset = (0, 0)
     for kc, start, stop, (k_bound, khn, kwn) in kids:
         kr, kcol = np.divmod(k_bound, kwn)
-        where.append((kc, slice(start, stop), (kr + offset[0]) * wn + (kcol + offset[1])))
+        local = (kr + offset[0]) * wn + (kcol + offset[1])
+        where.append((kc, slice(start, stop), local))
         # the second child starts on the line the two share
         offset = (khn - 1, 0) if axis == 0 else (0, kwn - 1)
 
@@ -341,19 +353,17 @@ def _merge_class(axis, shape, bound_l, kids):
     pos = np.full(hn * wn, -1, dtype=np.int64)
     pos[front_l] = np.arange(len(front_l))
 
-    children, child_pos = [], []
+    children = []
     for kc, rows, local in where:
         n_kid = len(local)
         gather = np.full(len(front_l), n_kid, dtype=np.int64)  # n_kid = the zero slot
         gather[pos[local]] = np.arange(n_kid)
-        children.append((kc, rows, gather, _runs(gather, n_kid)))
-        child_pos.append(pos[local])
+        children.append(ChildLink(kc, rows, _runs(gather, n_kid), pos[local]))
     return BoxClass(
         n_elim=len(elim_l),
         n_boundary=len(bound_l),
         eliminated=elim_l,
         children=tuple(children),
-        child_boundary_pos=tuple(child_pos),
     )
 
 
@@ -363,9 +373,9 @@ def _link_down_sweep(child_level: Level, parent_level: Level) -> None:
     for ci, cls in enumerate(child_level.classes):
         sources = []
         for pi, parent in enumerate(parent_level.classes):
-            for role, (kc, rows, _, _) in enumerate(parent.children):
-                if kc == ci:
-                    sources.append((rows.start, pi, role))
+            for role, link in enumerate(parent.children):
+                if link.cls == ci:
+                    sources.append((link.rows.start, pi, role))
         sources.sort()
         if sum(parent_level.classes[pi].n_boxes for _, pi, _ in sources) != cls.n_boxes:
             raise AssertionError("a box has no parent in plan")
