@@ -7,6 +7,7 @@ of neighbouring boxes); anything else falls back to SciPy.
 
 from ._errors import NotGridStructuredError, SingularMatrixError
 from ._factor import GridFactor, factorize
+from ._frontend import factorized, spsolve
 from ._grid import GridSpec, detect_grid
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "SingularMatrixError",
     "detect_grid",
     "factorize",
+    "factorized",
+    "spsolve",
 ]
 
 __version__ = "0.1.0"

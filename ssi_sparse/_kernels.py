@@ -9,7 +9,7 @@ Why explicit inverses: on the CPU a stacked LAPACK inverse followed by a stacked
 measured as fast as ``gesv`` at every block size of the tree (9 x 9 to 1025 x 1025, see
 ``bench/``), and it turns every later solve into batched matrix products, the fastest thing
 both NumPy and CuPy do.  Accuracy is guarded: every block's reciprocal condition number is
-computed from the inverse, and a block with rcond below the dtype's epsilon is refused as
+computed from the inverse, and a block with rcond below ``s * eps`` is refused as
 numerically singular; the solve checks its residual and refines (see ``_engine``).
 """
 
@@ -76,11 +76,13 @@ def eliminate(xp, F, s: int, hermitian: bool, where: str) -> tuple:
         ) from None
     rcond = _rcond(xp, S, S_inv)
     min_rcond = float(xp.min(rcond)) if P else 1.0
-    eps = float(np.finfo(F.dtype).eps)
-    if not (min_rcond >= eps):  # also catches NaN from an exactly singular block
+    # numerical rank test as in numpy.linalg.matrix_rank: a block closer than s * eps to
+    # singular has no reliable digits (a pure-Neumann Laplacian's root block lands here)
+    tol = s * float(np.finfo(F.dtype).eps)
+    if not (min_rcond >= tol):  # also catches NaN from an exactly singular block
         raise SingularMatrixError(
             f"matrix is numerically singular: a block of {where} has reciprocal condition "
-            f"number {min_rcond:.2e} < eps = {eps:.2e}",
+            f"number {min_rcond:.2e} < {s} * eps = {tol:.2e}",
             exact=min_rcond == 0.0,
         )
     X = S_inv @ S_R

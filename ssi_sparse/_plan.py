@@ -23,8 +23,9 @@ import numpy as np
 
 __all__ = ["Plan", "BoxClass", "ChildLink", "build_plan", "DEFAULT_LEAF_CELLS"]
 
-#: Largest leaf box side, in cells (a 4-cell side is the paper's 5 x 5-node patch).
-DEFAULT_LEAF_CELLS = 4
+#: Largest leaf box side, in cells.  Halving gives leaf sides in {m, m + 1}; allowing 5 (not
+#: the paper's 4) keeps awkward sizes such as 1026 from adding two levels of 2-cell boxes.
+DEFAULT_LEAF_CELLS = 5
 
 # Stencil slots: slot = (dr + 1) * 3 + (dc + 1) for the coupling of pixel (r, c) to (r+dr, c+dc).
 STENCIL_OFFSETS = np.array([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)], dtype=np.int64)

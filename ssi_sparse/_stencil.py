@@ -66,7 +66,9 @@ def equilibrate(xp, V, shape):
     s = xp.astype(s, row_max.dtype)
     sg = xp.reshape(s, (h, w, 1))
     s_nb = xp.concat([v for v in _neighbour_views(xp, sg, shape)], axis=2)
-    Vs = V * xp.reshape(s, (-1, 1)) * xp.reshape(s_nb, (-1, 9))
+    # one product s_i * s_j per entry, so that entries (i, j) and (j, i) round identically
+    # and an exactly Hermitian matrix stays exactly Hermitian
+    Vs = V * (xp.reshape(s, (-1, 1)) * xp.reshape(s_nb, (-1, 9)))
     return xp.astype(Vs, V.dtype), s
 
 
