@@ -64,8 +64,11 @@ def _leaf_frontals(xp, V_padded, cls):
     return xp.reshape(xp.take(Vbox, xp.reshape(cls.leaf_template, (-1,)), axis=1), (nb, f, f))
 
 
-def factorize_values(plan: Plan, V, hermitian: bool, xp=np) -> NumericFactor:
-    """Numeric phase: eliminate every level of ``plan`` for the stencil values ``V`` (n, 9)."""
+def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np) -> NumericFactor:
+    """Numeric phase: eliminate every level of ``plan`` for the stencil values ``V`` (n, 9).
+
+    ``a_norm`` (the matrix's 1-norm) is the scale singular blocks are measured against.
+    """
     V_padded = xp.concat([V, xp.zeros((1, 9), dtype=V.dtype)], axis=0)
     blocks = []
     fronts = None  # eliminated frontals of the level below (their Schur blocks feed parents)
@@ -77,7 +80,7 @@ def factorize_values(plan: Plan, V, hermitian: bool, xp=np) -> NumericFactor:
             else:
                 F = _merge_frontals(xp, cls, fronts, plan.levels[k - 1].classes)
             where = f"level {k} ({cls.n_boxes} boxes, {cls.n_elim} eliminated, {cls.n_boundary} kept)"
-            level_blocks.append(eliminate(xp, F, cls.n_elim, hermitian, where))
+            level_blocks.append(eliminate(xp, F, cls.n_elim, hermitian, a_norm, where))
             level_fronts.append(F)
         blocks.append(level_blocks)
         fronts = level_fronts

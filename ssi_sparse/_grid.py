@@ -131,6 +131,23 @@ def detect_grid(A, grid=None, order=None):
 
 def _detect(A, grid, order):
     """(GridSpec, rows, dr, dc, vals) or raise NotGridStructuredError saying why."""
+    try:
+        return _detect_entries(A, grid, order)
+    except NotGridStructuredError:
+        if not _may_hold_duplicates(A):
+            raise
+        # duplicates that cancel are a stored zero, wherever they sit: sum them and retry
+        # (only on this rare path, since summing duplicates sorts every entry)
+        return _detect_entries(sp.csr_array(A.tocoo().tocsr()), grid, order)
+
+
+def _may_hold_duplicates(A) -> bool:
+    if A.format in ("csr", "csc"):
+        return not A.has_canonical_format
+    return A.format in ("coo", "bsr")
+
+
+def _detect_entries(A, grid, order):
     if order not in (None, "C", "F"):
         raise ValueError(f"order must be 'C' or 'F', got {order!r}")
     rows, cols, vals = _coo_parts(A)

@@ -45,11 +45,16 @@ class EliminatedBlocks:
         return sum(int(a.nbytes) for a in (self.s_inv, self.x, self.r_s) if a is not None)
 
 
-def _rcond(xp, S, S_inv):
-    """Reciprocal 1-norm condition number of every block (exact: we have the inverse)."""
+def _rcond(xp, S, S_inv, a_norm):
+    """Reciprocal 1-norm condition number of every block, measured against ``A`` too.
+
+    ``S^-1`` is a diagonal block of the inverse of a principal submatrix of ``A``, so
+    ``|S^-1| |A|`` bounds that submatrix's condition number from below: a tiny pivot left
+    after cancellation (a 1 x 1 block is always perfectly conditioned by itself) is caught.
+    """
     norm_s = xp.max(xp.sum(xp.abs(S), axis=-2), axis=-1)
     norm_inv = xp.max(xp.sum(xp.abs(S_inv), axis=-2), axis=-1)
-    return 1.0 / (norm_s * norm_inv)
+    return 1.0 / (xp.maximum(norm_s, a_norm) * norm_inv)
 
 
 #: Bytes of temporaries per chunk of the Schur update: small enough to stay in cache and in
@@ -57,7 +62,7 @@ def _rcond(xp, S, S_inv):
 CHUNK_BYTES = 8 << 20
 
 
-def eliminate(xp, F, s: int, hermitian: bool, where: str) -> tuple:
+def eliminate(xp, F, s: int, hermitian: bool, a_norm: float, where: str) -> tuple:
     """Eliminate the leading ``s`` unknowns of every frontal in the batch ``F`` (P, f, f).
 
     ``F`` is overwritten in place: afterwards ``F[:, s:, s:]`` holds the Schur complement
@@ -72,9 +77,11 @@ def eliminate(xp, F, s: int, hermitian: bool, where: str) -> tuple:
         S_inv = xp.linalg.inv(S)
     except np.linalg.LinAlgError:
         raise SingularMatrixError(
-            f"matrix is exactly singular: a zero pivot in {where}", exact=True
+            f"zero pivot in {where}: the matrix is exactly singular, or this fixed "
+            "elimination order meets an exactly singular block",
+            exact=True,
         ) from None
-    rcond = _rcond(xp, S, S_inv)
+    rcond = _rcond(xp, S, S_inv, a_norm)
     min_rcond = float(xp.min(rcond)) if P else 1.0
     # numerical rank test as in numpy.linalg.matrix_rank: a block closer than s * eps to
     # singular has no reliable digits (a pure-Neumann Laplacian's root block lands here)
@@ -82,7 +89,7 @@ def eliminate(xp, F, s: int, hermitian: bool, where: str) -> tuple:
     if not (min_rcond >= tol):  # also catches NaN from an exactly singular block
         raise SingularMatrixError(
             f"matrix is numerically singular: a block of {where} has reciprocal condition "
-            f"number {min_rcond:.2e} < {s} * eps = {tol:.2e}",
+            f"number {min_rcond:.2e} < {s} * eps = {tol:.2e} (relative to the matrix)",
             exact=min_rcond == 0.0,
         )
     X = S_inv @ S_R

@@ -1,0 +1,686 @@
+#!/usr/bin/env python3
+"""CPU benchmark of ssi_sparse against SciPy's SuperLU (and CHOLMOD / PARDISO when installed).
+
+Run from the repository root::
+
+    PYTHONPATH=. python bench/bench_cpu.py [--sizes 257 513 1025 2049]
+        [--max-baseline-seconds 240] [--json out.json] [--quick]
+
+Every solver runs in its own child process (this script re-invoked with ``--_child``), so that
+its peak memory is measured on its own and a hang cannot stall the run.  The matrix travels to
+the child as a temporary ``.npz`` file; right-hand sides are regenerated there from a seed.
+
+See bench/README.md for the meaning of every column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import scipy
+import scipy.sparse as sp
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)  # benchmark the working tree's engine
+
+PROBLEMS = {
+    "laplace5": "5-point Dirichlet Laplacian (kronsum of 1-D [-1, 2, -1])",
+    "varcoef9": "9-point variable-coefficient SPD (log-uniform edge weights in [1e-2, 1e2])",
+}
+
+# Baselines: name -> (growth of total time when N doubles, used to predict the next size).
+BASELINES = {
+    "spsolve": 8.0,
+    "splu_mmd": 8.0,
+    "cholmod": 6.5,
+    "pardiso": 6.5,
+}
+BASELINE_LABEL = {
+    "spsolve": "scipy spsolve (COLAMD)",
+    "splu_mmd": "scipy splu MMD_AT_PLUS_A",
+    "cholmod": "CHOLMOD (sksparse)",
+    "pardiso": "PARDISO (pypardiso)",
+}
+
+RHS_SEED = 12345
+MATRIX_SEED = 2024
+SSI_TIMEOUT_S = 3600.0
+
+
+# --------------------------------------------------------------------------------------------
+# problems
+# --------------------------------------------------------------------------------------------
+
+
+def laplace5(N: int) -> sp.csr_matrix:
+    T = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(N, N), dtype=np.float64)
+    return sp.kronsum(T, T, format="csr")
+
+
+def varcoef9(N: int, seed: int = MATRIX_SEED) -> sp.csr_matrix:
+    """A = D - W + shift*I on an N x N grid (row-major), W symmetric with 8-neighbour couplings.
+
+    Every undirected edge (4 forward offsets cover all 8 neighbours) gets one weight,
+    log-uniform in [1e-2, 1e2]; D holds the row sums of W, so D - W is a graph Laplacian (PSD)
+    and the shift 1e-3 * mean(diag D) makes A SPD.
+    """
+    rng = np.random.default_rng(seed)
+    n = N * N
+    idx = np.arange(n, dtype=np.int64).reshape(N, N)
+    rows, cols, vals = [], [], []
+    diag = np.zeros(n)
+    for dr, dc in ((0, 1), (1, -1), (1, 0), (1, 1)):
+        r0, r1 = 0, N - dr
+        c0, c1 = max(0, -dc), N - max(0, dc)
+        i = idx[r0:r1, c0:c1].ravel()
+        j = idx[r0 + dr : r1 + dr, c0 + dc : c1 + dc].ravel()
+        w = np.exp(rng.uniform(np.log(1e-2), np.log(1e2), size=i.size))
+        rows += [i, j]
+        cols += [j, i]
+        vals += [-w, -w]
+        np.add.at(diag, i, w)
+        np.add.at(diag, j, w)
+    diag += 1e-3 * diag.mean()
+    ar = np.arange(n, dtype=np.int64)
+    rows.append(ar)
+    cols.append(ar)
+    vals.append(diag)
+    A = sp.coo_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    )
+    return A.tocsr()
+
+
+def make_problem(name: str, N: int) -> sp.csr_matrix:
+    return laplace5(N) if name == "laplace5" else varcoef9(N)
+
+
+# --------------------------------------------------------------------------------------------
+# machine information
+# --------------------------------------------------------------------------------------------
+
+
+def _proc_field(path: str, key: str):
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _blas_info() -> dict:
+    info = {}
+    try:
+        cfg = np.show_config(mode="dicts")  # NumPy >= 1.25
+        deps = cfg.get("Build Dependencies", {})
+        for key in ("blas", "lapack"):
+            d = deps.get(key, {})
+            info[f"numpy_{key}"] = f"{d.get('name', '?')} {d.get('version', '?')}".strip()
+        blas = deps.get("blas", {})
+        if "openblas configuration" in blas:
+            info["numpy_openblas_config"] = blas["openblas configuration"]
+    except Exception as exc:  # older NumPy or odd builds
+        info["numpy_blas"] = f"unknown ({type(exc).__name__})"
+    try:
+        cfg = scipy.show_config(mode="dicts")
+        d = cfg.get("Build Dependencies", {}).get("blas", {})
+        info["scipy_blas"] = f"{d.get('name', '?')} {d.get('version', '?')}"
+    except Exception:
+        pass
+    try:
+        import threadpoolctl
+
+        pools = threadpoolctl.threadpool_info()
+        info["threadpools"] = [
+            {k: p.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer")}
+            for p in pools
+        ]
+    except ImportError:
+        info["threadpools"] = "threadpoolctl not installed"
+    return info
+
+
+def machine_info() -> dict:
+    mem_kb = _proc_field("/proc/meminfo", "MemTotal")
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    try:
+        import ssi_sparse
+
+        ssi = f"{ssi_sparse.__version__} ({os.path.dirname(ssi_sparse.__file__)})"
+    except Exception as exc:
+        ssi = f"import failed: {exc}"
+    env_threads = {
+        k: os.environ[k]
+        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                  "VECLIB_MAXIMUM_THREADS")
+        if k in os.environ
+    }
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu_model": _proc_field("/proc/cpuinfo", "model name") or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "ram_gib": round(int(mem_kb.split()[0]) / 2**20, 1) if mem_kb else None,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "ssi_sparse": ssi,
+        "thread_env": env_threads,
+        "blas": _blas_info(),
+    }
+
+
+def print_machine(info: dict) -> None:
+    print("=" * 100)
+    print("Machine")
+    print("=" * 100)
+    for k in (
+        "date", "host", "platform", "cpu_model", "cpu_count", "cpus_usable", "ram_gib",
+        "python", "numpy", "scipy", "ssi_sparse", "thread_env",
+    ):
+        print(f"  {k:<14} {info[k]}")
+    for k, v in info["blas"].items():
+        print(f"  {k:<14} {v}")
+
+
+def matmul_gflops(sizes=(2048, 4096), repeats=3) -> dict:
+    out = {}
+    rng = np.random.default_rng(0)
+    for m in sizes:
+        a = rng.standard_normal((m, m))
+        b = rng.standard_normal((m, m))
+        a @ b  # warm-up (thread pool start, page faults)
+        best = math.inf
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+        out[m] = 2.0 * m**3 / best / 1e9
+        print(f"  dense matmul float64 {m}x{m}: {out[m]:8.1f} GFLOP/s (best of {repeats}, "
+              f"{best:.3f} s)")
+        del a, b
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# child process: one solver on one matrix
+# --------------------------------------------------------------------------------------------
+
+
+def _status_kib(key: str):
+    v = _proc_field("/proc/self/status", key)
+    return int(v.split()[0]) if v else None
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_kib() -> int:
+    hwm = _status_kib("VmHWM")
+    if hwm is None:  # no /proc: fall back to getrusage (KiB on Linux)
+        import resource
+
+        hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return hwm
+
+
+def _rel_res(A, x, b) -> float:
+    r = A @ x - b
+    return float(np.linalg.norm(r) / np.linalg.norm(b))
+
+
+def _max_col_res(A, X, B) -> float:
+    R = A @ X - B
+    return float(np.max(np.linalg.norm(R, axis=0) / np.linalg.norm(B, axis=0)))
+
+
+def _best(fn, repeats):
+    best, out = math.inf, None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def _child_ssi(A, b, B8, res):
+    import ssi_sparse
+    from ssi_sparse._plan import build_plan
+
+    H = W = int(round(math.sqrt(A.shape[0])))
+    build_plan.cache_clear()
+    # first call: grid detection + plan build + numeric factorization
+    t = time.perf_counter()
+    f = ssi_sparse.factorize(A)
+    res["factor_first_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    x = f.solve(b)
+    res["solve1_first_s"] = time.perf_counter() - t
+    res["peak_kib"] = _peak_kib()
+    res["residual"] = _rel_res(A, x, b)
+    res["nbytes"] = int(f.nbytes)
+    res["grid"] = str(f.grid)
+    res["hermitian"] = bool(f.hermitian)
+    res["min_rcond"] = float(f.min_rcond)
+    del f, x
+    # plan cached: numeric factorization only (best of 2 when it is cheap)
+    reps = 2 if res["factor_first_s"] < 20 else 1
+    best = math.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        f = ssi_sparse.factorize(A)
+        best = min(best, time.perf_counter() - t)
+        if _ < reps - 1:
+            del f
+    res["factor_s"] = best
+    res["solve1_s"], x = _best(lambda: f.solve(b), 3)
+    res["solve8_s"], X = _best(lambda: f.solve(B8), 2)
+    res["residual_cached"] = _rel_res(A, x, b)
+    res["residual8"] = _max_col_res(A, X, B8)
+    del f, x, X
+    # the symbolic phase alone, and the flop model
+    build_plan.cache_clear()
+    t = time.perf_counter()
+    plan = build_plan(H, W)
+    res["plan_s"] = time.perf_counter() - t
+    res["flops"] = float(plan.flops())
+    res["max_front"] = int(plan.max_front())
+    # as for the baselines: the first factorization and the first solve after it
+    res["total_s"] = res["factor_first_s"] + res["solve1_first_s"]
+    res["total_cached_s"] = res["factor_s"] + res["solve1_s"]
+
+
+def _child_spsolve(A, b, B8, res):
+    from scipy.sparse.linalg import spsolve
+
+    A = A.tocsc()
+    _reset_peak()
+    res["rss0_kib"] = _status_kib("VmRSS")
+    t = time.perf_counter()
+    x = spsolve(A, b)
+    res["total_s"] = time.perf_counter() - t
+    res["peak_kib"] = _peak_kib()
+    res["residual"] = _rel_res(A, x, b)
+
+
+def _child_splu(A, b, B8, res):
+    from scipy.sparse.linalg import splu
+
+    A = A.tocsc()
+    _reset_peak()
+    res["rss0_kib"] = _status_kib("VmRSS")
+    t = time.perf_counter()
+    lu = splu(A, permc_spec="MMD_AT_PLUS_A")
+    res["factor_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    x = lu.solve(b)
+    res["solve1_first_s"] = time.perf_counter() - t
+    res["peak_kib"] = _peak_kib()
+    res["residual"] = _rel_res(A, x, b)
+    res["solve1_s"], x = _best(lambda: lu.solve(b), 3)
+    res["solve8_s"], X = _best(lambda: lu.solve(B8), 2)
+    res["residual8"] = _max_col_res(A, X, B8)
+    res["total_s"] = res["factor_s"] + res["solve1_first_s"]
+    # factor size: values + row indices of L and U (+ column pointers)
+    nnz = lu.L.nnz + lu.U.nnz
+    res["nbytes"] = int(nnz * (8 + 4) + 2 * (A.shape[0] + 1) * 4)
+
+
+def _child_cholmod(A, b, B8, res):
+    from sksparse.cholmod import cholesky
+
+    A = A.tocsc()
+    _reset_peak()
+    res["rss0_kib"] = _status_kib("VmRSS")
+    t = time.perf_counter()
+    F = cholesky(A)
+    res["factor_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    x = F(b)
+    res["solve1_first_s"] = time.perf_counter() - t
+    res["peak_kib"] = _peak_kib()
+    res["residual"] = _rel_res(A, x, b)
+    res["solve1_s"], x = _best(lambda: F(b), 3)
+    res["solve8_s"], X = _best(lambda: F(B8), 2)
+    res["residual8"] = _max_col_res(A, X, B8)
+    res["total_s"] = res["factor_s"] + res["solve1_first_s"]
+    try:
+        L = F.L()
+        res["nbytes"] = int(L.nnz * (8 + 4))
+    except Exception:
+        pass
+
+
+def _child_pardiso(A, b, B8, res):
+    import pypardiso
+
+    A = A.tocsr()
+    _reset_peak()
+    res["rss0_kib"] = _status_kib("VmRSS")
+    solver = getattr(pypardiso, "PyPardisoSolver", None)
+    if solver is None:  # only the one-shot interface
+        t = time.perf_counter()
+        x = pypardiso.spsolve(A, b)
+        res["total_s"] = time.perf_counter() - t
+        res["peak_kib"] = _peak_kib()
+        res["residual"] = _rel_res(A, x, b)
+        return
+    ps = solver()
+    t = time.perf_counter()
+    ps.factorize(A)
+    res["factor_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    x = ps.solve(A, b)  # reuses the factorization of the same matrix
+    res["solve1_first_s"] = time.perf_counter() - t
+    res["peak_kib"] = _peak_kib()
+    res["residual"] = _rel_res(A, x, b)
+    res["solve1_s"], x = _best(lambda: ps.solve(A, b), 3)
+    res["solve8_s"], X = _best(lambda: ps.solve(A, B8), 2)
+    res["residual8"] = _max_col_res(A, X, B8)
+    res["total_s"] = res["factor_s"] + res["solve1_first_s"]
+
+
+CHILD_FUNCS = {
+    "ssi_sparse": _child_ssi,
+    "spsolve": _child_spsolve,
+    "splu_mmd": _child_splu,
+    "cholmod": _child_cholmod,
+    "pardiso": _child_pardiso,
+}
+
+
+def child_main(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    if spec["solver"] == "ssi_sparse":  # import before the baseline RSS is taken
+        import ssi_sparse  # noqa: F401
+        from ssi_sparse._plan import build_plan  # noqa: F401
+    A = sp.load_npz(spec["matrix"]).tocsr()
+    n = A.shape[0]
+    rng = np.random.default_rng(RHS_SEED)
+    b = rng.standard_normal(n)
+    B8 = rng.standard_normal((n, 8))
+    res = {"solver": spec["solver"]}
+    res["peak_reset"] = _reset_peak()
+    res["rss0_kib"] = _status_kib("VmRSS")
+    try:
+        CHILD_FUNCS[spec["solver"]](A, b, B8, res)
+        res["ok"] = True
+    except ImportError as exc:
+        res["ok"] = False
+        res["error"] = f"not installed ({exc})"
+    except Exception as exc:
+        res["ok"] = False
+        res["error"] = f"{type(exc).__name__}: {exc}"
+    if res.get("peak_kib") and res.get("rss0_kib"):
+        res["peak_mib"] = (res["peak_kib"] - res["rss0_kib"]) / 1024
+        res["peak_abs_mib"] = res["peak_kib"] / 1024
+    with open(spec["out"], "w") as fh:
+        json.dump(res, fh)
+
+
+def run_child(solver: str, matrix: str, workdir: str, timeout: float) -> dict:
+    out = os.path.join(workdir, f"res_{solver}_{os.getpid()}_{time.monotonic_ns()}.json")
+    spec = json.dumps({"solver": solver, "matrix": matrix, "out": out})
+    cmd = [sys.executable, os.path.abspath(__file__), "--_child", spec]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"solver": solver, "ok": False, "timeout": True,
+                "error": f"timed out after {timeout:.3g} s (killed)"}
+    wall = time.perf_counter() - t
+    if proc.returncode != 0 or not os.path.exists(out):
+        tail = (proc.stderr or "").strip().splitlines()[-5:]
+        why = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"rc={proc.returncode}"
+        return {"solver": solver, "ok": False, "error": f"child failed, {why}: " + " | ".join(tail)}
+    with open(out) as fh:
+        res = json.load(fh)
+    os.remove(out)
+    res["child_wall_s"] = wall
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# driver
+# --------------------------------------------------------------------------------------------
+
+
+def _available(solver: str) -> tuple[bool, str]:
+    mod = {"cholmod": "sksparse.cholmod", "pardiso": "pypardiso"}.get(solver)
+    if mod is None:
+        return True, ""
+    try:
+        __import__(mod)
+        return True, ""
+    except Exception as exc:
+        return False, f"not installed ({type(exc).__name__}: {exc})"
+
+
+def _fmt(v, spec=".3f"):
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    return format(v, spec)
+
+
+def _fmt_s(v):
+    if v is None:
+        return "-"
+    return f"{v:.4f}" if v < 1 else (f"{v:.3f}" if v < 100 else f"{v:.1f}")
+
+
+def print_table(problem: str, rows: list, notes: list) -> None:
+    print()
+    print("=" * 124)
+    print(f"{problem}: {PROBLEMS[problem]}")
+    print("=" * 124)
+    hdr = (f"{'N':>5} {'n':>9}  {'solver':<28} {'factor s':>9} {'solve(1) s':>10} "
+           f"{'solve(8) s':>10} {'total s':>9} {'speed-up':>8} {'residual':>9} "
+           f"{'peak MiB':>9} {'factor MiB':>10}")
+    print(hdr)
+    print("-" * len(hdr))
+    last_n = None
+    for r in rows:
+        if last_n is not None and r["N"] != last_n:
+            print()
+        last_n = r["N"]
+        if not r.get("ok"):
+            print(f"{r['N']:>5} {r['n']:>9}  {r['label']:<28} {r.get('error', 'skipped')}")
+            continue
+        nb = r.get("nbytes")
+        print(
+            f"{r['N']:>5} {r['n']:>9}  {r['label']:<28} "
+            f"{_fmt_s(r.get('factor_table_s', r.get('factor_s'))):>9} "
+            f"{_fmt_s(r.get('solve1_s')):>10} {_fmt_s(r.get('solve8_s')):>10} "
+            f"{_fmt_s(r.get('total_s')):>9} {_fmt(r.get('speedup'), '.2f'):>8} "
+            f"{_fmt(r.get('residual'), '.1e'):>9} {_fmt(r.get('peak_mib'), '.0f'):>9} "
+            f"{_fmt(nb / 2**20 if nb else None, '.0f'):>10}"
+        )
+    for line in notes:
+        print("  " + line)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[257, 513, 1025, 2049])
+    ap.add_argument("--max-baseline-seconds", type=float, default=240.0)
+    ap.add_argument("--json", type=str, default=None)
+    ap.add_argument("--quick", action="store_true", help="sizes 129 and 257 only (smoke test)")
+    ap.add_argument("--problems", nargs="+", choices=list(PROBLEMS), default=list(PROBLEMS))
+    ap.add_argument("--no-matmul", action="store_true", help="skip the dense matmul reference")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="BLAS/OpenMP threads for every solver and the matmul reference (sets "
+                         "OMP/OPENBLAS/MKL_NUM_THREADS and restarts the script)")
+    ap.add_argument("--_child", type=str, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._child is not None:
+        child_main(args._child)
+        return 0
+    if args.threads is not None and os.environ.get("SSI_BENCH_THREADS") != str(args.threads):
+        # thread counts must be set before NumPy loads its BLAS: restart with them in the env
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "SSI_BENCH_THREADS"):
+            os.environ[var] = str(args.threads)
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__)]
+                 + list(sys.argv[1:] if argv is None else argv))
+
+    sizes = [129, 257] if args.quick else sorted(args.sizes)
+    budget = args.max_baseline_seconds
+    info = machine_info()
+    print_machine(info)
+    print()
+    print("Dense matmul reference (numpy float64 A @ B)")
+    mm = {} if args.no_matmul else matmul_gflops()
+    mm_peak = max(mm.values()) if mm else None
+
+    avail = {s: _available(s) for s in BASELINES}
+    for s, (ok, why) in avail.items():
+        if not ok:
+            print(f"  baseline {BASELINE_LABEL[s]}: {why}")
+
+    results = {"machine": info, "matmul_gflops": {str(k): v for k, v in mm.items()},
+               "max_baseline_seconds": budget, "sizes": sizes, "problems": {}}
+    tables = {}
+    with tempfile.TemporaryDirectory(prefix="ssi_bench_") as workdir:
+        for problem in args.problems:
+            rows, notes = [], []
+            prev = {s: None for s in BASELINES}  # (N, total_s) or "stop"
+            for N in sizes:
+                n = N * N
+                print(f"\n[{problem} N={N}] building matrix ...", flush=True)
+                t = time.perf_counter()
+                A = make_problem(problem, N)
+                t_build = time.perf_counter() - t
+                path = os.path.join(workdir, f"{problem}_{N}.npz")
+                sp.save_npz(path, A, compressed=False)
+                print(f"  n={n} nnz={A.nnz} (built in {t_build:.2f} s)", flush=True)
+                del A
+
+                ssi = run_child("ssi_sparse", path, workdir, SSI_TIMEOUT_S)
+                ssi.update(N=N, n=n, label="ssi_sparse (first call)")
+                if ssi.get("ok"):
+                    ssi["gflops"] = ssi["flops"] / ssi["factor_s"] / 1e9
+                    ssi["gflops_first"] = ssi["flops"] / ssi["factor_first_s"] / 1e9
+                    ssi["speedup"] = 1.0
+                    ssi["factor_table_s"] = ssi["factor_first_s"]
+                    print(f"  ssi_sparse: factor {ssi['factor_first_s']:.3f} s first call "
+                          f"(plan {ssi['plan_s']:.3f} s), {ssi['factor_s']:.3f} s cached, "
+                          f"solve {ssi['solve1_s']:.4f} s, residual {ssi['residual']:.1e}",
+                          flush=True)
+                    line = (f"N={N}: engine {ssi['flops'] / 1e9:.2f} GFLOP (model), "
+                            f"{ssi['gflops']:.1f} GFLOP/s plan cached, "
+                            f"{ssi['gflops_first']:.1f} GFLOP/s first call")
+                    if mm_peak:
+                        line += (f"  vs dense matmul {mm_peak:.1f} GFLOP/s "
+                                 f"({100 * ssi['gflops'] / mm_peak:.0f}%)")
+                    line += (f"; plan build {ssi['plan_s']:.3f} s, max front {ssi['max_front']}, "
+                             f"{ssi['grid']}, hermitian={ssi['hermitian']}, "
+                             f"min_rcond={ssi['min_rcond']:.1e}")
+                    notes.append(line)
+                    rows.append(ssi)
+                    cached = dict(ssi, label="ssi_sparse (plan cached)",
+                                  total_s=ssi["total_cached_s"],
+                                  residual=ssi["residual_cached"],
+                                  peak_mib=None, nbytes=None,
+                                  factor_table_s=ssi["factor_s"])
+                    cached["speedup"] = ssi["total_cached_s"] / ssi["total_s"]
+                    rows.append(cached)
+                else:
+                    print(f"  ssi_sparse FAILED: {ssi.get('error')}", flush=True)
+                    rows.append(ssi)
+                ssi_total = ssi.get("total_s") if ssi.get("ok") else None
+
+                for solver, growth in BASELINES.items():
+                    label = BASELINE_LABEL[solver]
+                    row = {"solver": solver, "N": N, "n": n, "label": label, "ok": False}
+                    ok, why = avail[solver]
+                    if not ok:
+                        row["error"] = why
+                        row["skipped"] = True
+                        rows.append(row)
+                        continue
+                    p = prev[solver]
+                    if p == "stop":
+                        row["error"] = "skipped: failed or timed out at a smaller size"
+                        row["skipped"] = True
+                        rows.append(row)
+                        print(f"  {label}: {row['error']}", flush=True)
+                        continue
+                    if p is not None:
+                        n_prev, t_prev = p
+                        predicted = t_prev * growth ** math.log2(N / n_prev)
+                        row["predicted_s"] = predicted
+                        if predicted > budget:
+                            row["error"] = (f"skipped: predicted {predicted:.0f} s "
+                                            f"({t_prev:.1f} s at N={n_prev} x {growth:g} per "
+                                            f"doubling) > budget {budget:.0f} s")
+                            row["skipped"] = True
+                            rows.append(row)
+                            prev[solver] = "stop"
+                            print(f"  {label}: {row['error']}", flush=True)
+                            continue
+                    res = run_child(solver, path, workdir, 2.0 * budget)
+                    row.update(res)
+                    row["label"] = label
+                    if row.get("ok"):
+                        if ssi_total:
+                            row["speedup"] = row["total_s"] / ssi_total
+                        prev[solver] = (N, row["total_s"])
+                        print(f"  {label}: total {row['total_s']:.3f} s, residual "
+                              f"{row['residual']:.1e}", flush=True)
+                    else:
+                        prev[solver] = "stop"
+                        print(f"  {label}: {row.get('error')}", flush=True)
+                    rows.append(row)
+                os.remove(path)
+            tables[problem] = (rows, notes)
+            results["problems"][problem] = {"description": PROBLEMS[problem], "rows": rows,
+                                            "notes": notes}
+
+    for problem, (rows, notes) in tables.items():
+        print_table(problem, rows, notes)
+    print()
+    print("speed-up = (this solver's total s) / (ssi_sparse first-call total s); > 1 means "
+          "ssi_sparse is faster.")
+    print("peak MiB = child's peak RSS increase during factorize + first solve (matrix and rhs "
+          "already loaded).")
+
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1, default=str)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""pytest configuration: Hypothesis profiles (helpers live in tests/helpers.py).
+
+Profiles: ``default`` (loaded here) and ``ci`` (more examples, derandomized); select one with
+``pytest --hypothesis-profile=ci``.
+"""
+
+import os
+import sys
+
+from hypothesis import HealthCheck, settings
+
+# make ``import helpers`` work however pytest was invoked (rootdir, PYTHONPATH, ...)
+sys.path.insert(0, os.path.dirname(__file__))
+
+_SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large]
+
+settings.register_profile(
+    "default", max_examples=40, deadline=None, suppress_health_check=_SUPPRESS
+)
+settings.register_profile(
+    "ci",
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=_SUPPRESS,
+)
+settings.load_profile("default")
