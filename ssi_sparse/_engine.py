@@ -14,6 +14,8 @@ same stored blocks transposed.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,29 +41,85 @@ class NumericFactor:
         return min(b.min_rcond for level in self.blocks for b in level)
 
 
-def _merge_frontals(xp, cls, fronts, child_classes):
-    """Assemble a merge class's frontals from its children's eliminated frontals.
+def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows):
+    """Assemble rows ``rows`` of a merge class's frontals (into ``F``, shape (p, f, f)).
 
-    Each child's Schur block lands as a few contiguous runs (the plan orders boundaries side
-    by side), so assembly is a handful of block copies, not a gather per entry.
+    Small frontals: one flat gather per child.  Large ones: each child's Schur block lands as
+    a few contiguous runs (the plan orders boundaries side by side), so assembly is a handful
+    of block copies.
     """
-    P, f = cls.n_boxes, cls.n_front
-    F = xp.zeros((P, f, f), dtype=fronts[0].dtype)
+    p, f = F.shape[0], F.shape[1]
+
+    def child_rows(link):
+        return slice(link.rows.start + rows.start, link.rows.start + rows.stop)
+
+    if cls.children[0].flat is not None:
+        F2 = xp.reshape(F, (p, f * f))
+        for role, link in enumerate(cls.children):
+            part = xp.take(xp.reshape(fronts[link.cls][child_rows(link)], (p, -1)), link.flat, axis=1)
+            if role == 0:
+                F2[...] = part
+            else:
+                F2 += part
+        return
+    F[...] = 0
     for link in cls.children:
         s = child_classes[link.cls].n_elim
-        D = fronts[link.cls][link.rows, s:, s:]
+        D = fronts[link.cls][child_rows(link), s:, s:]
         for di, si, li in link.runs.tolist():
             for dj, sj, lj in link.runs.tolist():
                 F[:, di : di + li, dj : dj + lj] += D[:, si : si + li, sj : sj + lj]
-    return F
 
 
-def _leaf_frontals(xp, V_padded, cls):
-    nb, n_local = cls.closed_nodes.shape
-    nodes = xp.reshape(cls.closed_nodes, (-1,))
-    Vbox = xp.reshape(xp.take(V_padded, nodes, axis=0), (nb, n_local * 9))
-    f = cls.n_front
-    return xp.reshape(xp.take(Vbox, xp.reshape(cls.leaf_template, (-1,)), axis=1), (nb, f, f))
+def _leaf_frontals_into(xp, F, V_padded, cls, rows):
+    p, f = F.shape[0], F.shape[1]
+    n_local = cls.closed_nodes.shape[1]
+    nodes = xp.reshape(cls.closed_nodes[rows], (-1,))
+    Vbox = xp.reshape(xp.take(V_padded, nodes, axis=0), (p, n_local * 9))
+    xp.reshape(F, (p, f * f))[...] = xp.take(Vbox, xp.reshape(cls.leaf_template, (-1,)), axis=1)
+
+
+#: Classes with at least this many frontal entries are split into row chunks processed by a
+#: thread pool (NumPy releases the GIL in its loops; tiny blocks leave BLAS single-threaded).
+PARALLEL_MIN_ENTRIES = 1 << 20
+#: Frontals this large or larger run whole: BLAS threads them itself.
+PARALLEL_MAX_FRONT = 256
+
+
+def _num_threads() -> int:
+    env = os.environ.get("SSI_SPARSE_NUM_THREADS")
+    return max(1, int(env)) if env else (os.cpu_count() or 1)
+
+
+_POOL = None
+
+
+def _pool(n):
+    global _POOL
+    if _POOL is None or _POOL._max_workers != n:
+        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ssi_sparse")
+    return _POOL
+
+
+def _row_chunks(P, f):
+    n = _num_threads()
+    if n == 1 or f >= PARALLEL_MAX_FRONT or P * f * f < PARALLEL_MIN_ENTRIES:
+        return [slice(0, P)]
+    bounds = np.linspace(0, P, n + 1).astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _concat_blocks(xp, parts):
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(name):
+        arrays = [getattr(b, name) for b in parts]
+        return None if arrays[0] is None else xp.concat(arrays, axis=0)
+
+    return EliminatedBlocks(
+        cat("s_inv"), cat("x"), cat("r_s"), min(b.min_rcond for b in parts)
+    )
 
 
 def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np) -> NumericFactor:
@@ -75,12 +133,26 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np) -> Nu
     for k, level in enumerate(plan.levels):
         level_blocks, level_fronts = [], []
         for cls in level.classes:
-            if k == 0:
-                F = _leaf_frontals(xp, V_padded, cls)
+            P, f = cls.n_boxes, cls.n_front
+            F = xp.empty((P, f, f), dtype=V.dtype)
+            where = f"level {k} ({P} boxes, {cls.n_elim} eliminated, {cls.n_boundary} kept)"
+
+            def work(rows, F=F, cls=cls, where=where, k=k):
+                Fr = F[rows]
+                if k == 0:
+                    _leaf_frontals_into(xp, Fr, V_padded, cls, rows)
+                else:
+                    _merge_frontals_into(xp, Fr, cls, fronts, plan.levels[k - 1].classes, rows)
+                return eliminate(xp, Fr, cls.n_elim, hermitian, a_norm, where)
+
+            chunks = _row_chunks(P, f)
+            if len(chunks) == 1:
+                parts = [work(chunks[0])]
             else:
-                F = _merge_frontals(xp, cls, fronts, plan.levels[k - 1].classes)
-            where = f"level {k} ({cls.n_boxes} boxes, {cls.n_elim} eliminated, {cls.n_boundary} kept)"
-            level_blocks.append(eliminate(xp, F, cls.n_elim, hermitian, a_norm, where))
+                parts = list(_pool(len(chunks)).map(work, chunks))
+            level_blocks.append(_concat_blocks(xp, parts))
+            if cls.n_elim:
+                F[:, 0, 0] = 0  # S is spent: entry (0, 0) is the zero slot of flat gathers
             level_fronts.append(F)
         blocks.append(level_blocks)
         fronts = level_fronts

@@ -244,8 +244,8 @@ def factorize(A, *, grid=None, order=None):
     if scale is None:
         raise SingularMatrixError("matrix is exactly singular: it has an all-zero row", exact=True)
     plan = build_plan(*shape, DEFAULT_LEAF_CELLS)
-    # 1-norm = largest column sum = largest row sum of the transpose
-    a_norm = stencil_norm_inf(np, transpose_stencil(np, Vs, shape))
-    numeric = factorize_values(plan, Vs, is_hermitian(np, Vs, shape), a_norm, np)
+    Vs_t = transpose_stencil(np, Vs, shape)
+    a_norm = stencil_norm_inf(np, Vs_t)  # 1-norm: largest row sum of the transpose
+    numeric = factorize_values(plan, Vs, is_hermitian(np, Vs, Vs_t), a_norm, np)
     return GridFactor(spec, V, numeric, scale)
 

@@ -42,6 +42,14 @@ class ChildLink:
     runs: np.ndarray
     #: Positions of the child's boundary nodes in this frontal (down sweep).
     boundary_pos: np.ndarray
+    #: Small frontals only: for every frontal entry, its index in the child's flattened
+    #: eliminated frontal (the Schur block), or 0 where the child does not contribute (the
+    #: engine zeroes entry (0, 0) once S is spent).  One gather beats many tiny block copies.
+    flat: np.ndarray | None = None
+
+
+#: Merge frontals up to this size are assembled by flat gathers, larger ones by run copies.
+FLAT_GATHER_MAX_FRONT = 128
 
 
 @dataclass(eq=False)
@@ -305,7 +313,10 @@ def build_plan(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS) ->
                     leaf_template=_leaf_template(hn, wn, bool(bottom), bool(right), front_l),
                 )
             else:
-                kids = [(kc, a, b, child_boundaries[kc]) for kc, a, b in links[k][ci]]
+                kids = [
+                    (kc, a, b, child_boundaries[kc], levels[k - 1].classes[kc])
+                    for kc, a, b in links[k][ci]
+                ]
                 cls = _merge_class(axes[k - 1], (hn, wn), bound_l, kids)
                 cls.eliminated = _global_ids(
                     rows, cols, boxes, len(cols), width, hn, wn, cls.eliminated
@@ -330,22 +341,23 @@ def build_plan(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS) ->
 def _merge_class(axis, shape, bound_l, kids):
     """A class of parent boxes formed by merging two children along ``axis``.
 
-    ``kids``: per role, (child class, start, stop, (child boundary, child hn, child wn)).
+    ``kids``: per role, (child class, start, stop, (child boundary, child hn, child wn),
+    child BoxClass).
     Returns the BoxClass with ``eliminated`` still in parent-local ids.
     """
     hn, wn = shape
     # which parent-local nodes appear in a child's boundary, and where
     where = []
     offset = (0, 0)
-    for kc, start, stop, (k_bound, khn, kwn) in kids:
+    for kc, start, stop, (k_bound, khn, kwn), kid in kids:
         kr, kcol = np.divmod(k_bound, kwn)
         local = (kr + offset[0]) * wn + (kcol + offset[1])
-        where.append((kc, slice(start, stop), local))
+        where.append((kc, slice(start, stop), local, kid))
         # the second child starts on the line the two share
         offset = (khn - 1, 0) if axis == 0 else (0, kwn - 1)
 
     in_child = np.zeros(hn * wn, dtype=bool)
-    for _, _, local in where:
+    for _, _, local, _ in where:
         in_child[local] = True
     is_bound = np.zeros(hn * wn, dtype=bool)
     is_bound[bound_l] = True
@@ -354,12 +366,19 @@ def _merge_class(axis, shape, bound_l, kids):
     pos = np.full(hn * wn, -1, dtype=np.int64)
     pos[front_l] = np.arange(len(front_l))
 
+    n_front = len(front_l)
+    use_flat = n_front <= FLAT_GATHER_MAX_FRONT and all(kid.n_elim > 0 for *_, kid in where)
     children = []
-    for kc, rows, local in where:
+    for kc, rows, local, kid in where:
         n_kid = len(local)
-        gather = np.full(len(front_l), n_kid, dtype=np.int64)  # n_kid = the zero slot
+        gather = np.full(n_front, n_kid, dtype=np.int64)  # n_kid = the zero slot
         gather[pos[local]] = np.arange(n_kid)
-        children.append(ChildLink(kc, rows, _runs(gather, n_kid), pos[local]))
+        flat = None
+        if use_flat:
+            g = np.where(gather < n_kid, gather + kid.n_elim, -1)
+            both = (g[:, None] >= 0) & (g[None, :] >= 0)
+            flat = np.where(both, g[:, None] * kid.n_front + g[None, :], 0).reshape(-1)
+        children.append(ChildLink(kc, rows, _runs(gather, n_kid), pos[local], flat))
     return BoxClass(
         n_elim=len(elim_l),
         n_boundary=len(bound_l),
