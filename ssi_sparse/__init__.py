@@ -5,6 +5,7 @@ by the Schwarz-Schur involution (batched dense eliminations of boxes and Schur-c
 of neighbouring boxes); anything else falls back to SciPy.
 """
 
+from ._adjoint import solve_backward
 from ._errors import NotGridStructuredError, SingularMatrixError
 from ._factor import GridFactor, factorize
 from ._frontend import factorized, spsolve
@@ -18,6 +19,7 @@ __all__ = [
     "detect_grid",
     "factorize",
     "factorized",
+    "solve_backward",
     "spsolve",
 ]
 

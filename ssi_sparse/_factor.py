@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import LinearOperator
 
 from ._engine import NumericFactor, factorize_values, solve_values
 from ._errors import SingularMatrixError
-from ._grid import GridSpec, grid_stencil
+from ._grid import GridSpec, StencilPattern, grid_stencil
 from ._plan import DEFAULT_LEAF_CELLS, build_plan
 from ._stencil import (
     equilibrate,
@@ -55,18 +57,69 @@ class GridFactor:
         Whether the matrix was found exactly Hermitian (only the lower coupling is stored).
     """
 
-    def __init__(self, spec: GridSpec, V, numeric: NumericFactor, scale, xp=np):
+    def __init__(self, spec: GridSpec, V, pattern=None, xp=np):
         self.grid = spec
-        self._V = V
-        self._numeric = numeric
-        self._scale = scale
+        self._pattern = pattern
         self._xp = xp
-        self._Vt = None  # transposed stencil, built on the first transposed solve
-        self._norm_inf = stencil_norm_inf(xp, V)
         n = V.shape[0]
         self.shape = (n, n)
-        self.dtype = np.dtype(V.dtype)
+        self._factorize_stencil(V)
+
+    def _factorize_stencil(self, V):
+        """Numeric phase for the stencil values ``V`` on this factor's grid and plan."""
+        xp = self._xp
+        dtype = np.dtype(V.dtype)
+        if not bool(xp.all(xp.isfinite(V))):
+            raise ValueError("matrix contains NaN or Inf")
+        shape = self.grid.engine_shape
+        Vs, scale = equilibrate(xp, V, shape)
+        if scale is None:
+            raise SingularMatrixError(
+                "matrix is exactly singular: it has an all-zero row", exact=True
+            )
+        plan = build_plan(*shape, DEFAULT_LEAF_CELLS)
+        Vs_t = transpose_stencil(xp, Vs, shape)
+        a_norm = stencil_norm_inf(xp, Vs_t)  # 1-norm: largest row sum of the transpose
+        numeric = factorize_values(plan, Vs, is_hermitian(xp, Vs, Vs_t), a_norm, xp)
+        # commit only after success, so a failed refactorization leaves the factor intact
+        self._V, self._numeric, self._scale = V, numeric, scale
+        self._Vt = None  # transposed stencil, built on the first transposed solve
+        self._norm_inf = stencil_norm_inf(xp, V)
+        self.dtype = dtype
         self.hermitian = numeric.hermitian
+
+    def refactorize(self, A):
+        """Factorize new values with the same grid, reusing detection and the plan.
+
+        For time stepping and Newton iterations: when ``A`` has the same CSR/CSC sparsity
+        pattern (``indptr`` and ``indices``) as the matrix this factor was built from, its
+        values go straight into the stencil array; otherwise ``A`` is checked against this
+        factor's grid.  Updates the factor in place and returns it.
+
+        Raises
+        ------
+        NotGridStructuredError
+            If ``A`` does not fit this factor's grid.
+        """
+        if A.shape != self.shape:
+            raise ValueError(f"matrix shape {A.shape} differs from the factor's {self.shape}")
+        dtype = _engine_dtype(A.dtype)
+        V = self._pattern.stencil(A) if self._pattern is not None and self._pattern.matches(A) else None
+        if V is None:
+            spec, V = grid_stencil(A, grid=self.grid.shape, order=self.grid.order)
+            if sp.issparse(A) and A.format in ("csr", "csc"):
+                self._pattern = StencilPattern(A, spec)
+        self._factorize_stencil(V.astype(dtype, copy=False))
+        return self
+
+    def aslinearoperator(self):
+        """``A^-1`` as a :class:`scipy.sparse.linalg.LinearOperator`.
+
+        Implements ``matvec``/``matmat`` (one solve for all columns) and the adjoint
+        (``A^-H``), so it serves as ``M=`` in :func:`scipy.sparse.linalg.cg` or ``gmres`` and
+        as ``OPinv`` in :func:`scipy.sparse.linalg.eigsh`.
+        """
+        return _InverseOperator(self, "N")
 
     @property
     def nbytes(self) -> int:
@@ -236,16 +289,24 @@ def factorize(A, *, grid=None, order=None):
     """
     dtype = _engine_dtype(A.dtype)
     spec, V = grid_stencil(A, grid=grid, order=order)
-    V = V.astype(dtype, copy=False)
-    if not np.all(np.isfinite(V)):
-        raise ValueError("matrix contains NaN or Inf")
-    shape = spec.engine_shape
-    Vs, scale = equilibrate(np, V, shape)
-    if scale is None:
-        raise SingularMatrixError("matrix is exactly singular: it has an all-zero row", exact=True)
-    plan = build_plan(*shape, DEFAULT_LEAF_CELLS)
-    Vs_t = transpose_stencil(np, Vs, shape)
-    a_norm = stencil_norm_inf(np, Vs_t)  # 1-norm: largest row sum of the transpose
-    numeric = factorize_values(plan, Vs, is_hermitian(np, Vs, Vs_t), a_norm, np)
-    return GridFactor(spec, V, numeric, scale)
+    pattern = StencilPattern(A, spec) if A.format in ("csr", "csc") else None
+    return GridFactor(spec, V.astype(dtype, copy=False), pattern)
 
+
+
+class _InverseOperator(LinearOperator):
+    """``op(A)^-1`` of a GridFactor as a LinearOperator (``trans`` 'N' or 'H')."""
+
+    def __init__(self, factor, trans):
+        self.factor = factor
+        self.trans = trans
+        super().__init__(dtype=factor.dtype, shape=factor.shape)
+
+    def _matvec(self, x):
+        return self.factor.solve(np.ravel(x), trans=self.trans)
+
+    def _matmat(self, X):
+        return self.factor.solve(X, trans=self.trans)
+
+    def _adjoint(self):
+        return _InverseOperator(self.factor, "H" if self.trans == "N" else "N")

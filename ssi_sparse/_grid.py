@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from ._errors import NotGridStructuredError
 
-__all__ = ["GridSpec", "detect_grid", "grid_stencil"]
+__all__ = ["GridSpec", "StencilPattern", "detect_grid", "grid_stencil"]
 
 
 @dataclass(frozen=True)
@@ -207,3 +207,47 @@ def grid_stencil(A, grid=None, order=None):
     if np.iscomplexobj(vals):
         V = V + 1j * np.bincount(flat, weights=vals.imag, minlength=n * 9)
     return spec, V.astype(dtype, copy=False).reshape(n, 9)
+
+
+class StencilPattern:
+    """Where each stored entry of a CSR/CSC matrix goes in the stencil array of its grid.
+
+    Kept by a factorization so that new values on the same sparsity pattern (time stepping,
+    Newton iterations) skip detection: ``stencil(A_new)`` is one ``bincount``.
+    """
+
+    def __init__(self, A, spec: GridSpec):
+        self.format = A.format
+        self.shape = A.shape
+        self.indptr = A.indptr.copy()
+        self.indices = A.indices.copy()
+        coo = A.tocoo()  # keeps the storage order of A.data
+        rows, cols = coo.row.astype(np.int64), coo.col.astype(np.int64)
+        width = spec.engine_shape[1]
+        ri, rj = _grid_row(rows, width), _grid_row(cols, width)
+        dr, dc = rj - ri, (cols - rj * width) - (rows - ri * width)
+        ok = (np.abs(dr) <= 1) & (np.abs(dc) <= 1)
+        #: flat stencil index of each stored entry, -1 for (zero) entries off the stencil
+        self.flat = np.where(ok, rows * 9 + (dr + 1) * 3 + (dc + 1), -1)
+
+    def matches(self, A) -> bool:
+        return (
+            sp.issparse(A)
+            and A.format == self.format
+            and A.shape == self.shape
+            and np.array_equal(A.indptr, self.indptr)
+            and np.array_equal(A.indices, self.indices)
+        )
+
+    def stencil(self, A):
+        """Stencil array of ``A`` (same pattern), or None if an off-stencil entry is nonzero."""
+        data = A.data
+        off = self.flat < 0
+        if off.any() and np.any(data[off] != 0):
+            return None
+        flat, vals = self.flat[~off], data[~off]
+        n = self.shape[0]
+        V = np.bincount(flat, weights=vals.real, minlength=n * 9)
+        if np.iscomplexobj(vals):
+            V = V + 1j * np.bincount(flat, weights=vals.imag, minlength=n * 9)
+        return V.reshape(n, 9)

@@ -1,0 +1,160 @@
+"""PyTorch integration: ``x = A^-1 b`` as a differentiable operation (extra ``ssi_sparse[torch]``).
+
+The backward pass reuses the forward factorization: ``dL/db = A^-H dL/dx`` is one more solve,
+``dL/dA`` on the stored entries is O(nnz) work (see :mod:`ssi_sparse._adjoint`).  Only this
+module imports torch; the rest of ssi_sparse works without it.
+
+>>> import torch, ssi_sparse.torch as sst                               # doctest: +SKIP
+>>> x = sst.spsolve(A, b)          # A: sparse COO/CSR tensor, values with requires_grad
+>>> x.square().sum().backward()    # A.values().grad and b.grad from one extra solve
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import scipy.sparse as sp
+
+try:
+    import torch
+except ImportError as exc:  # pragma: no cover - exercised only without torch
+    raise ImportError(
+        "ssi_sparse.torch needs PyTorch: pip install 'ssi-sparse[torch]'"
+    ) from exc
+
+from ._adjoint import stored_entry_gradient
+from ._factor import factorize
+
+__all__ = ["spsolve", "SparseSolve"]
+
+
+def _pattern(A):
+    """(values, rows, cols) of a sparse COO or CSR tensor; values keep their autograd graph."""
+    if A.layout == torch.sparse_coo:
+        A = A.coalesce()
+        rows, cols = A.indices()
+        values = A.values()
+    elif A.layout == torch.sparse_csr:
+        crow, cols = A.crow_indices(), A.col_indices()
+        rows = torch.repeat_interleave(torch.arange(A.shape[0], device=crow.device), torch.diff(crow))
+        values = A.values()
+    else:
+        raise TypeError(f"A must be a sparse COO or CSR tensor, got layout {A.layout}")
+    return values, rows.cpu().numpy(), cols.cpu().numpy()
+
+
+def _check_device(*tensors):
+    for t in tensors:
+        if t.device.type != "cpu":
+            raise NotImplementedError(
+                f"tensors on {t.device} need ssi_sparse's GPU (CuPy) backend, which is not "
+                "implemented yet; move A and b to the CPU"
+            )
+
+
+def _as_columns(b, n):
+    """Fold b of shape (n,), (n, k) or (B, n, k) into an (n, m) matrix, and how to unfold."""
+    if b.ndim == 1 and b.shape[0] == n:
+        return b.reshape(n, 1), lambda x: x.reshape(n)
+    if b.ndim == 2 and b.shape[0] == n:
+        return b, lambda x: x
+    if b.ndim == 3 and b.shape[1] == n:
+        B, _, k = b.shape
+        cols = b.permute(1, 0, 2).reshape(n, B * k)
+        return cols, lambda x: x.reshape(n, B, k).permute(1, 0, 2)
+    raise ValueError(f"b must have shape ({n},), ({n}, k) or (batch, {n}, k), got {tuple(b.shape)}")
+
+
+class _Solve(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, b, rows, cols, shape, factor_source):
+        dtype = torch.promote_types(values.dtype, b.dtype)
+        data = values.detach().to(dtype).numpy()
+        A = sp.csr_array((data, (rows, cols)), shape=shape)
+        factor = factor_source(A)
+        x = torch.from_numpy(np.ascontiguousarray(factor.solve(b.detach().to(dtype).numpy())))
+        ctx.factor, ctx.rows, ctx.cols = factor, rows, cols
+        ctx.value_dtype, ctx.b_dtype = values.dtype, b.dtype
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_x):
+        (x,) = ctx.saved_tensors
+        grad_b = ctx.factor.solve(grad_x.numpy(), trans="H")
+        grad_values = grad_b_t = None
+        if ctx.needs_input_grad[0]:
+            g = stored_entry_gradient(grad_b, x.numpy(), ctx.rows, ctx.cols)
+            if not ctx.value_dtype.is_complex:
+                g = g.real
+            grad_values = torch.from_numpy(np.ascontiguousarray(g)).to(ctx.value_dtype)
+        if ctx.needs_input_grad[1]:
+            if not ctx.b_dtype.is_complex:
+                grad_b = grad_b.real
+            grad_b_t = torch.from_numpy(np.ascontiguousarray(grad_b)).to(ctx.b_dtype)
+        return grad_values, grad_b_t, None, None, None, None
+
+
+def _solve(values, rows, cols, shape, b, factor_source):
+    _check_device(values, b)
+    columns, unfold = _as_columns(b, shape[0])
+    return unfold(_Solve.apply(values, columns, rows, cols, shape, factor_source))
+
+
+def spsolve(A, b, *, grid=None, order=None):
+    """Differentiable ``x = A^-1 b`` for a sparse grid-structured torch tensor ``A``.
+
+    Parameters
+    ----------
+    A : torch.Tensor, sparse COO or CSR, shape (n, n)
+        A 3x3-stencil operator on a grid; ``A.values()`` may require grad.
+    b : torch.Tensor, shape (n,), (n, k) or (batch, n, k)
+        Dense right-hand side(s); may require grad.  A batch shares ``A``.
+    grid, order
+        As for :func:`ssi_sparse.factorize`.
+
+    Returns
+    -------
+    x : torch.Tensor, shape of ``b``, dtype ``torch.promote_types(A.dtype, b.dtype)``
+    """
+    values, rows, cols = _pattern(A)
+    return _solve(values, rows, cols, tuple(A.shape), b, lambda M: factorize(M, grid=grid, order=order))
+
+
+class SparseSolve(torch.nn.Module):
+    """A layer solving ``A(values) x = b`` on a fixed sparsity pattern.
+
+    For networks that predict the stencil: the pattern (and grid detection, and the plan) is
+    set once; each call passes new ``values`` (aligned with ``indices``) and is refactorized
+    without detection.
+
+    Parameters
+    ----------
+    indices : tensor or array, shape (2, nnz)
+        Row and column of every stored entry.
+    shape : tuple of int
+        ``(n, n)``.
+    grid, order
+        As for :func:`ssi_sparse.factorize`.
+    """
+
+    def __init__(self, indices, shape, *, grid=None, order=None):
+        super().__init__()
+        idx = torch.as_tensor(indices).cpu().numpy().astype(np.int64)
+        self.rows, self.cols = idx[0], idx[1]
+        self.shape = tuple(int(s) for s in shape)
+        self.grid, self.order = grid, order
+        self._factor = None
+
+    def _factor_for(self, A):
+        if self._factor is None or self._factor.dtype != A.dtype:
+            self._factor = factorize(A, grid=self.grid, order=self.order)
+            return self._factor
+        # a fresh factor per call (earlier calls' backward passes still need theirs),
+        # sharing grid, sparsity pattern and plan: no detection, no planning
+        return copy.copy(self._factor).refactorize(A)
+
+    def forward(self, values, b):
+        return _solve(values, self.rows, self.cols, self.shape, b, self._factor_for)

@@ -1,0 +1,91 @@
+"""The factor object: reuse, refactorization with new values, inverse LinearOperator."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+import ssi_sparse
+from ssi_sparse.problems import convection_diffusion_2d, diffusion_2d, random_spd_9pt
+
+
+def rel_res(A, x, b):
+    return np.linalg.norm(A @ x - b) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_refactorize_same_pattern_skips_detection(fmt, monkeypatch):
+    A0 = random_spd_9pt(33, 21, seed=1).asformat(fmt)
+    lu = ssi_sparse.factorize(A0)
+    import ssi_sparse._factor as factor_mod
+
+    def no_detection(*a, **k):
+        raise AssertionError("detection must not run for the same sparsity pattern")
+
+    monkeypatch.setattr(factor_mod, "grid_stencil", no_detection)
+    b = np.random.default_rng(0).standard_normal(A0.shape[0])
+    coo = A0.tocoo()  # same storage order as A0.data
+    diagonal = coo.row == coo.col
+    for t in (0.1, 1.0, 10.0):  # implicit time steps I + t L on one pattern
+        A = A0.copy()
+        A.data = t * A0.data + diagonal
+        assert lu.refactorize(A) is lu
+        assert rel_res(A, lu.solve(b), b) < 1e-12
+
+
+def test_refactorize_new_pattern_same_grid():
+    A = diffusion_2d(20, 30)
+    lu = ssi_sparse.factorize(A)
+    B = random_spd_9pt(20, 30, seed=4).tocoo()  # 9-point now, other format
+    lu.refactorize(B)
+    b = np.ones(600)
+    assert lu.grid.stencil == "5-point"  # the grid object is kept; values changed
+    assert rel_res(B.tocsr(), lu.solve(b), b) < 1e-12
+
+
+def test_refactorize_rejects_other_grid_and_keeps_factor():
+    A = diffusion_2d(20, 30)
+    lu = ssi_sparse.factorize(A)
+    with pytest.raises(ssi_sparse.NotGridStructuredError):
+        lu.refactorize(diffusion_2d(30, 20) + sp.eye(600, k=25))
+    b = np.ones(600)
+    assert rel_res(A, lu.solve(b), b) < 1e-12  # failed refactorization left it intact
+    with pytest.raises(ValueError, match="shape"):
+        lu.refactorize(diffusion_2d(10, 10))
+
+
+def test_refactorize_singular_values_keep_old_factor():
+    A = diffusion_2d(12, 9)
+    lu = ssi_sparse.factorize(A)
+    bad = A.tolil()
+    bad[3, :] = 0
+    with pytest.raises(ssi_sparse.SingularMatrixError):
+        lu.refactorize(bad.tocsr())
+    b = np.ones(108)
+    assert rel_res(A, lu.solve(b), b) < 1e-12
+
+
+def test_inverse_operator_matvec_matmat_adjoint():
+    A = convection_diffusion_2d(15, 17, peclet=20.0)
+    Ainv = ssi_sparse.factorize(A).aslinearoperator()
+    rng = np.random.default_rng(2)
+    x, X = rng.standard_normal(255), rng.standard_normal((255, 3))
+    assert rel_res(A, Ainv @ x, x) < 1e-12
+    assert rel_res(A, Ainv.matmat(X), X) < 1e-12
+    assert rel_res(A.T, Ainv.H @ x, x) < 1e-12  # adjoint is A^-H
+    assert Ainv.shape == A.shape and Ainv.dtype == np.float64
+
+
+def test_inverse_operator_as_preconditioner_and_shift_invert():
+    A = random_spd_9pt(30, 30, seed=5)
+    b = np.ones(900)
+    # preconditioning CG with an exact inverse of a nearby matrix converges in a few steps
+    M = ssi_sparse.factorize(A + 1e-3 * sp.identity(900)).aslinearoperator()
+    iters = []
+    x, info = spla.cg(A, b, M=M, rtol=1e-10, callback=lambda xk: iters.append(1))
+    assert info == 0 and len(iters) <= 5 and rel_res(A, x, b) < 1e-9
+    # shift-invert eigsh: smallest eigenvalues through OPinv
+    vals = spla.eigsh(A, k=3, sigma=0, which="LM", OPinv=ssi_sparse.factorize(A).aslinearoperator(),
+                      return_eigenvectors=False)
+    ref = np.linalg.eigvalsh(A.toarray())[:3]
+    np.testing.assert_allclose(np.sort(vals), ref, rtol=1e-8)
