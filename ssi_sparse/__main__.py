@@ -28,11 +28,12 @@ def _residual(A, x, b):
     return float(np.linalg.norm(A @ x - b) / np.linalg.norm(b))
 
 
-def demo(size=1025, scipy_baseline=True, out=sys.stdout):
+def demo(size=1025, scipy_baseline=True, out=None):
     import scipy.sparse.linalg as spla
 
     import ssi_sparse
 
+    out = out or sys.stdout
     A, b = _demo_problem(size)
     print(f"ssi_sparse {ssi_sparse.__version__} demo: variable-coefficient diffusion, "
           f"{size} x {size} grid, n = {A.shape[0]:,}, nnz = {A.nnz:,}, float64, CPU", file=out)
@@ -75,10 +76,11 @@ def _read_matrix_market(path, what):
         ) from None
 
 
-def _progress(message, out=sys.stderr):
+def _progress(message, out=None):
     """A one-line progress display with elapsed time, updated from a background thread."""
     import threading
 
+    out = out or sys.stderr
     done = threading.Event()
     start = time.perf_counter()
 
@@ -140,11 +142,12 @@ def _grid_arg(text):
     return (h, w)
 
 
-def info(out=sys.stdout):
+def info(out=None):
     import scipy
 
     import ssi_sparse
 
+    out = out or sys.stdout
     print(f"ssi_sparse {ssi_sparse.__version__}", file=out)
     print(f"python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}", file=out)
     print(f"machine: {platform.machine()}, {os.cpu_count()} logical CPUs", file=out)

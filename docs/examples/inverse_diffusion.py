@@ -83,7 +83,7 @@ for step in range(300):
     loss = misfit + 1e-5 * smoothness(log_c)
     loss.backward()
     optimizer.step()
-    losses.append(float(misfit))
+    losses.append(float(misfit.detach()))
 elapsed = time.perf_counter() - t0
 rel_err = float((log_c.detach().exp() - torch.tensor(true_c)).norm() / torch.tensor(true_c).norm())
 print(f"{len(losses)} steps in {elapsed:.1f} s ({1e3 * elapsed / len(losses):.1f} ms per forward+backward "
