@@ -190,9 +190,12 @@ def test_factorized_exactly_singular_raises_runtimeerror():
         ssi_sparse.factorized(A.tocsc())
 
 
-def test_scipy_linsolve_suite_with_our_functions_bound():
+def test_scipy_linsolve_suite_with_our_functions_bound(tmp_path):
     """SciPy's own test_linsolve.py, run with our spsolve/factorized: same counts as SciPy."""
-    tests_dir = os.path.dirname(__file__)
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    # a neutral pytest config: ours (--strict-markers) must not apply to SciPy's tests
+    ini = tmp_path / "pytest.ini"
+    ini.write_text("[pytest]\n")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [tests_dir, os.path.dirname(tests_dir), env.get("PYTHONPATH", "")]
@@ -202,9 +205,10 @@ def test_scipy_linsolve_suite_with_our_functions_bound():
         e = dict(env)
         if min_size is not None:
             e["SSI_ENGINE_MIN_SIZE"] = str(min_size)
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra,
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ini),
+               "--rootdir", str(tmp_path), *extra,
                "--pyargs", "scipy.sparse.linalg._dsolve.tests.test_linsolve"]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=e, cwd=tests_dir)
+        out = subprocess.run(cmd, capture_output=True, text=True, env=e, cwd=tmp_path)
         return out.returncode, out.stdout.strip().splitlines()[-1]
 
     rc0, plain = run([])
