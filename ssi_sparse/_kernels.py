@@ -21,7 +21,7 @@ import numpy as np
 
 from ._errors import SingularMatrixError
 
-__all__ = ["EliminatedBlocks", "eliminate", "matrix_h", "matrix_t"]
+__all__ = ["EliminatedBlocks", "allocate_blocks", "eliminate", "matrix_h", "matrix_t"]
 
 
 def matrix_t(a):
@@ -62,7 +62,17 @@ def _rcond(xp, S, S_inv, a_norm):
 CHUNK_BYTES = 8 << 20
 
 
-def eliminate(xp, F, s: int, hermitian: bool, a_norm: float, where: str) -> tuple:
+def allocate_blocks(xp, P, s, r, dtype, hermitian) -> EliminatedBlocks:
+    """Uninitialized storage for one class's eliminated blocks (filled chunk by chunk)."""
+    return EliminatedBlocks(
+        xp.empty((P, s, s), dtype=dtype),
+        xp.empty((P, s, r), dtype=dtype),
+        None if hermitian else xp.empty((P, r, s), dtype=dtype),
+        1.0,
+    )
+
+
+def eliminate(xp, F, s: int, hermitian: bool, a_norm: float, where: str, out=None):
     """Eliminate the leading ``s`` unknowns of every frontal in the batch ``F`` (P, f, f).
 
     ``F`` is overwritten in place: afterwards ``F[:, s:, s:]`` holds the Schur complement
@@ -92,8 +102,18 @@ def eliminate(xp, F, s: int, hermitian: bool, a_norm: float, where: str) -> tupl
             f"number {min_rcond:.2e} < {s} * eps = {tol:.2e} (relative to the matrix)",
             exact=min_rcond == 0.0,
         )
-    X = S_inv @ S_R
-    R_S = None if hermitian else xp.asarray(F[:, s:, :s], copy=True)
+    if out is None:
+        X = S_inv @ S_R
+        R_S = None if hermitian else xp.asarray(F[:, s:, :s], copy=True)
+    else:
+        out.s_inv[...] = S_inv
+        S_inv, X, R_S = out.s_inv, out.x, out.r_s
+        if xp is np:
+            np.matmul(S_inv, S_R, out=X)
+        else:
+            X[...] = S_inv @ S_R
+        if R_S is not None:
+            R_S[...] = F[:, s:, :s]
     step = max(1, CHUNK_BYTES // max(1, r * max(r, s) * F.dtype.itemsize))
     for c0 in range(0, P, step):
         c1 = min(P, c0 + step)
