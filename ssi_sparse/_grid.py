@@ -221,14 +221,21 @@ class StencilPattern:
         self.shape = A.shape
         self.indptr = A.indptr.copy()
         self.indices = A.indices.copy()
-        coo = A.tocoo()  # keeps the storage order of A.data
-        rows, cols = coo.row.astype(np.int64), coo.col.astype(np.int64)
-        width = spec.engine_shape[1]
-        ri, rj = _grid_row(rows, width), _grid_row(cols, width)
-        dr, dc = rj - ri, (cols - rj * width) - (rows - ri * width)
-        ok = (np.abs(dr) <= 1) & (np.abs(dc) <= 1)
-        #: flat stencil index of each stored entry, -1 for (zero) entries off the stencil
-        self.flat = np.where(ok, rows * 9 + (dr + 1) * 3 + (dc + 1), -1)
+        self.width = spec.engine_shape[1]
+        self._flat = None  # computed on the first refactorization, not at factorize time
+
+    @property
+    def flat(self):
+        """Flat stencil index of each stored entry, -1 for (zero) entries off the stencil."""
+        if self._flat is None:
+            major = np.repeat(np.arange(self.shape[0], dtype=np.int64), np.diff(self.indptr))
+            minor = self.indices.astype(np.int64)
+            rows, cols = (major, minor) if self.format == "csr" else (minor, major)
+            ri, rj = _grid_row(rows, self.width), _grid_row(cols, self.width)
+            dr, dc = rj - ri, (cols - rj * self.width) - (rows - ri * self.width)
+            ok = (np.abs(dr) <= 1) & (np.abs(dc) <= 1)
+            self._flat = np.where(ok, rows * 9 + (dr + 1) * 3 + (dc + 1), -1)
+        return self._flat
 
     def matches(self, A) -> bool:
         return (
