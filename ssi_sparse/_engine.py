@@ -31,7 +31,7 @@ class NumericFactor:
     plan: Plan
     blocks: list  # blocks[level][class] -> EliminatedBlocks
     hermitian: bool
-    dtype: np.dtype
+    dtype: object  # the array namespace's dtype
 
     def nbytes(self) -> int:
         return sum(b.nbytes() for level in self.blocks for b in level)
@@ -49,7 +49,7 @@ def _take_into(xp, a, indices, axis, out):
         out[...] = xp.take(a, indices, axis=axis)
 
 
-def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows, scratch):
+def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows, scratch, to_xp):
     """Assemble rows ``rows`` of a merge class's frontals into ``F`` (p, f, f).
 
     Small frontals: one flat gather per child (``scratch``, (p, f * f), takes the second).
@@ -64,8 +64,10 @@ def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows, scratch):
     if cls.children[0].flat is not None:
         F2 = xp.reshape(F, (p, f * f))
         first, second = cls.children
-        _take_into(xp, xp.reshape(fronts[first.cls][child_rows(first)], (p, -1)), first.flat, 1, F2)
-        _take_into(xp, xp.reshape(fronts[second.cls][child_rows(second)], (p, -1)), second.flat, 1, scratch)
+        _take_into(xp, xp.reshape(fronts[first.cls][child_rows(first), ...], (p, -1)), to_xp(first.flat), 1, F2)
+        _take_into(
+            xp, xp.reshape(fronts[second.cls][child_rows(second), ...], (p, -1)), to_xp(second.flat), 1, scratch
+        )
         F2 += scratch
         return
     F[...] = 0
@@ -77,14 +79,14 @@ def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows, scratch):
                 F[:, di : di + li, dj : dj + lj] += D[:, si : si + li, sj : sj + lj]
 
 
-def _leaf_frontals_into(xp, F, V_padded, cls, rows, scratch):
+def _leaf_frontals_into(xp, F, V_padded, cls, rows, scratch, to_xp):
     p, f = F.shape[0], F.shape[1]
     n_local = cls.closed_nodes.shape[1]
-    nodes = xp.reshape(cls.closed_nodes[rows], (-1,))
+    nodes = xp.reshape(to_xp(cls.closed_nodes)[rows, ...], (-1,))
     Vbox = xp.reshape(scratch[:, : n_local * 9], (p * n_local, 9))
     _take_into(xp, V_padded, nodes, 0, Vbox)
     Vbox = xp.reshape(Vbox, (p, n_local * 9))
-    _take_into(xp, Vbox, xp.reshape(cls.leaf_template, (-1,)), 1, xp.reshape(F, (p, f * f)))
+    _take_into(xp, Vbox, xp.reshape(to_xp(cls.leaf_template), (-1,)), 1, xp.reshape(F, (p, f * f)))
 
 
 class _Workspace:
@@ -111,12 +113,12 @@ class _Workspace:
         arena = self.arenas[k % 2] = self._buffer(self.arenas[k % 2], sum(sizes))
         fronts, offset = [], 0
         for c, size in zip(classes, sizes):
-            fronts.append(self.xp.reshape(arena[offset : offset + size], (c.n_boxes, c.n_front, c.n_front)))
+            fronts.append(self.xp.reshape(arena[offset : offset + size, ...], (c.n_boxes, c.n_front, c.n_front)))
             offset += size
         widths = [max(c.n_front**2, 9 * c.closed_nodes.shape[1] if c.closed_nodes is not None else 0) for c in classes]
         need = max(c.n_boxes * w for c, w in zip(classes, widths))
         self.scratch = self._buffer(self.scratch, need)
-        scratch = [self.xp.reshape(self.scratch[: c.n_boxes * w], (c.n_boxes, w)) for c, w in zip(classes, widths)]
+        scratch = [self.xp.reshape(self.scratch[: c.n_boxes * w, ...], (c.n_boxes, w)) for c, w in zip(classes, widths)]
         return fronts, scratch
 
 
@@ -157,6 +159,7 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np) -> Nu
     """
     V_padded = xp.concat([V, xp.zeros((1, 9), dtype=V.dtype)], axis=0)
     workspace = _Workspace(xp, V.dtype)
+    to_xp = plan.device(xp)
     blocks = []
     fronts = None  # eliminated frontals of the level below (their Schur blocks feed parents)
     for k, level in enumerate(plan.levels):
@@ -171,16 +174,21 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np) -> Nu
                 out = allocate_blocks(xp, cls.n_boxes, cls.n_elim, cls.n_boundary, V.dtype, hermitian)
 
             def work(rows, F=F, cls=cls, scratch=scratch, where=where, k=k, out=out):
-                Fr = F[rows]
+                Fr = F[rows, ...]
                 if k == 0:
-                    _leaf_frontals_into(xp, Fr, V_padded, cls, rows, scratch[rows])
+                    _leaf_frontals_into(xp, Fr, V_padded, cls, rows, scratch[rows, ...], to_xp)
                 else:
                     child_classes = plan.levels[k - 1].classes
-                    _merge_frontals_into(xp, Fr, cls, fronts, child_classes, rows, scratch[rows])
+                    _merge_frontals_into(
+                        xp, Fr, cls, fronts, child_classes, rows, scratch[rows, ...], to_xp
+                    )
                 out_rows = None
                 if out is not None:
                     out_rows = EliminatedBlocks(
-                        out.s_inv[rows], out.x[rows], None if out.r_s is None else out.r_s[rows], 1.0
+                        out.s_inv[rows, ...],
+                        out.x[rows, ...],
+                        None if out.r_s is None else out.r_s[rows, ...],
+                        1.0,
                     )
                 return eliminate(xp, Fr, cls.n_elim, hermitian, a_norm, where, out_rows)
 
@@ -194,7 +202,7 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np) -> Nu
                 F[:, 0, 0] = 0  # S is spent: entry (0, 0) is the zero slot of flat gathers
         blocks.append(level_blocks)
         fronts = level_fronts
-    return NumericFactor(plan, blocks, hermitian, np.dtype(V.dtype))
+    return NumericFactor(plan, blocks, hermitian, V.dtype)
 
 
 def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
@@ -207,7 +215,8 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
         trans = "T"
     plan = factor.plan
     k_rhs = b.shape[1]
-    bp = xp.take(b, plan.order, axis=0)
+    to_xp = plan.device(xp)
+    bp = xp.take(b, to_xp(plan.order), axis=0)
 
     # right-hand side pieces, one per (level, class): (P, s, k)
     pieces, offset = [], 0
@@ -215,7 +224,7 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
         row = []
         for cls in level.classes:
             size = cls.n_boxes * cls.n_elim
-            row.append(xp.reshape(bp[offset : offset + size], (cls.n_boxes, cls.n_elim, k_rhs)))
+            row.append(xp.reshape(bp[offset : offset + size, ...], (cls.n_boxes, cls.n_elim, k_rhs)))
             offset += size
         pieces.append(row)
 
@@ -231,18 +240,18 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
             else:
                 f = xp.zeros((cls.n_boxes, cls.n_front, k_rhs), dtype=bp.dtype)
                 for link in cls.children:
-                    d = condensed[link.cls][link.rows]
+                    d = condensed[link.cls][link.rows, ...]
                     for di, si, li in link.runs.tolist():
-                        f[:, di : di + li] += d[:, si : si + li]
-                f_S = f_S + f[:, : cls.n_elim]
-                f_R = f[:, cls.n_elim :]
+                        f[:, di : di + li, ...] += d[:, si : si + li, ...]
+                f_S = f_S + f[:, : cls.n_elim, ...]
+                f_R = f[:, cls.n_elim :, ...]
             if trans == "N":
                 y = blk.s_inv @ f_S
-                upd = (matrix_h(blk.x) @ f_S) if blk.r_s is None else (blk.r_s @ y)
+                upd = (matrix_h(xp, blk.x) @ f_S) if blk.r_s is None else (blk.r_s @ y)
                 level_kept.append(y)
             else:
                 op = matrix_t if trans == "T" else matrix_h
-                upd = op(blk.x) @ f_S
+                upd = op(xp, blk.x) @ f_S
                 level_kept.append(f_S)
             level_condensed.append(-upd if f_R is None else f_R - upd)
         kept.append(level_kept)
@@ -261,7 +270,11 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
             else:
                 parent_level = plan.levels[k + 1]
                 parts = [
-                    xp.take(parent_front[pi], parent_level.classes[pi].children[role].boundary_pos, axis=1)
+                    xp.take(
+                        parent_front[pi],
+                        to_xp(parent_level.classes[pi].children[role].boundary_pos),
+                        axis=1,
+                    )
                     for pi, role in level.boundary_sources[ci]
                 ]
                 u_R = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
@@ -271,13 +284,12 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
                 op = matrix_t if trans == "T" else matrix_h
                 rhs = kept[k][ci]
                 if cls.n_boundary:
-                    r_s = blk.r_s
-                    rhs = rhs - op(r_s) @ u_R
-                u_S = op(blk.s_inv) @ rhs
+                    rhs = rhs - op(xp, blk.r_s) @ u_R
+                u_S = op(xp, blk.s_inv) @ rhs
             level_sol.append(u_S)
             level_front.append(xp.concat([u_S, u_R], axis=1))
         solutions[k] = level_sol
         parent_front = level_front
 
     u = xp.concat([xp.reshape(s, (-1, k_rhs)) for level in solutions for s in level], axis=0)
-    return xp.take(u, plan.inverse_order, axis=0)
+    return xp.take(u, to_xp(plan.inverse_order), axis=0)

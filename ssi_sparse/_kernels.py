@@ -24,12 +24,12 @@ from ._errors import SingularMatrixError
 __all__ = ["EliminatedBlocks", "allocate_blocks", "eliminate", "matrix_h", "matrix_t"]
 
 
-def matrix_t(a):
-    return a.swapaxes(-1, -2)
+def matrix_t(xp, a):
+    return xp.matrix_transpose(a)
 
 
-def matrix_h(a):
-    return a.swapaxes(-1, -2).conj()
+def matrix_h(xp, a):
+    return xp.conj(xp.matrix_transpose(a))
 
 
 @dataclass(eq=False)
@@ -95,7 +95,7 @@ def eliminate(xp, F, s: int, hermitian: bool, a_norm: float, where: str, out=Non
     min_rcond = float(xp.min(rcond)) if P else 1.0
     # numerical rank test as in numpy.linalg.matrix_rank: a block closer than s * eps to
     # singular has no reliable digits (a pure-Neumann Laplacian's root block lands here)
-    tol = s * float(np.finfo(F.dtype).eps)
+    tol = s * float(xp.finfo(F.dtype).eps)
     if not (min_rcond >= tol):  # also catches NaN from an exactly singular block
         raise SingularMatrixError(
             f"matrix is numerically singular: a block of {where} has reciprocal condition "
@@ -114,9 +114,10 @@ def eliminate(xp, F, s: int, hermitian: bool, a_norm: float, where: str, out=Non
             X[...] = S_inv @ S_R
         if R_S is not None:
             R_S[...] = F[:, s:, :s]
-    step = max(1, CHUNK_BYTES // max(1, r * max(r, s) * F.dtype.itemsize))
+    itemsize = xp.finfo(F.dtype).bits // 8 * (2 if xp.isdtype(F.dtype, "complex floating") else 1)
+    step = max(1, CHUNK_BYTES // max(1, r * max(r, s) * itemsize))
     for c0 in range(0, P, step):
         c1 = min(P, c0 + step)
-        left = matrix_h(S_R[c0:c1]) if hermitian else R_S[c0:c1]
-        F[c0:c1, s:, s:] -= left @ X[c0:c1]
+        left = matrix_h(xp, S_R[c0:c1, ...]) if hermitian else R_S[c0:c1, ...]
+        F[c0:c1, s:, s:] -= left @ X[c0:c1, ...]
     return EliminatedBlocks(S_inv, X, R_S, min_rcond)

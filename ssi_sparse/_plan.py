@@ -99,10 +99,29 @@ class Plan:
     order: np.ndarray
     #: inverse of ``order``: x = take(u_in_elimination_order, inverse_order).
     inverse_order: np.ndarray
+    _device_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def n(self) -> int:
         return self.height * self.width
+
+    def device(self, xp):
+        """``to_xp(array)``: the plan's index arrays in namespace ``xp``, converted once.
+
+        NumPy uses them as they are; another library (CuPy, array_api_strict) gets copies
+        cached on the plan, so a plan serves every backend and each array moves only once.
+        """
+        if xp is np:
+            return lambda a: a
+        cache = self._device_cache.setdefault(xp.__name__, {})
+
+        def to_xp(a):
+            key = id(a)
+            if key not in cache:
+                cache[key] = (xp.asarray(a), a)  # keep the host array alive with its copy
+            return cache[key][0]
+
+        return to_xp
 
     def flops(self) -> float:
         """LU-type work model: factor each eliminated block, solve, Schur-update."""

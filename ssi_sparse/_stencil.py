@@ -32,7 +32,7 @@ def stencil_matvec(xp, V, shape, x):
     k = x.shape[1]
     xg = xp.reshape(x, (h, w, k))
     Vg = xp.reshape(V, (h, w, 9))
-    out = xp.zeros((h, w, k), dtype=np.result_type(V.dtype, x.dtype))
+    out = xp.zeros((h, w, k), dtype=xp.result_type(V.dtype, x.dtype))
     for slot, shifted in enumerate(_neighbour_views(xp, xg, shape)):
         out = out + Vg[:, :, slot : slot + 1] * shifted
     return xp.reshape(out, (h * w, k))
