@@ -23,7 +23,7 @@ CASES = {
     "complex 11x6": (lambda: helmholtz_2d(11, 6, kh=0.3).astype(np.complex128) * (1 + 0.5j), np.complex128),
     "float32 20x20": (lambda: random_spd_9pt(20, 20, seed=2), np.float32),
     # large enough for row chunks on the thread pool
-    "chunked 230x230": (lambda: convection_diffusion_2d(230, 230, 1.0), np.float64),
+    "chunked 300x300": (lambda: convection_diffusion_2d(300, 300, 1.0), np.float64),
 }
 
 
