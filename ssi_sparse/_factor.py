@@ -26,6 +26,28 @@ _SUPPORTED = tuple(np.dtype(c) for c in "fdFD")
 MAX_REFINE_STEPS = 3
 
 
+def available_memory() -> int | None:
+    """Bytes the OS can still give this process (Linux MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(needed: int, what: str) -> None:
+    """Refuse, before allocating, a factorization that cannot fit in memory."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise MemoryError(
+            f"factorizing {what} needs about {needed / 2**30:.1f} GiB, but only "
+            f"{available / 2**30:.1f} GiB of memory is available"
+        )
+
+
 def _engine_dtype(dtype) -> np.dtype:
     dtype = np.dtype(dtype)
     if dtype in _SUPPORTED:
@@ -80,7 +102,9 @@ class GridFactor:
         plan = build_plan(*shape, DEFAULT_LEAF_CELLS)
         Vs_t = transpose_stencil(xp, Vs, shape)
         a_norm = stencil_norm_inf(xp, Vs_t)  # 1-norm: largest row sum of the transpose
-        numeric = factorize_values(plan, Vs, is_hermitian(xp, Vs, Vs_t), a_norm, xp)
+        hermitian = is_hermitian(xp, Vs, Vs_t)
+        check_memory(plan.memory_bytes(dtype.itemsize, hermitian), f"a {self.grid}")
+        numeric = factorize_values(plan, Vs, hermitian, a_norm, xp)
         # commit only after success, so a failed refactorization leaves the factor intact
         self._V, self._numeric, self._scale = V, numeric, scale
         self._Vt = None  # transposed stencil, built on the first transposed solve

@@ -132,6 +132,22 @@ class Plan:
                 total += c.n_boxes * (2.0 / 3.0 * s**3 + 2.0 * s * s * r + 2.0 * r * r * s)
         return total
 
+    def memory_bytes(self, itemsize: int, hermitian: bool) -> int:
+        """Peak bytes of a factorization: stored blocks plus the engine's two frontal arenas
+        and scratch (what ``factorize`` checks against the memory available)."""
+        stored = levels = scratch = 0
+        per_level = []
+        for level in self.levels:
+            total = 0
+            for c in level.classes:
+                s, r, P = c.n_elim, c.n_boundary, c.n_boxes
+                stored += P * (s * s + s * r + (0 if hermitian else r * s))
+                total += P * c.n_front**2
+                scratch = max(scratch, P * c.n_front**2)
+            per_level.append(total)
+        levels = max(a + b for a, b in zip(per_level, per_level[1:] + [0]))
+        return itemsize * (stored + levels + scratch)
+
     def max_front(self) -> int:
         return max(c.n_front for level in self.levels for c in level.classes)
 

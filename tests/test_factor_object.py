@@ -89,3 +89,22 @@ def test_inverse_operator_as_preconditioner_and_shift_invert():
                       return_eigenvectors=False)
     ref = np.linalg.eigvalsh(A.toarray())[:3]
     np.testing.assert_allclose(np.sort(vals), ref, rtol=1e-8)
+
+
+def test_too_little_memory_is_refused_before_allocating(monkeypatch):
+    import ssi_sparse._factor as factor_mod
+
+    A = diffusion_2d(64, 64)
+    monkeypatch.setattr(factor_mod, "available_memory", lambda: 1 << 20)  # 1 MiB left
+    with pytest.raises(MemoryError, match=r"needs about .* GiB, but only .* GiB"):
+        ssi_sparse.factorize(A)
+    monkeypatch.setattr(factor_mod, "available_memory", lambda: None)  # unknown: no check
+    assert ssi_sparse.factorize(A).shape == A.shape
+
+
+def test_memory_estimate_bounds_the_stored_factor():
+    from ssi_sparse._plan import build_plan
+
+    lu = ssi_sparse.factorize(random_spd_9pt(90, 70))
+    plan = build_plan(90, 70, 5)
+    assert lu.nbytes <= plan.memory_bytes(8, lu.hermitian) <= 4 * lu.nbytes
