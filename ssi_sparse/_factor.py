@@ -76,7 +76,8 @@ class GridFactor:
     grid : GridSpec
         The grid the matrix was solved on.
     hermitian : bool
-        Whether the matrix was found exactly Hermitian (only the lower coupling is stored).
+        Whether the matrix was found exactly Hermitian (then ``R_S = S_R^H`` is not stored
+        and a transposed solve is a conjugated plain one).
     """
 
     def __init__(self, spec: GridSpec, V, pattern=None, xp=np):
@@ -179,8 +180,9 @@ class GridFactor:
         Raises
         ------
         SingularMatrixError
-            If iterative refinement cannot bring the backward error down to the dtype's
-            accuracy: the matrix is too ill-conditioned for its precision.
+            If, after iterative refinement, ``x`` still does not satisfy the equations (its
+            row-scaled residual exceeds ``eps**(1/4)`` of ``b``'s): the matrix is singular or
+            too ill-conditioned for its precision, and no finite answer is returned.
         """
         xp = self._xp
         if trans not in ("N", "T", "H"):
