@@ -271,6 +271,27 @@ def _best(fn, repeats):
     return best, out
 
 
+def _time_factor_and_solves(A, b, B8, res, factor, solve):
+    """The common protocol of the factor-then-solve baselines: reset the peak-RSS counter,
+    time ``factor()`` and the first ``solve(handle, b)``, then reused solves (1 and 8 rhs).
+    Returns the factor handle."""
+    _reset_peak()
+    res["rss0_kib"] = _status_kib("VmRSS")
+    t = time.perf_counter()
+    handle = factor()
+    res["factor_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    x = solve(handle, b)
+    res["solve1_first_s"] = time.perf_counter() - t
+    res["peak_kib"] = _peak_kib()
+    res["residual"] = _rel_res(A, x, b)
+    res["solve1_s"], x = _best(lambda: solve(handle, b), 3)
+    res["solve8_s"], X = _best(lambda: solve(handle, B8), 2)
+    res["residual8"] = _max_col_res(A, X, B8)
+    res["total_s"] = res["factor_s"] + res["solve1_first_s"]
+    return handle
+
+
 def _child_ssi(A, b, B8, res):
     import ssi_sparse
     from ssi_sparse._plan import build_plan
@@ -335,20 +356,9 @@ def _child_splu(A, b, B8, res):
     from scipy.sparse.linalg import splu
 
     A = A.tocsc()
-    _reset_peak()
-    res["rss0_kib"] = _status_kib("VmRSS")
-    t = time.perf_counter()
-    lu = splu(A, permc_spec="MMD_AT_PLUS_A")
-    res["factor_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    x = lu.solve(b)
-    res["solve1_first_s"] = time.perf_counter() - t
-    res["peak_kib"] = _peak_kib()
-    res["residual"] = _rel_res(A, x, b)
-    res["solve1_s"], x = _best(lambda: lu.solve(b), 3)
-    res["solve8_s"], X = _best(lambda: lu.solve(B8), 2)
-    res["residual8"] = _max_col_res(A, X, B8)
-    res["total_s"] = res["factor_s"] + res["solve1_first_s"]
+    lu = _time_factor_and_solves(
+        A, b, B8, res, lambda: splu(A, permc_spec="MMD_AT_PLUS_A"), lambda f, rhs: f.solve(rhs)
+    )
     # factor size: values + row indices of L and U (+ column pointers)
     nnz = lu.L.nnz + lu.U.nnz
     res["nbytes"] = int(nnz * (8 + 4) + 2 * (A.shape[0] + 1) * 4)
@@ -358,23 +368,9 @@ def _child_cholmod(A, b, B8, res):
     from sksparse.cholmod import cholesky
 
     A = A.tocsc()
-    _reset_peak()
-    res["rss0_kib"] = _status_kib("VmRSS")
-    t = time.perf_counter()
-    F = cholesky(A)
-    res["factor_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    x = F(b)
-    res["solve1_first_s"] = time.perf_counter() - t
-    res["peak_kib"] = _peak_kib()
-    res["residual"] = _rel_res(A, x, b)
-    res["solve1_s"], x = _best(lambda: F(b), 3)
-    res["solve8_s"], X = _best(lambda: F(B8), 2)
-    res["residual8"] = _max_col_res(A, X, B8)
-    res["total_s"] = res["factor_s"] + res["solve1_first_s"]
+    F = _time_factor_and_solves(A, b, B8, res, lambda: cholesky(A), lambda f, rhs: f(rhs))
     try:
-        L = F.L()
-        res["nbytes"] = int(L.nnz * (8 + 4))
+        res["nbytes"] = int(F.L().nnz * (8 + 4))
     except Exception:
         pass
 
@@ -391,37 +387,28 @@ def _child_cholmod_cvxopt(A, b, B8, res):
         cvxopt.matrix(low.col.astype(np.int64)),
         size=A.shape,
     )
-    _reset_peak()
-    res["rss0_kib"] = _status_kib("VmRSS")
-    t = time.perf_counter()
-    F = cvxopt.cholmod.symbolic(M)
-    cvxopt.cholmod.numeric(M, F)
-    res["factor_s"] = time.perf_counter() - t
 
-    def solve(rhs):
+    def factor():
+        F = cvxopt.cholmod.symbolic(M)
+        cvxopt.cholmod.numeric(M, F)
+        return F
+
+    def solve(F, rhs):
         X = cvxopt.matrix(np.asarray(rhs, dtype=np.float64).reshape(A.shape[0], -1))
         cvxopt.cholmod.solve(F, X)
         return np.array(X).reshape(np.shape(rhs))
 
-    t = time.perf_counter()
-    x = solve(b)
-    res["solve1_first_s"] = time.perf_counter() - t
-    res["peak_kib"] = _peak_kib()
-    res["residual"] = _rel_res(A, x, b)
-    res["solve1_s"], x = _best(lambda: solve(b), 3)
-    res["solve8_s"], X = _best(lambda: solve(B8), 2)
-    res["residual8"] = _max_col_res(A, X, B8)
-    res["total_s"] = res["factor_s"] + res["solve1_first_s"]
+    _time_factor_and_solves(A, b, B8, res, factor, solve)
 
 
 def _child_pardiso(A, b, B8, res):
     import pypardiso
 
     A = A.tocsr()
-    _reset_peak()
-    res["rss0_kib"] = _status_kib("VmRSS")
     solver = getattr(pypardiso, "PyPardisoSolver", None)
     if solver is None:  # only the one-shot interface
+        _reset_peak()
+        res["rss0_kib"] = _status_kib("VmRSS")
         t = time.perf_counter()
         x = pypardiso.spsolve(A, b)
         res["total_s"] = time.perf_counter() - t
@@ -429,18 +416,13 @@ def _child_pardiso(A, b, B8, res):
         res["residual"] = _rel_res(A, x, b)
         return
     ps = solver()
-    t = time.perf_counter()
-    ps.factorize(A)
-    res["factor_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    x = ps.solve(A, b)  # reuses the factorization of the same matrix
-    res["solve1_first_s"] = time.perf_counter() - t
-    res["peak_kib"] = _peak_kib()
-    res["residual"] = _rel_res(A, x, b)
-    res["solve1_s"], x = _best(lambda: ps.solve(A, b), 3)
-    res["solve8_s"], X = _best(lambda: ps.solve(A, B8), 2)
-    res["residual8"] = _max_col_res(A, X, B8)
-    res["total_s"] = res["factor_s"] + res["solve1_first_s"]
+
+    def factor():
+        ps.factorize(A)
+        return ps
+
+    # solve() reuses the factorization of the same matrix
+    _time_factor_and_solves(A, b, B8, res, factor, lambda p, rhs: p.solve(A, rhs))
 
 
 CHILD_FUNCS = {
