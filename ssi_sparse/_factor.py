@@ -109,6 +109,7 @@ class GridFactor:
         # commit only after success, so a failed refactorization leaves the factor intact
         self._V, self._numeric, self._scale = V, numeric, scale
         self._Vt = None  # transposed stencil, built on the first transposed solve
+        self._row_scale = {}  # reciprocal row norms of op(A), built on the first solve
         self._norm_inf = stencil_norm_inf(xp, V)
         self.dtype = dtype
         self.hermitian = numeric.hermitian
@@ -227,10 +228,14 @@ class GridFactor:
         y = stencil_matvec(xp, Vt, self.grid.engine_shape, xp.conj(x) if trans == "H" else x)
         return xp.conj(y) if trans == "H" else y
 
-    def _row_norms(self, trans):
-        """(n, 1) absolute row sums of op(A)."""
-        V = self._V if trans == "N" else self._transposed_stencil()
-        return self._xp.reshape(self._xp.sum(self._xp.abs(V), axis=1), (-1, 1))
+    def _inverse_row_norms(self, trans):
+        """(n, 1) reciprocal absolute row sums of op(A), computed once per factor."""
+        key = "N" if trans == "N" else "T"
+        if key not in self._row_scale:
+            xp = self._xp
+            V = self._V if key == "N" else self._transposed_stencil()
+            self._row_scale[key] = 1.0 / xp.reshape(xp.sum(xp.abs(V), axis=1), (-1, 1))
+        return self._row_scale[key]
 
     def _transposed_stencil(self):
         if self._Vt is None:
@@ -260,9 +265,9 @@ class GridFactor:
             if eta <= 8 * eps or step == MAX_REFINE_STEPS:
                 break
             X = X + self._solve_scaled(R, trans)
-        rows = self._row_norms(trans)
-        r_rows = xp.max(xp.abs(R) / rows, axis=0)
-        b_rows = xp.max(xp.abs(B) / rows, axis=0)
+        inv_rows = self._inverse_row_norms(trans)
+        r_rows = xp.max(xp.abs(R) * inv_rows, axis=0)
+        b_rows = xp.max(xp.abs(B) * inv_rows, axis=0)
         relative = float(xp.max(r_rows / xp.where(b_rows > 0, b_rows, 1.0)))
         if not (relative <= eps**0.25):  # also NaN
             raise SingularMatrixError(

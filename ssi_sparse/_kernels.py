@@ -29,7 +29,9 @@ def matrix_t(xp, a):
 
 
 def matrix_h(xp, a):
-    return xp.conj(xp.matrix_transpose(a))
+    t = xp.matrix_transpose(a)
+    # conj copies even real arrays: only complex ones need it
+    return xp.conj(t) if xp.isdtype(a.dtype, "complex floating") else t
 
 
 @dataclass(eq=False)

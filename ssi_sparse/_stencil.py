@@ -34,7 +34,7 @@ def stencil_matvec(xp, V, shape, x):
     Vg = xp.reshape(V, (h, w, 9))
     out = xp.zeros((h, w, k), dtype=xp.result_type(V.dtype, x.dtype))
     for slot, shifted in enumerate(_neighbour_views(xp, xg, shape)):
-        out = out + Vg[:, :, slot : slot + 1] * shifted
+        out += Vg[:, :, slot : slot + 1] * shifted
     return xp.reshape(out, (h * w, k))
 
 
