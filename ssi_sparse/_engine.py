@@ -49,77 +49,85 @@ def _take_into(xp, a, indices, axis, out):
         out[...] = xp.take(a, indices, axis=axis)
 
 
-def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows, scratch, to_xp):
+#: Row block of the flat-gather assembly: its scratch stays small, cached and reused.
+GATHER_BLOCK_BYTES = 2 << 20
+
+
+def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows, to_xp):
     """Assemble rows ``rows`` of a merge class's frontals into ``F`` (p, f, f).
 
-    Small frontals: one flat gather per child (``scratch``, (p, f * f), takes the second).
-    Large ones: each child's Schur block lands as a few contiguous runs (the plan orders
-    boundaries side by side), so assembly is a handful of block copies.
+    Small frontals: one flat gather per child, in row blocks whose scratch (the second
+    child's gather, added to the first's) stays in cache.  Large ones: each child's Schur
+    block lands as a few contiguous runs (the plan orders boundaries side by side), so
+    assembly is a handful of block copies.
     """
     p, f = F.shape[0], F.shape[1]
 
-    def child_rows(link):
-        return slice(link.rows.start + rows.start, link.rows.start + rows.stop)
+    def child_rows(link, a, b):
+        return slice(link.rows.start + rows.start + a, link.rows.start + rows.start + b)
 
     if cls.children[0].flat is not None:
         F2 = xp.reshape(F, (p, f * f))
         first, second = cls.children
-        _take_into(xp, xp.reshape(fronts[first.cls][child_rows(first), ...], (p, -1)), to_xp(first.flat), 1, F2)
-        _take_into(
-            xp, xp.reshape(fronts[second.cls][child_rows(second), ...], (p, -1)), to_xp(second.flat), 1, scratch
-        )
-        F2 += scratch
+        flat1, flat2 = to_xp(first.flat), to_xp(second.flat)
+        step = max(1, GATHER_BLOCK_BYTES // (8 * f * f))
+        scratch = xp.empty((min(step, p), f * f), dtype=F.dtype)
+        for a in range(0, p, step):
+            b = min(p, a + step)
+            c1 = xp.reshape(fronts[first.cls][child_rows(first, a, b), ...], (b - a, -1))
+            c2 = xp.reshape(fronts[second.cls][child_rows(second, a, b), ...], (b - a, -1))
+            _take_into(xp, c1, flat1, 1, F2[a:b, ...])
+            _take_into(xp, c2, flat2, 1, scratch[: b - a, ...])
+            F2[a:b, ...] += scratch[: b - a, ...]
         return
     F[...] = 0
     for link in cls.children:
         s = child_classes[link.cls].n_elim
-        D = fronts[link.cls][child_rows(link), s:, s:]
+        D = fronts[link.cls][child_rows(link, 0, p), s:, s:]
         for di, si, li in link.runs.tolist():
             for dj, sj, lj in link.runs.tolist():
                 F[:, di : di + li, dj : dj + lj] += D[:, si : si + li, sj : sj + lj]
 
 
-def _leaf_frontals_into(xp, F, V_padded, cls, rows, scratch, to_xp):
+def _leaf_frontals_into(xp, F, V_padded, cls, rows, to_xp):
     p, f = F.shape[0], F.shape[1]
     n_local = cls.closed_nodes.shape[1]
-    nodes = xp.reshape(to_xp(cls.closed_nodes)[rows, ...], (-1,))
-    Vbox = xp.reshape(scratch[:, : n_local * 9], (p * n_local, 9))
-    _take_into(xp, V_padded, nodes, 0, Vbox)
-    Vbox = xp.reshape(Vbox, (p, n_local * 9))
-    _take_into(xp, Vbox, xp.reshape(to_xp(cls.leaf_template), (-1,)), 1, xp.reshape(F, (p, f * f)))
+    nodes = to_xp(cls.closed_nodes)
+    template = xp.reshape(to_xp(cls.leaf_template), (-1,))
+    F2 = xp.reshape(F, (p, f * f))
+    step = max(1, GATHER_BLOCK_BYTES // (8 * n_local * 9))
+    scratch = xp.empty((min(step, p) * n_local, 9), dtype=F.dtype)
+    for a in range(0, p, step):
+        b = min(p, a + step)
+        Vbox = scratch[: (b - a) * n_local, ...]
+        _take_into(xp, V_padded, xp.reshape(nodes[rows.start + a : rows.start + b, ...], (-1,)), 0, Vbox)
+        _take_into(xp, xp.reshape(Vbox, (b - a, n_local * 9)), template, 1, F2[a:b, ...])
 
 
 class _Workspace:
-    """Buffers reused across levels: the frontals of two consecutive levels and a scratch.
+    """Frontal buffers reused across levels.
 
     A level's frontals are needed only until its parent level is assembled, so two arenas
-    alternate.  Fresh large allocations cost a page fault per 4 KiB page on first touch;
-    reusing the buffers measured about 1.4 s of a 5 s first factorization at 1025 x 1025.
+    alternate.  Fresh large allocations cost a page fault per page on first touch; reusing
+    the buffers measured about 1.4 s of a 5 s first factorization at 1025 x 1025.
     """
 
     def __init__(self, xp, dtype):
         self.xp, self.dtype = xp, dtype
         self.arenas = [None, None]
-        self.scratch = None
-
-    def _buffer(self, current, size):
-        if current is None or current.shape[0] < size:
-            return self.xp.empty(max(size, 1), dtype=self.dtype)
-        return current
 
     def level(self, k, classes):
-        """Frontal arrays (P, f, f) for every class of level ``k``, and scratch rows."""
+        """Frontal arrays (P, f, f) for every class of level ``k``."""
         sizes = [c.n_boxes * c.n_front * c.n_front for c in classes]
-        arena = self.arenas[k % 2] = self._buffer(self.arenas[k % 2], sum(sizes))
+        arena = self.arenas[k % 2]
+        if arena is None or arena.shape[0] < sum(sizes):
+            arena = self.arenas[k % 2] = self.xp.empty(max(sum(sizes), 1), dtype=self.dtype)
         fronts, offset = [], 0
         for c, size in zip(classes, sizes):
-            fronts.append(self.xp.reshape(arena[offset : offset + size, ...], (c.n_boxes, c.n_front, c.n_front)))
+            view = arena[offset : offset + size, ...]
+            fronts.append(self.xp.reshape(view, (c.n_boxes, c.n_front, c.n_front)))
             offset += size
-        widths = [max(c.n_front**2, 9 * c.closed_nodes.shape[1] if c.closed_nodes is not None else 0) for c in classes]
-        need = max(c.n_boxes * w for c, w in zip(classes, widths))
-        self.scratch = self._buffer(self.scratch, need)
-        scratch = [self.xp.reshape(self.scratch[: c.n_boxes * w, ...], (c.n_boxes, w)) for c, w in zip(classes, widths)]
-        return fronts, scratch
+        return fronts
 
 
 #: Classes with at least this many frontal entries are split into row chunks processed by a
@@ -163,9 +171,9 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np) -> Nu
     blocks = []
     fronts = None  # eliminated frontals of the level below (their Schur blocks feed parents)
     for k, level in enumerate(plan.levels):
-        level_fronts, scratches = workspace.level(k, level.classes)
+        level_fronts = workspace.level(k, level.classes)
         level_blocks = []
-        for cls, F, scratch in zip(level.classes, level_fronts, scratches):
+        for cls, F in zip(level.classes, level_fronts):
             where = f"level {k} ({cls.n_boxes} boxes, {cls.n_elim} eliminated, {cls.n_boundary} kept)"
 
             chunks = _row_chunks(cls.n_boxes, cls.n_front)
@@ -173,15 +181,13 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np) -> Nu
             if len(chunks) > 1:  # chunks write their rows of one allocation
                 out = allocate_blocks(xp, cls.n_boxes, cls.n_elim, cls.n_boundary, V.dtype, hermitian)
 
-            def work(rows, F=F, cls=cls, scratch=scratch, where=where, k=k, out=out):
+            def work(rows, F=F, cls=cls, where=where, k=k, out=out):
                 Fr = F[rows, ...]
                 if k == 0:
-                    _leaf_frontals_into(xp, Fr, V_padded, cls, rows, scratch[rows, ...], to_xp)
+                    _leaf_frontals_into(xp, Fr, V_padded, cls, rows, to_xp)
                 else:
                     child_classes = plan.levels[k - 1].classes
-                    _merge_frontals_into(
-                        xp, Fr, cls, fronts, child_classes, rows, scratch[rows, ...], to_xp
-                    )
+                    _merge_frontals_into(xp, Fr, cls, fronts, child_classes, rows, to_xp)
                 out_rows = None
                 if out is not None:
                     out_rows = EliminatedBlocks(
