@@ -176,7 +176,8 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np) -> Nu
         for cls, F in zip(level.classes, level_fronts):
             where = f"level {k} ({cls.n_boxes} boxes, {cls.n_elim} eliminated, {cls.n_boundary} kept)"
 
-            chunks = _row_chunks(cls.n_boxes, cls.n_front)
+            # host threads only help NumPy; a GPU runs each class as one batch
+            chunks = _row_chunks(cls.n_boxes, cls.n_front) if xp is np else [slice(0, cls.n_boxes)]
             out = None
             if len(chunks) > 1:  # chunks write their rows of one allocation
                 out = allocate_blocks(xp, cls.n_boxes, cls.n_elim, cls.n_boundary, V.dtype, hermitian)

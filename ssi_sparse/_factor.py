@@ -6,6 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
+from ._backend import Backend, is_cupy_array, select_backend
 from ._engine import NumericFactor, factorize_values, solve_values
 from ._errors import SingularMatrixError
 from ._grid import GridSpec, StencilPattern, grid_stencil
@@ -38,13 +39,14 @@ def available_memory() -> int | None:
     return None
 
 
-def check_memory(needed: int, what: str) -> None:
-    """Refuse, before allocating, a factorization that cannot fit in memory."""
-    available = available_memory()
+def check_memory(needed: int, what: str, device_free: int | None = None) -> None:
+    """Refuse, before allocating, a factorization that cannot fit in (device) memory."""
+    available = available_memory() if device_free is None else device_free
+    where = "memory" if device_free is None else "GPU memory"
     if available is not None and needed > available:
         raise MemoryError(
             f"factorizing {what} needs about {needed / 2**30:.1f} GiB, but only "
-            f"{available / 2**30:.1f} GiB of memory is available"
+            f"{available / 2**30:.1f} GiB of {where} is available"
         )
 
 
@@ -80,18 +82,20 @@ class GridFactor:
         and a transposed solve is a conjugated plain one).
     """
 
-    def __init__(self, spec: GridSpec, V, pattern=None, xp=np):
+    def __init__(self, spec: GridSpec, V, pattern=None, backend=None):
         self.grid = spec
         self._pattern = pattern
-        self._xp = xp
+        self.backend = backend or Backend("cpu")
+        self._xp = self.backend.xp
         n = V.shape[0]
         self.shape = (n, n)
         self._factorize_stencil(V)
 
     def _factorize_stencil(self, V):
-        """Numeric phase for the stencil values ``V`` on this factor's grid and plan."""
+        """Numeric phase for the (host) stencil values ``V`` on this factor's grid and plan."""
         xp = self._xp
         dtype = np.dtype(V.dtype)
+        V = self.backend.to_device(V)
         if not bool(xp.all(xp.isfinite(V))):
             raise ValueError("matrix contains NaN or Inf")
         shape = self.grid.engine_shape
@@ -104,7 +108,9 @@ class GridFactor:
         Vs_t = transpose_stencil(xp, Vs, shape)
         a_norm = stencil_norm_inf(xp, Vs_t)  # 1-norm: largest row sum of the transpose
         hermitian = is_hermitian(xp, Vs, Vs_t)
-        check_memory(plan.memory_bytes(dtype.itemsize, hermitian), f"a {self.grid}")
+        check_memory(
+            plan.memory_bytes(dtype.itemsize, hermitian), f"a {self.grid}", self.backend.free_memory()
+        )
         numeric = factorize_values(plan, Vs, hermitian, a_norm, xp)
         # commit only after success, so a failed refactorization leaves the factor intact
         self._V, self._numeric, self._scale = V, numeric, scale
@@ -129,6 +135,8 @@ class GridFactor:
         """
         if A.shape != self.shape:
             raise ValueError(f"matrix shape {A.shape} differs from the factor's {self.shape}")
+        if is_cupy_array(A):
+            A = A.get()
         dtype = _engine_dtype(A.dtype)
         V = self._pattern.stencil(A) if self._pattern is not None and self._pattern.matches(A) else None
         if V is None:
@@ -188,7 +196,8 @@ class GridFactor:
         xp = self._xp
         if trans not in ("N", "T", "H"):
             raise ValueError(f"trans must be 'N', 'T' or 'H', got {trans!r}")
-        b = xp.asarray(b)
+        on_host = not is_cupy_array(b)  # NumPy in, NumPy out; CuPy stays on the GPU
+        b = self.backend.to_device(np.asarray(b) if on_host else b)
         n = self.shape[0]
         if b.ndim not in (1, 2) or b.shape[0] != n:
             raise ValueError(
@@ -201,7 +210,7 @@ class GridFactor:
             out_dtype = np.dtype(np.float32)
         B = xp.reshape(b, (n, -1))
         if B.shape[1] == 0:
-            return xp.zeros(b.shape, dtype=out_dtype)
+            return np.zeros(b.shape, dtype=out_dtype) if on_host else xp.zeros(b.shape, dtype=out_dtype)
         if not bool(xp.all(xp.isfinite(B))):
             raise ValueError("right-hand side contains NaN or Inf")
         if self.dtype.kind == "f" and B.dtype.kind == "c":
@@ -212,7 +221,8 @@ class GridFactor:
             X = X[:, :k] + 1j * X[:, k:]
         else:
             X = self._solve_refined(xp.astype(B, self.dtype), trans)
-        return xp.reshape(xp.astype(X, out_dtype), b.shape)
+        X = xp.reshape(xp.astype(X, out_dtype), b.shape)
+        return self.backend.to_host(X) if on_host else X
 
     def _solve_scaled(self, B, trans):
         # A = S^-1 As S^-1 with As = S A S, so op(A)^-1 b = S op(As)^-1 S b (S real diagonal)
@@ -277,7 +287,7 @@ class GridFactor:
         return X
 
 
-def factorize(A, *, grid=None, order=None):
+def factorize(A, *, grid=None, order=None, backend=None):
     """Factorize a grid-structured sparse matrix with the Schwarz-Schur engine.
 
     Parameters
@@ -288,6 +298,11 @@ def factorize(A, *, grid=None, order=None):
         ``(H, W)``; inferred when omitted.
     order : {'C', 'F'}, optional
         Pixel numbering, row-major (default) or column-major.
+    backend : {'cpu', 'gpu'}, optional
+        Where the numeric work runs: NumPy on the CPU or CuPy on a CUDA GPU (extra ``gpu``).
+        Default: the ``SSI_SPARSE_BACKEND`` environment variable, else the GPU for a
+        ``cupyx.scipy.sparse`` matrix and the CPU otherwise.  Solves return arrays of the
+        library ``b`` came in.
 
     Returns
     -------
@@ -318,10 +333,13 @@ def factorize(A, *, grid=None, order=None):
     >>> bool(np.linalg.norm(A @ x - b) < 1e-10 * np.linalg.norm(b))
     True
     """
+    chosen = select_backend(backend, A)
+    if is_cupy_array(A):  # detection and the plan are host work; values go to the device
+        A = A.get()
     dtype = _engine_dtype(A.dtype)
     spec, V = grid_stencil(A, grid=grid, order=order)
     pattern = StencilPattern(A, spec) if A.format in ("csr", "csc") else None
-    return GridFactor(spec, V.astype(dtype, copy=False), pattern)
+    return GridFactor(spec, V.astype(dtype, copy=False), pattern, chosen)
 
 
 

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from scipy.sparse import SparseEfficiencyWarning
 
 from . import _fallback
+from ._backend import is_cupy_array
 from ._errors import NotGridStructuredError, SingularMatrixError
 from ._factor import factorize
 
@@ -86,6 +87,8 @@ def spsolve(A, b, permc_spec=None, use_umfpack=True, *, grid=None, order="C"):
     >>> bool(np.linalg.norm(A @ x - b) <= 1e-10 * np.linalg.norm(b))
     True
     """
+    if is_cupy_array(A) or is_cupy_array(b):
+        return _spsolve_cupy(A, b, grid, order)
     if not (sp.issparse(A) and A.format in ("csr", "csc")) and not _fallback.is_pydata(A):
         if np.ndim(A) != 2 and not sp.issparse(A):
             return _fallback.spsolve(A, b, permc_spec, use_umfpack)
@@ -119,6 +122,26 @@ def spsolve(A, b, permc_spec=None, use_umfpack=True, *, grid=None, order="C"):
     return x
 
 
+def _spsolve_cupy(A, b, grid, order):
+    """cupyx input stays on the GPU: the engine there, else cupyx's own spsolve."""
+    try:
+        factor = factorize(A, grid=grid, order=order, backend="gpu")
+    except NotGridStructuredError:
+        if grid is not None:
+            raise
+        import cupyx.scipy.sparse.linalg as cpla
+
+        return cpla.spsolve(A, b)
+    except SingularMatrixError as exc:
+        import cupy
+        from scipy.sparse.linalg import MatrixRankWarning
+
+        warnings.warn(f"Matrix is singular: {exc}", MatrixRankWarning, stacklevel=3)
+        return cupy.full(b.shape, cupy.nan, dtype=np.promote_types(A.dtype, b.dtype))
+    x = _solve_or_nan(factor, b, stacklevel=4)
+    return x.ravel() if x.ndim == 2 and x.shape[1] == 1 else x
+
+
 def _solve_or_nan(factor, b, stacklevel):
     try:
         return factor.solve(b)
@@ -126,7 +149,8 @@ def _solve_or_nan(factor, b, stacklevel):
         from scipy.sparse.linalg import MatrixRankWarning
 
         warnings.warn(f"Matrix is numerically singular: {exc}", MatrixRankWarning, stacklevel=stacklevel)
-        return np.full(b.shape, np.nan, dtype=np.promote_types(factor.dtype, b.dtype))
+        full = factor.backend.xp.full if is_cupy_array(b) else np.full
+        return full(b.shape, np.nan, dtype=np.promote_types(factor.dtype, b.dtype))
 
 
 def factorized(A, *, grid=None, order="C"):
