@@ -183,27 +183,35 @@ def _segment_tree(height: int, width: int, leaf_cells: int):
     return levels[::-1], axes[::-1]
 
 
-def _local_structure(hn: int, wn: int, top: bool, bottom: bool, left: bool, right: bool):
-    """Local (row-major) ids of a box's eliminated and boundary nodes.
+def _boundary_nodes(hn: int, wn: int, top: bool, bottom: bool, left: bool, right: bool):
+    """Local (row-major) ids of a box's shared-side nodes, ordered side by side.
 
-    Boundary nodes are ordered side by side (top, bottom, left, right; a corner goes with the
-    first side it is on), each side along its line, so that a child's boundary lands in its
-    parent's frontal as a few contiguous runs (block copies instead of gathers).
+    Sides in the order top, bottom, left, right (a corner goes with the first side it is on),
+    each along its line, so that a child's boundary lands in its parent's frontal as a few
+    contiguous runs (block copies instead of gathers).  O(hn + wn): big boxes stay cheap.
     """
-    rr, cc = np.divmod(np.arange(hn * wn), wn)
-    on_side = [
-        bool(top) & (rr == 0),
-        bool(bottom) & (rr == hn - 1),
-        bool(left) & (cc == 0),
-        bool(right) & (cc == wn - 1),
-    ]
-    side = np.full(hn * wn, 4)
-    for k in range(3, -1, -1):
-        side[on_side[k]] = k
-    along = np.where(side < 2, cc, rr)
-    boundary = np.flatnonzero(side < 4)
-    boundary = boundary[np.lexsort((along[boundary], side[boundary]))]
-    return np.flatnonzero(side == 4), boundary
+    cols, rows = np.arange(wn), np.arange(hn)
+    taken_top = bool(top)
+    taken_bottom = bool(bottom) and not (hn == 1 and taken_top)
+    parts = []
+    if taken_top:
+        parts.append(cols)
+    if taken_bottom:
+        parts.append((hn - 1) * wn + cols)
+    inner = rows[~((rows == 0) & taken_top) & ~((rows == hn - 1) & taken_bottom)]
+    if left:
+        parts.append(inner * wn)
+    if right and not (wn == 1 and left):
+        parts.append(inner * wn + wn - 1)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _local_structure(hn: int, wn: int, top: bool, bottom: bool, left: bool, right: bool):
+    """Local (row-major) ids of a box's eliminated and boundary nodes (see _boundary_nodes)."""
+    boundary = _boundary_nodes(hn, wn, top, bottom, left, right)
+    shared = np.zeros(hn * wn, dtype=bool)
+    shared[boundary] = True
+    return np.flatnonzero(~shared), boundary
 
 
 def _runs(gather: np.ndarray, zero_slot: int) -> np.ndarray:
@@ -254,23 +262,34 @@ def _leaf_template(hn, wn, bottom, right, front_local):
 
 
 def _classify(rows, cols, height, width):
-    """Class id of every box of a level (boxes numbered row-major over segments)."""
+    """Class id of every box of a level (boxes numbered row-major over segments).
+
+    A box's signature is its row segment's (size, top shared, bottom shared) times its column
+    segment's (size, left shared, right shared): classify the few segments, then combine.
+    """
     r0, r1 = rows[:, 0], rows[:, 1]
     c0, c1 = cols[:, 0], cols[:, 1]
-    nr, nc = len(rows), len(cols)
-    sig = np.stack(
-        [
-            np.repeat(r1 - r0 + 1, nc),
-            np.tile(c1 - c0 + 1, nr),
-            np.repeat(r0 > 0, nc),
-            np.repeat(r1 < height - 1, nc),
-            np.tile(c0 > 0, nr),
-            np.tile(c1 < width - 1, nr),
-        ],
-        axis=1,
-    ).astype(np.int64)
-    signatures, class_of_box = np.unique(sig, axis=0, return_inverse=True)
-    return signatures, class_of_box.reshape(-1)
+    row_sig, row_class = np.unique(
+        np.stack([r1 - r0 + 1, r0 > 0, r1 < height - 1], axis=1).astype(np.int64),
+        axis=0,
+        return_inverse=True,
+    )
+    col_sig, col_class = np.unique(
+        np.stack([c1 - c0 + 1, c0 > 0, c1 < width - 1], axis=1).astype(np.int64),
+        axis=0,
+        return_inverse=True,
+    )
+    combined = (row_class.reshape(-1, 1) * len(col_sig) + col_class.reshape(1, -1)).reshape(-1)
+    used = np.zeros(len(row_sig) * len(col_sig), dtype=bool)
+    used[combined] = True
+    ids = np.flatnonzero(used)
+    renumber = np.empty(len(used), dtype=np.int64)
+    renumber[ids] = np.arange(len(ids))
+    ri, ci = np.divmod(ids, len(col_sig))
+    rs, cs = row_sig[ri], col_sig[ci]
+    # columns: (hn, wn, top, bottom, left, right)
+    signatures = np.stack([rs[:, 0], cs[:, 0], rs[:, 1], rs[:, 2], cs[:, 1], cs[:, 2]], axis=1)
+    return signatures, renumber[combined]
 
 
 def _global_ids(rows, cols, boxes, n_cols, width, hn, wn, local):
@@ -334,7 +353,10 @@ def build_plan(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS) ->
         classes, boundaries = [], []
         for ci, (hn, wn, top, bottom, left, right) in enumerate(signatures.tolist()):
             boxes = box_order[k][ci]
-            elim_l, bound_l = _local_structure(hn, wn, top, bottom, left, right)
+            if k == 0:
+                elim_l, bound_l = _local_structure(hn, wn, top, bottom, left, right)
+            else:  # a merge finds its eliminated nodes from its children
+                bound_l = _boundary_nodes(hn, wn, top, bottom, left, right)
             boundaries.append((bound_l, hn, wn))
             if k == 0:
                 front_l = np.concatenate([elim_l, bound_l])
