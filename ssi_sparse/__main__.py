@@ -36,7 +36,7 @@ def demo(size=1025, scipy_baseline=True, out=None):
     out = out or sys.stdout
     A, b = _demo_problem(size)
     print(f"ssi_sparse {ssi_sparse.__version__} demo: variable-coefficient diffusion, "
-          f"{size} x {size} grid, n = {A.shape[0]:,}, nnz = {A.nnz:,}, float64, CPU", file=out)
+          f"{size} x {size} grid, n = {A.shape[0]:,}, nnz = {A.nnz:,}, float64", file=out)
     t0 = time.perf_counter()
     lu = ssi_sparse.factorize(A)
     t1 = time.perf_counter()
@@ -46,7 +46,7 @@ def demo(size=1025, scipy_baseline=True, out=None):
     t3 = time.perf_counter()
     total = t2 - t0
     res = _residual(A, x, b)
-    print(f"  grid detected      : {lu.grid}", file=out)
+    print(f"  grid detected      : {lu.grid}; backend: {lu.backend.name}", file=out)
     print(f"  ssi_sparse factorize {t1 - t0:8.3f} s   solve {t2 - t1:6.3f} s   "
           f"total {total:8.3f} s   residual {res:.2e}", file=out)
     print(f"  reused solve         {t3 - t2:8.3f} s   (same factorization, new right-hand side; "
@@ -151,14 +151,23 @@ def info(out=None):
     print(f"ssi_sparse {ssi_sparse.__version__}", file=out)
     print(f"python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}", file=out)
     print(f"machine: {platform.machine()}, {os.cpu_count()} logical CPUs", file=out)
-    print("backend: NumPy (CPU)", file=out)
+    from ._backend import GPU_MIN_SIZE, cupy_available
+
     try:
         import cupy
 
-        print(f"cupy {cupy.__version__}: {cupy.cuda.runtime.getDeviceCount()} GPU(s) visible "
-              "(the GPU backend is not implemented yet; solves run on the CPU)", file=out)
+        name = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode() if cupy_available() else "no GPU"
+        print(f"cupy {cupy.__version__}: {name}", file=out)
     except Exception as exc:  # no CuPy or no driver: the CPU path is used
         print(f"cupy: not available ({type(exc).__name__})", file=out)
+    forced = os.environ.get("SSI_SPARSE_BACKEND")
+    if forced:
+        print(f"backend: {forced} (SSI_SPARSE_BACKEND)", file=out)
+    elif cupy_available():
+        print(f"backend: GPU (CuPy) for problems of {GPU_MIN_SIZE:,}+ unknowns, else NumPy (CPU)", file=out)
+    else:
+        print("backend: NumPy (CPU)", file=out)
+    print(f"threads: {os.cpu_count()} (engine pool; SSI_SPARSE_NUM_THREADS to change)", file=out)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         if var in os.environ:
             print(f"{var}={os.environ[var]}", file=out)
