@@ -16,11 +16,11 @@ import numpy as np
 __all__ = ["solve_backward", "stored_entry_gradient"]
 
 
-def stored_entry_gradient(grad_b, x, rows, cols):
+def stored_entry_gradient(grad_b, x, rows, cols, xp=np):
     """``-sum_k grad_b[rows, k] * conj(x[cols, k])`` for every stored entry (rows, cols)."""
-    grad_b = grad_b.reshape(grad_b.shape[0], -1)
-    x = x.reshape(x.shape[0], -1)
-    return -np.einsum("ek,ek->e", grad_b[rows], np.conj(x[cols]))
+    grad_b = xp.reshape(grad_b, (grad_b.shape[0], -1))
+    x = xp.reshape(x, (x.shape[0], -1))
+    return -xp.sum(xp.take(grad_b, rows, axis=0) * xp.conj(xp.take(x, cols, axis=0)), axis=1)
 
 
 def solve_backward(factor, x, grad_x, A=None):

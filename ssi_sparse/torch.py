@@ -44,13 +44,20 @@ def _pattern(A):
     return values, rows.cpu().numpy(), cols.cpu().numpy()
 
 
-def _check_device(*tensors):
-    for t in tensors:
-        if t.device.type != "cpu":
-            raise NotImplementedError(
-                f"tensors on {t.device} need ssi_sparse's GPU (CuPy) backend, which is not "
-                "implemented yet; move A and b to the CPU"
-            )
+def _exchange(*tensors):
+    """(backend name, tensor -> array, array -> tensor) for where the tensors live.
+
+    CPU tensors share memory with NumPy arrays; CUDA tensors with CuPy arrays through DLPack
+    (zero-copy both ways).
+    """
+    devices = {t.device.type for t in tensors}
+    if devices == {"cpu"}:
+        return "cpu", lambda t: t.detach().numpy(), torch.from_numpy
+    if devices == {"cuda"}:
+        import cupy
+
+        return "gpu", lambda t: cupy.from_dlpack(t.detach()), torch.from_dlpack
+    raise ValueError(f"A and b must be on one device, got {sorted(devices)}")
 
 
 def _as_columns(b, n):
@@ -70,11 +77,12 @@ class _Solve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values, b, rows, cols, shape, factor_source):
         dtype = torch.promote_types(values.dtype, b.dtype)
-        data = values.detach().to(dtype).numpy()
-        A = sp.csr_array((data, (rows, cols)), shape=shape)
-        factor = factor_source(A)
-        x = torch.from_numpy(np.ascontiguousarray(factor.solve(b.detach().to(dtype).numpy())))
-        ctx.factor, ctx.rows, ctx.cols = factor, rows, cols
+        backend, to_array, to_tensor = _exchange(values, b)
+        # detection and the plan are host work on the pattern: the values cross once (nnz)
+        data = values.detach().to(dtype).cpu().numpy()
+        factor = factor_source(sp.csr_array((data, (rows, cols)), shape=shape), backend)
+        x = to_tensor(factor.solve(to_array(b.detach().to(dtype).contiguous())))
+        ctx.factor, ctx.rows, ctx.cols, ctx.to_array, ctx.to_tensor = factor, rows, cols, to_array, to_tensor
         ctx.value_dtype, ctx.b_dtype = values.dtype, b.dtype
         ctx.save_for_backward(x)
         return x
@@ -83,22 +91,23 @@ class _Solve(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_x):
         (x,) = ctx.saved_tensors
-        grad_b = ctx.factor.solve(grad_x.numpy(), trans="H")
+        xp = ctx.factor.backend.xp
+        grad_b = ctx.factor.solve(ctx.to_array(grad_x.contiguous()), trans="H")
         grad_values = grad_b_t = None
         if ctx.needs_input_grad[0]:
-            g = stored_entry_gradient(grad_b, x.numpy(), ctx.rows, ctx.cols)
+            to_xp = ctx.factor.backend.to_device
+            g = stored_entry_gradient(grad_b, ctx.to_array(x), to_xp(ctx.rows), to_xp(ctx.cols), xp)
             if not ctx.value_dtype.is_complex:
-                g = g.real
-            grad_values = torch.from_numpy(np.ascontiguousarray(g)).to(ctx.value_dtype)
+                g = xp.real(g)
+            grad_values = ctx.to_tensor(xp.ascontiguousarray(g)).to(ctx.value_dtype)
         if ctx.needs_input_grad[1]:
             if not ctx.b_dtype.is_complex:
-                grad_b = grad_b.real
-            grad_b_t = torch.from_numpy(np.ascontiguousarray(grad_b)).to(ctx.b_dtype)
+                grad_b = xp.real(grad_b)
+            grad_b_t = ctx.to_tensor(xp.ascontiguousarray(grad_b)).to(ctx.b_dtype)
         return grad_values, grad_b_t, None, None, None, None
 
 
 def _solve(values, rows, cols, shape, b, factor_source):
-    _check_device(values, b)
     columns, unfold = _as_columns(b, shape[0])
     return unfold(_Solve.apply(values, columns, rows, cols, shape, factor_source))
 
@@ -120,7 +129,11 @@ def spsolve(A, b, *, grid=None, order=None):
     x : torch.Tensor, shape of ``b``, dtype ``torch.promote_types(A.dtype, b.dtype)``
     """
     values, rows, cols = _pattern(A)
-    return _solve(values, rows, cols, tuple(A.shape), b, lambda M: factorize(M, grid=grid, order=order))
+
+    def factor_source(M, backend):
+        return factorize(M, grid=grid, order=order, backend=backend)
+
+    return _solve(values, rows, cols, tuple(A.shape), b, factor_source)
 
 
 class SparseSolve(torch.nn.Module):
@@ -148,9 +161,9 @@ class SparseSolve(torch.nn.Module):
         self.grid, self.order = grid, order
         self._factor = None
 
-    def _factor_for(self, A):
-        if self._factor is None or self._factor.dtype != A.dtype:
-            self._factor = factorize(A, grid=self.grid, order=self.order)
+    def _factor_for(self, A, backend):
+        if self._factor is None or self._factor.dtype != A.dtype or self._factor.backend.name != backend:
+            self._factor = factorize(A, grid=self.grid, order=self.order, backend=backend)
             return self._factor
         # a fresh factor per call (earlier calls' backward passes still need theirs),
         # sharing grid, sparsity pattern and plan: no detection, no planning

@@ -109,13 +109,26 @@ def test_module_reuses_pattern_and_keeps_each_calls_gradient():
         torch.testing.assert_close(v.grad, vv.grad, rtol=1e-9, atol=1e-12)
 
 
-def test_cuda_tensors_are_refused_clearly():
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    A = random_spd_9pt(4, 4)
+@pytest.mark.gpu
+def test_cuda_tensors_run_on_the_gpu_engine_and_match_cpu():
+    from ssi_sparse._backend import cupy_available
+
+    if not (torch.cuda.is_available() and cupy_available()):
+        pytest.skip("needs CUDA, CuPy and a GPU")
+    A = convection_diffusion_2d(20, 30, peclet=4.0)
+    n = A.shape[0]
     idx, values = sparse_tensor(A)
-    with pytest.raises(NotImplementedError, match="GPU"):
-        sst.spsolve(build(idx, values.cuda(), 16), torch.ones(16, device="cuda"))
+    b = torch.randn(n, 2, dtype=torch.float64)
+    grads = {}
+    for device in ("cpu", "cuda"):
+        v = values.clone().to(device).requires_grad_(True)
+        rhs = b.clone().to(device).requires_grad_(True)
+        x = sst.spsolve(build(idx.to(device), v, n), rhs)
+        assert x.device.type == device
+        (x**2).sum().backward()
+        grads[device] = (x.detach().cpu(), v.grad.cpu(), rhs.grad.cpu())
+    for got, want in zip(grads["cuda"], grads["cpu"]):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
 
 
 def test_bad_shapes():
