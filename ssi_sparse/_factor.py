@@ -323,7 +323,7 @@ def factorize(A, *, grid=None, order=None, backend=None):
     --------
     >>> import numpy as np, scipy.sparse as sp
     >>> from ssi_sparse import factorize
-    >>> T = sp.diags([-1, 2, -1], [-1, 0, 1], shape=(30, 30))
+    >>> T = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(30, 30))
     >>> A = sp.kronsum(T, T, format="csr")        # 5-point Laplacian, 30 x 30 grid
     >>> lu = factorize(A)
     >>> lu.grid.shape

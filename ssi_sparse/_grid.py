@@ -118,7 +118,7 @@ def detect_grid(A, grid=None, order=None):
     --------
     >>> import scipy.sparse as sp
     >>> from ssi_sparse import detect_grid
-    >>> T = sp.diags([-1, 2, -1], [-1, 0, 1], shape=(4, 4))
+    >>> T = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(4, 4))
     >>> L = sp.kronsum(T, T)          # 5-point Laplacian of a 4 x 4 grid
     >>> detect_grid(L).shape
     (4, 4)
