@@ -163,7 +163,7 @@ def _row_chunks(P, f):
 def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np) -> NumericFactor:
     """Numeric phase: eliminate every level of ``plan`` for the stencil values ``V`` (n, 9).
 
-    ``a_norm`` (the matrix's 1-norm) is the scale singular blocks are measured against.
+    ``a_norm`` (the matrix's infinity-norm) is the scale singular blocks are measured against.
     """
     V_padded = xp.concat([V, xp.zeros((1, 9), dtype=V.dtype)], axis=0)
     workspace = _Workspace(xp, V.dtype)

@@ -106,7 +106,7 @@ class GridFactor:
             )
         plan = build_plan(*shape, DEFAULT_LEAF_CELLS)
         Vs_t = transpose_stencil(xp, Vs, shape)
-        a_norm = stencil_norm_inf(xp, Vs_t)  # 1-norm: largest row sum of the transpose
+        a_norm = stencil_norm_inf(xp, Vs)
         hermitian = is_hermitian(xp, Vs, Vs_t)
         check_memory(
             plan.memory_bytes(dtype.itemsize, hermitian), f"a {self.grid}", self.backend.free_memory()

@@ -48,14 +48,15 @@ class EliminatedBlocks:
 
 
 def _rcond(xp, S, S_inv, a_norm):
-    """Reciprocal 1-norm condition number of every block, measured against ``A`` too.
+    """Reciprocal infinity-norm condition number of every block, measured against ``A`` too.
 
     ``S^-1`` is a diagonal block of the inverse of a principal submatrix of ``A``, so
     ``|S^-1| |A|`` bounds that submatrix's condition number from below: a tiny pivot left
     after cancellation (a 1 x 1 block is always perfectly conditioned by itself) is caught.
+    (Row sums: contiguous reductions, cheaper than the 1-norm's column sums.)
     """
-    norm_s = xp.max(xp.sum(xp.abs(S), axis=-2), axis=-1)
-    norm_inv = xp.max(xp.sum(xp.abs(S_inv), axis=-2), axis=-1)
+    norm_s = xp.max(xp.sum(xp.abs(S), axis=-1), axis=-1)
+    norm_inv = xp.max(xp.sum(xp.abs(S_inv), axis=-1), axis=-1)
     return 1.0 / (xp.maximum(norm_s, a_norm) * norm_inv)
 
 
