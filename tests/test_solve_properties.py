@@ -49,18 +49,22 @@ def _expected_stencil(H, W, kind, nine_point):
 sizes = st.integers(min_value=1, max_value=40)
 n_rhs = st.one_of(st.none(), st.integers(min_value=1, max_value=4))
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
-
-
-@given(
+#: A random grid problem: shape, matrix kind and dtype, stencil, numbering, seed.
+grid_problems = dict(
     H=sizes,
     W=sizes,
     case=st.sampled_from(CASES),
     nine_point=st.booleans(),
     order=st.sampled_from(["C", "F"]),
+    seed=seeds,
+)
+
+
+@given(
+    **grid_problems,
     k=n_rhs,
     b_dtype=st.sampled_from(DTYPES),
     trans=st.sampled_from(["N", "T", "H"]),
-    seed=seeds,
 )
 @example(H=1, W=37, case=("nonsym", DTYPES[1]), nine_point=True, order="C", k=None,
          b_dtype=DTYPES[1], trans="N", seed=1)
@@ -137,14 +141,7 @@ def test_solve_with_inferred_grid(H, W, case, nine_point, k, trans, seed):
     assert _rel_diff(x, reference_solve(A, b, trans)) <= AGREE_TOL[prec]
 
 
-@given(
-    H=sizes,
-    W=sizes,
-    case=st.sampled_from(CASES),
-    nine_point=st.booleans(),
-    order=st.sampled_from(["C", "F"]),
-    seed=seeds,
-)
+@given(**grid_problems)
 def test_factor_reuse_is_deterministic_and_transposes_agree(H, W, case, nine_point, order, seed):
     """One factor serves N, T and H solves in any sequence; repeated solves are bit-identical,
     and T / H solves match spsolve on A.T / A.conj().T."""
