@@ -47,6 +47,10 @@ def demo(size=1025, scipy_baseline=True, out=None):
     total = t2 - t0
     res = _residual(A, x, b)
     print(f"  grid detected      : {lu.grid}; backend: {lu.backend.name}", file=out)
+    if lu.backend.name == "cpu":
+        from ._native import describe
+
+        print(f"  CPU kernels        : {describe()}", file=out)
     print(f"  ssi_sparse factorize {t1 - t0:8.3f} s   solve {t2 - t1:6.3f} s   "
           f"total {total:8.3f} s   residual {res:.2e}", file=out)
     print(f"  reused solve         {t3 - t2:8.3f} s   (same factorization, new right-hand side; "
@@ -167,6 +171,9 @@ def info(out=None):
         print(f"backend: GPU (CuPy) for problems of {GPU_MIN_SIZE:,}+ unknowns, else NumPy (CPU)", file=out)
     else:
         print("backend: NumPy (CPU)", file=out)
+    from ._native import describe
+
+    print(f"CPU kernels: {describe()}", file=out)
     print(f"threads: {os.cpu_count()} (engine pool; SSI_SPARSE_NUM_THREADS to change)", file=out)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         if var in os.environ:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _native as native
 from ._kernels import EliminatedBlocks, allocate_blocks, eliminate, matrix_h, matrix_t
 from ._plan import Plan
 
@@ -49,6 +50,10 @@ def _take_into(xp, a, indices, axis, out):
         out[...] = xp.take(a, indices, axis=axis)
 
 
+#: NumPy assembles frontals up to this size by flat gathers, larger ones by block copies (a
+#: gather per entry loses to a few block copies there; CuPy gathers everything).
+NUMPY_FLAT_MAX_FRONT = 128
+
 #: Row block of the flat-gather assembly: its scratch stays small, cached and reused.
 GATHER_BLOCK_BYTES = 2 << 20
 
@@ -66,7 +71,7 @@ def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows, to_xp):
     def child_rows(link, a, b):
         return slice(link.rows.start + rows.start + a, link.rows.start + rows.start + b)
 
-    if cls.children[0].flat is not None:
+    if cls.children[0].flat is not None and (xp is not np or f <= NUMPY_FLAT_MAX_FRONT):
         F2 = xp.reshape(F, (p, f * f))
         first, second = cls.children
         flat1, flat2 = to_xp(first.flat), to_xp(second.flat)
@@ -108,22 +113,22 @@ class _Workspace:
     """Frontal buffers reused across levels.
 
     A level's frontals are needed only until its parent level is assembled, so two arenas
-    alternate.  Fresh large allocations cost a page fault per page on first touch; reusing
-    the buffers measured about 1.4 s of a 5 s first factorization at 1025 x 1025.
+    alternate, each sized once for the largest level it serves.  Fresh memory costs a page
+    fault per page on first touch: reusing the buffers measured about 1.4 s of a 5 s first
+    factorization at 1025 x 1025.
     """
 
-    def __init__(self, xp, dtype):
+    def __init__(self, xp, dtype, plan: Plan):
         self.xp, self.dtype = xp, dtype
-        self.arenas = [None, None]
+        sizes = [sum(c.n_boxes * c.n_front * c.n_front for c in level.classes) for level in plan.levels]
+        self.arenas = [xp.empty(max([1, *sizes[parity::2]]), dtype=dtype) for parity in (0, 1)]
 
     def level(self, k, classes):
         """Frontal arrays (P, f, f) for every class of level ``k``."""
-        sizes = [c.n_boxes * c.n_front * c.n_front for c in classes]
         arena = self.arenas[k % 2]
-        if arena is None or arena.shape[0] < sum(sizes):
-            arena = self.arenas[k % 2] = self.xp.empty(max(sum(sizes), 1), dtype=self.dtype)
         fronts, offset = [], 0
-        for c, size in zip(classes, sizes):
+        for c in classes:
+            size = c.n_boxes * c.n_front * c.n_front
             view = arena[offset : offset + size, ...]
             fronts.append(self.xp.reshape(view, (c.n_boxes, c.n_front, c.n_front)))
             offset += size
@@ -166,7 +171,7 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np) -> Nu
     ``a_norm`` (the matrix's infinity-norm) is the scale singular blocks are measured against.
     """
     V_padded = xp.concat([V, xp.zeros((1, 9), dtype=V.dtype)], axis=0)
-    workspace = _Workspace(xp, V.dtype)
+    workspace = _Workspace(xp, V.dtype, plan)
     to_xp = plan.device(xp)
     blocks = []
     fronts = None  # eliminated frontals of the level below (their Schur blocks feed parents)
@@ -178,17 +183,13 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np) -> Nu
 
             # host threads only help NumPy; a GPU runs each class as one batch
             chunks = _row_chunks(cls.n_boxes, cls.n_front) if xp is np else [slice(0, cls.n_boxes)]
+            native_class = native.supports(xp, V.dtype, cls, k)
             out = None
-            if len(chunks) > 1:  # chunks write their rows of one allocation
+            if len(chunks) > 1 or native_class:  # chunks write their rows of one allocation
                 out = allocate_blocks(xp, cls.n_boxes, cls.n_elim, cls.n_boundary, V.dtype, hermitian)
 
-            def work(rows, F=F, cls=cls, where=where, k=k, out=out):
+            def work(rows, F=F, cls=cls, where=where, k=k, out=out, native_class=native_class):
                 Fr = F[rows, ...]
-                if k == 0:
-                    _leaf_frontals_into(xp, Fr, V_padded, cls, rows, to_xp)
-                else:
-                    child_classes = plan.levels[k - 1].classes
-                    _merge_frontals_into(xp, Fr, cls, fronts, child_classes, rows, to_xp)
                 out_rows = None
                 if out is not None:
                     out_rows = EliminatedBlocks(
@@ -197,9 +198,18 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np) -> Nu
                         None if out.r_s is None else out.r_s[rows, ...],
                         1.0,
                     )
+                if native_class:
+                    return native.factor_rows(
+                        Fr, out_rows, cls, rows, k, V_padded, fronts, hermitian, a_norm, where
+                    )
+                if k == 0:
+                    _leaf_frontals_into(xp, Fr, V_padded, cls, rows, to_xp)
+                else:
+                    child_classes = plan.levels[k - 1].classes
+                    _merge_frontals_into(xp, Fr, cls, fronts, child_classes, rows, to_xp)
                 return eliminate(xp, Fr, cls.n_elim, hermitian, a_norm, where, out_rows)
 
-            if out is None:
+            if len(chunks) == 1:
                 level_blocks.append(work(chunks[0]))
             else:
                 parts = list(_pool(len(chunks)).map(work, chunks))

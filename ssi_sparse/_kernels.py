@@ -21,7 +21,15 @@ import numpy as np
 
 from ._errors import SingularMatrixError
 
-__all__ = ["EliminatedBlocks", "allocate_blocks", "eliminate", "matrix_h", "matrix_t"]
+__all__ = [
+    "EliminatedBlocks",
+    "allocate_blocks",
+    "check_rcond",
+    "eliminate",
+    "exactly_singular",
+    "matrix_h",
+    "matrix_t",
+]
 
 
 def matrix_t(xp, a):
@@ -75,6 +83,29 @@ def allocate_blocks(xp, P, s, r, dtype, hermitian) -> EliminatedBlocks:
     )
 
 
+def exactly_singular(where: str) -> SingularMatrixError:
+    return SingularMatrixError(
+        f"zero pivot in {where}: the matrix is exactly singular, or this fixed "
+        "elimination order meets an exactly singular block",
+        exact=True,
+    )
+
+
+def check_rcond(min_rcond: float, s: int, eps: float, where: str) -> None:
+    """Refuse a class whose worst block is numerically singular.
+
+    Numerical rank test as in ``numpy.linalg.matrix_rank``: a block closer than ``s * eps`` to
+    singular has no reliable digits (a pure-Neumann Laplacian's root block lands here).
+    """
+    tol = s * eps
+    if not (min_rcond >= tol):  # also catches NaN from an exactly singular block
+        raise SingularMatrixError(
+            f"matrix is numerically singular: a block of {where} has reciprocal condition "
+            f"number {min_rcond:.2e} < {s} * eps = {tol:.2e} (relative to the matrix)",
+            exact=min_rcond == 0.0,
+        )
+
+
 def eliminate(xp, F, s: int, hermitian: bool, a_norm: float, where: str, out=None):
     """Eliminate the leading ``s`` unknowns of every frontal in the batch ``F`` (P, f, f).
 
@@ -89,22 +120,10 @@ def eliminate(xp, F, s: int, hermitian: bool, a_norm: float, where: str, out=Non
     try:
         S_inv = xp.linalg.inv(S)
     except np.linalg.LinAlgError:
-        raise SingularMatrixError(
-            f"zero pivot in {where}: the matrix is exactly singular, or this fixed "
-            "elimination order meets an exactly singular block",
-            exact=True,
-        ) from None
+        raise exactly_singular(where) from None
     rcond = _rcond(xp, S, S_inv, a_norm)
     min_rcond = float(xp.min(rcond)) if P else 1.0
-    # numerical rank test as in numpy.linalg.matrix_rank: a block closer than s * eps to
-    # singular has no reliable digits (a pure-Neumann Laplacian's root block lands here)
-    tol = s * float(xp.finfo(F.dtype).eps)
-    if not (min_rcond >= tol):  # also catches NaN from an exactly singular block
-        raise SingularMatrixError(
-            f"matrix is numerically singular: a block of {where} has reciprocal condition "
-            f"number {min_rcond:.2e} < {s} * eps = {tol:.2e} (relative to the matrix)",
-            exact=min_rcond == 0.0,
-        )
+    check_rcond(min_rcond, s, float(xp.finfo(F.dtype).eps), where)
     if out is None:
         X = S_inv @ S_R
         R_S = None if hermitian else xp.asarray(F[:, s:, :s], copy=True)

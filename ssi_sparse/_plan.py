@@ -49,7 +49,7 @@ class ChildLink:
 
 
 #: Merge frontals up to this size are assembled by flat gathers, larger ones by run copies.
-FLAT_GATHER_MAX_FRONT = 128
+FLAT_GATHER_MAX_FRONT = 256
 
 
 @dataclass(eq=False)

@@ -1,0 +1,94 @@
+/* Native CPU kernel of ssi_sparse: assemble and eliminate many small frontal matrices.
+ *
+ * The portable engine (ssi_sparse/_engine.py) does this level by level with NumPy gathers and
+ * stacked LAPACK/BLAS calls, which cost a library call per tiny matrix and a pass over memory
+ * per step.  Here each box's frontal is gathered and eliminated while it sits in cache.  The
+ * arithmetic is the portable kernel's (LU with partial pivoting, explicit S^-1, X = S^-1 S_R,
+ * Schur complement), so results agree to rounding; tests compare the two.
+ *
+ * Loaded with ctypes (ssi_sparse/_native.py), which releases the GIL during the call,
+ * so the engine's thread pool runs chunks in parallel.  The module init below exists only so
+ * that setuptools can build this file as an ordinary (optional) extension.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <complex.h>
+#include <math.h>
+#include <stdint.h>
+#include <stddef.h>
+
+#if defined(_WIN32)
+#define EXPORT __declspec(dllexport)
+#else
+#define EXPORT __attribute__((visibility("default")))
+#endif
+
+enum { MODE_LEAF = 0, MODE_MERGE = 1 };
+
+struct source {
+    int32_t mode;
+    const void *a;        /* leaf: V (n+1, 9); merge: first child's frontals at this chunk */
+    int64_t stride_a;     /* merge: entries per child frontal */
+    const int64_t *idx_a; /* merge: flat gather into the first child's frontal */
+    const void *b;
+    int64_t stride_b;
+    const int64_t *idx_b;
+    const int64_t *nodes; /* leaf: closed nodes of every box (P, n_nodes) */
+    int64_t n_nodes;
+    const int64_t *tnode, *tslot; /* leaf: template split into (closed node, stencil slot) */
+};
+
+#define FN(name) name##_f64
+#define T double
+#define R double
+#define ABS fabs
+#define CONJ(v) (v)
+#include "frontal_impl.h"
+#undef FN
+#undef T
+#undef R
+#undef ABS
+#undef CONJ
+
+#define FN(name) name##_f32
+#define T float
+#define R float
+#define ABS fabsf
+#define CONJ(v) (v)
+#include "frontal_impl.h"
+#undef FN
+#undef T
+#undef R
+#undef ABS
+#undef CONJ
+
+#define FN(name) name##_c128
+#define T double _Complex
+#define R double
+#define ABS cabs
+#define CONJ(v) conj(v)
+#include "frontal_impl.h"
+#undef FN
+#undef T
+#undef R
+#undef ABS
+#undef CONJ
+
+#define FN(name) name##_c64
+#define T float _Complex
+#define R float
+#define ABS cabsf
+#define CONJ(v) conjf(v)
+#include "frontal_impl.h"
+#undef FN
+#undef T
+#undef R
+#undef ABS
+#undef CONJ
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_native_frontal", "ssi_sparse native CPU kernels (used through ctypes)",
+    -1, NULL, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__native_frontal(void) { return PyModule_Create(&module); }

@@ -1,0 +1,205 @@
+/* Fused assemble + eliminate of small frontal matrices, one box at a time (see frontal.c).
+ *
+ * Included once per dtype with T (scalar), R (real type of T), ABS, CONJ and FN(name) set.
+ * Every array is C-contiguous; a frontal is f x f, row-major, ordered [S (s), boundary (r)].
+ */
+
+/* Assemble box p's frontal into F (f*f entries). */
+static inline void FN(assemble)(const struct source *src, int64_t p, int64_t ff, T *restrict F)
+{
+    if (src->mode == MODE_LEAF) {
+        /* leaf: F[j] = V[nodes[p, tnode[j]], tslot[j]] */
+        const T *V = (const T *)src->a;
+        const int64_t *nodes = src->nodes + p * src->n_nodes;
+        for (int64_t j = 0; j < ff; j++)
+            F[j] = V[nodes[src->tnode[j]] * 9 + src->tslot[j]];
+    } else {
+        /* merge: sum of the two children's flat gathers (index 0 is each child's zero slot) */
+        const T *c1 = (const T *)src->a + p * src->stride_a;
+        const T *c2 = (const T *)src->b + p * src->stride_b;
+        const int64_t *i1 = src->idx_a, *i2 = src->idx_b;
+        for (int64_t j = 0; j < ff; j++)
+            F[j] = c1[i1[j]] + c2[i2[j]];
+    }
+}
+
+/* Infinity norm (max row sum of moduli) of the leading s x s block of a matrix with row
+ * stride ld. */
+static inline R FN(norm_inf)(const T *A, int64_t s, int64_t ld)
+{
+    R best = 0;
+    for (int64_t i = 0; i < s; i++) {
+        R sum = 0;
+        for (int64_t k = 0; k < s; k++)
+            sum += ABS(A[i * ld + k]);
+        if (!(sum <= best)) /* NaN sticks */
+            best = sum;
+    }
+    return best;
+}
+
+/* Eliminate the leading s unknowns of the frontal F (f x f) in place:
+ * B = [I | S_R] is solved by LU with partial pivoting of S, giving S^-1 and X = S^-1 S_R;
+ * then D = R - R_S X overwrites F's trailing block.  Returns 0, or 1 for an exact zero pivot.
+ */
+static inline int FN(eliminate)(T *restrict F, int64_t f, int64_t s, int hermitian,
+                         T *restrict lu, T *restrict B, T *restrict lrow, int64_t *restrict piv,
+                         T *restrict s_inv, T *restrict x, T *restrict r_s,
+                         R a_norm, R *rcond)
+{
+    const int64_t r = f - s, w = s + r; /* B is s x w */
+    R norm_s = FN(norm_inf)(F, s, f);
+
+    for (int64_t i = 0; i < s; i++) {
+        for (int64_t k = 0; k < s; k++)
+            lu[i * s + k] = F[i * f + k];
+    }
+    /* LU with partial pivoting, row-oriented (Doolittle, right-looking) */
+    for (int64_t k = 0; k < s; k++) {
+        int64_t p = k;
+        R big = ABS(lu[k * s + k]);
+        for (int64_t i = k + 1; i < s; i++) {
+            R v = ABS(lu[i * s + k]);
+            if (v > big) {
+                big = v;
+                p = i;
+            }
+        }
+        piv[k] = p;
+        if (p != k) {
+            for (int64_t j = 0; j < s; j++) {
+                T t = lu[k * s + j];
+                lu[k * s + j] = lu[p * s + j];
+                lu[p * s + j] = t;
+            }
+        }
+        T d = lu[k * s + k];
+        if (d == 0)
+            return 1;
+        for (int64_t i = k + 1; i < s; i++) {
+            T l = lu[i * s + k] / d;
+            lu[i * s + k] = l;
+            if (l != 0) {
+                for (int64_t j = k + 1; j < s; j++)
+                    lu[i * s + j] -= l * lu[k * s + j];
+            }
+        }
+    }
+    /* B = P [I | S_R] */
+    for (int64_t i = 0; i < s; i++) {
+        T *b = B + i * w;
+        for (int64_t j = 0; j < s; j++)
+            b[j] = (i == j);
+        for (int64_t j = 0; j < r; j++)
+            b[s + j] = F[i * f + s + j];
+    }
+    for (int64_t k = 0; k < s; k++) {
+        if (piv[k] != k) {
+            T *a = B + k * w, *b = B + piv[k] * w;
+            for (int64_t j = 0; j < w; j++) {
+                T t = a[j];
+                a[j] = b[j];
+                b[j] = t;
+            }
+        }
+    }
+    /* forward (unit L), then backward (U) substitution, row by row */
+    for (int64_t i = 1; i < s; i++) {
+        T *bi = B + i * w;
+        for (int64_t k = 0; k < i; k++) {
+            T l = lu[i * s + k];
+            if (l != 0) {
+                const T *bk = B + k * w;
+                for (int64_t j = 0; j < w; j++)
+                    bi[j] -= l * bk[j];
+            }
+        }
+    }
+    for (int64_t i = s - 1; i >= 0; i--) {
+        T *bi = B + i * w;
+        for (int64_t k = i + 1; k < s; k++) {
+            T u = lu[i * s + k];
+            if (u != 0) {
+                const T *bk = B + k * w;
+                for (int64_t j = 0; j < w; j++)
+                    bi[j] -= u * bk[j];
+            }
+        }
+        T d = 1 / lu[i * s + i];
+        for (int64_t j = 0; j < w; j++)
+            bi[j] *= d;
+    }
+    for (int64_t i = 0; i < s; i++) {
+        for (int64_t j = 0; j < s; j++)
+            s_inv[i * s + j] = B[i * w + j];
+        for (int64_t j = 0; j < r; j++)
+            x[i * r + j] = B[i * w + s + j];
+    }
+    R norm_inv = FN(norm_inf)(s_inv, s, s);
+    R scale = norm_s > a_norm ? norm_s : a_norm;
+    *rcond = 1 / (scale * norm_inv);
+
+    if (!hermitian) {
+        for (int64_t i = 0; i < r; i++) {
+            for (int64_t k = 0; k < s; k++)
+                r_s[i * s + k] = F[(s + i) * f + k];
+        }
+    }
+    /* D -= R_S X, with R_S = S_R^H for Hermitian frontals; four rows of X per pass over a
+     * row of D (register blocking: a quarter of the loads and stores of D) */
+    for (int64_t i = 0; i < r; i++) {
+        T *restrict d = F + (s + i) * f + s;
+        for (int64_t k = 0; k < s; k++)
+            lrow[k] = hermitian ? CONJ(F[k * f + s + i]) : F[(s + i) * f + k];
+        int64_t k = 0;
+        for (; k + 4 <= s; k += 4) {
+            const T l0 = lrow[k], l1 = lrow[k + 1], l2 = lrow[k + 2], l3 = lrow[k + 3];
+            const T *x0 = x + k * r, *x1 = x0 + r, *x2 = x1 + r, *x3 = x2 + r;
+            for (int64_t j = 0; j < r; j++)
+                d[j] -= l0 * x0[j] + l1 * x1[j] + l2 * x2[j] + l3 * x3[j];
+        }
+        for (; k < s; k++) {
+            const T l = lrow[k];
+            const T *xk = x + k * r;
+            for (int64_t j = 0; j < r; j++)
+                d[j] -= l * xk[j];
+        }
+    }
+    return 0;
+}
+
+/* Assemble and eliminate boxes [0, P) of one chunk.  Returns 0, or 1 + the first box with an
+ * exact zero pivot.  *min_rcond receives the smallest reciprocal condition number (NaN wins). */
+EXPORT int64_t FN(ssi_factor_chunk)(
+    int64_t P, int64_t f, int64_t s, int32_t hermitian, int32_t mode,
+    const void *a, int64_t stride_a, const int64_t *idx_a,
+    const void *b, int64_t stride_b, const int64_t *idx_b,
+    const int64_t *nodes, int64_t n_nodes, const int64_t *tnode, const int64_t *tslot,
+    void *F_, void *s_inv_, void *x_, void *r_s_, double a_norm, double *min_rcond,
+    void *work_, int64_t *piv)
+{
+    struct source src = {mode, a, stride_a, idx_a, b, stride_b, idx_b, nodes, n_nodes, tnode, tslot};
+    T *F = (T *)F_, *s_inv = (T *)s_inv_, *x = (T *)x_, *r_s = (T *)r_s_, *work = (T *)work_;
+    const int64_t r = f - s;
+    T *lu = work, *B = work + s * s, *lrow = B + s * f; /* s*s + s*f + s entries */
+    double worst = 1.0;
+    int saw_nan = 0;
+    for (int64_t p = 0; p < P; p++) {
+        T *Fp = F + p * f * f;
+        FN(assemble)(&src, p, f * f, Fp);
+        if (s == 0)
+            continue;
+        R rc;
+        if (FN(eliminate)(Fp, f, s, hermitian, lu, B, lrow, piv, s_inv + p * s * s, x + p * s * r,
+                          hermitian ? NULL : r_s + p * r * s, (R)a_norm, &rc))
+            return p + 1;
+        if (rc != rc)
+            saw_nan = 1;
+        else if ((double)rc < worst)
+            worst = (double)rc;
+    }
+    if (saw_nan)
+        worst = NAN;
+    *min_rcond = worst;
+    return 0;
+}

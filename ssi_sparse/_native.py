@@ -1,0 +1,119 @@
+"""Native CPU kernel: fused assembly and elimination of the small frontals (C, via ctypes).
+
+The bottom levels of the box tree hold tens of thousands of frontals 25..128 wide.  The
+portable path (:mod:`._engine` with :func:`._kernels.eliminate`) spends most of its time there
+in per-matrix LAPACK calls and index gathers; ``_csrc/frontal.c`` gathers and eliminates each
+box while it is in cache, with the same arithmetic (LU with partial pivoting, explicit
+``S^-1``, ``X = S^-1 S_R``, Schur complement) and the same singularity checks.
+
+The extension is optional: it is compiled when the package is installed with a C compiler at
+hand, and without it (or with ``SSI_SPARSE_NATIVE=0``) the engine runs the portable path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+from functools import lru_cache
+
+import numpy as np
+
+from ._kernels import EliminatedBlocks, check_rcond, exactly_singular
+
+__all__ = ["available", "describe", "factor_rows", "supports"]
+
+_SUFFIX = {
+    np.dtype(np.float64): "f64",
+    np.dtype(np.float32): "f32",
+    np.dtype(np.complex128): "c128",
+    np.dtype(np.complex64): "c64",
+}
+_MODE_LEAF, _MODE_MERGE = 0, 1
+_p = ctypes.c_void_p
+_i64 = ctypes.c_int64
+_ARGTYPES = [_i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32,
+             _p, _i64, _p, _p, _i64, _p,
+             _p, _i64, _p, _p,
+             _p, _p, _p, _p, ctypes.c_double, _p, _p, _p]  # fmt: skip
+
+
+@lru_cache(maxsize=1)
+def _library():
+    spec = importlib.util.find_spec("ssi_sparse._native_frontal")
+    if spec is None or not spec.origin:
+        return None
+    try:
+        lib = ctypes.CDLL(spec.origin)  # ctypes releases the GIL during calls
+    except OSError:
+        return None
+    for suffix in _SUFFIX.values():
+        fn = getattr(lib, f"ssi_factor_chunk_{suffix}")
+        fn.argtypes, fn.restype = _ARGTYPES, _i64
+    return lib
+
+
+def available() -> bool:
+    """The compiled kernel is importable and not switched off by ``SSI_SPARSE_NATIVE=0``."""
+    return os.environ.get("SSI_SPARSE_NATIVE", "1") != "0" and _library() is not None
+
+
+def describe() -> str:
+    """One line for ``ssi-sparse info`` and the demo: which CPU kernel runs the small frontals."""
+    if _library() is None:
+        return "portable NumPy (native extension not built: no C compiler at install time?)"
+    if not available():
+        return "portable NumPy (native kernel switched off by SSI_SPARSE_NATIVE=0)"
+    return "native C kernel for small frontals, NumPy/BLAS for large ones"
+
+
+def supports(xp, dtype, cls, level: int) -> bool:
+    """Whether the native kernel can assemble and eliminate this class (NumPy, small frontals)."""
+    if xp is not np or np.dtype(dtype) not in _SUFFIX or not available():
+        return False
+    return level == 0 or (len(cls.children) == 2 and cls.children[0].flat is not None)
+
+
+def _ptr(a) -> int:
+    return a.ctypes.data
+
+
+def factor_rows(F, out: EliminatedBlocks, cls, rows: slice, level: int, V_padded, fronts,
+                hermitian: bool, a_norm: float, where: str) -> EliminatedBlocks:
+    """Assemble and eliminate the boxes ``rows`` of ``cls`` into ``F`` and ``out`` (row views).
+
+    ``V_padded``: the stencil with its zero row (leaves); ``fronts``: the level below's
+    frontals (merges).  Raises :class:`SingularMatrixError` as :func:`._kernels.eliminate`.
+    """
+    P, f = F.shape[0], F.shape[1]
+    s = cls.n_elim
+    dtype = F.dtype
+    fn = getattr(_library(), f"ssi_factor_chunk_{_SUFFIX[dtype]}")
+    null = None
+    keep = []  # arrays whose memory the call reads: alive until it returns
+    if level == 0:
+        nodes = np.ascontiguousarray(cls.closed_nodes[rows], dtype=np.int64)
+        template = np.ascontiguousarray(cls.leaf_template, dtype=np.int64).reshape(-1)
+        tnode, tslot = np.divmod(template, 9)
+        keep += [nodes, tnode, tslot]
+        src = (_MODE_LEAF, _ptr(V_padded), 0, null, null, 0, null,
+               _ptr(nodes), nodes.shape[1], _ptr(tnode), _ptr(tslot))  # fmt: skip
+    else:
+        args = []
+        for link in cls.children:
+            child = fronts[link.cls]
+            start = link.rows.start + rows.start
+            flat = np.ascontiguousarray(link.flat, dtype=np.int64)
+            keep.append(flat)
+            args += [child.ctypes.data + start * child.strides[0], child.shape[1] * child.shape[2], _ptr(flat)]
+        src = (_MODE_MERGE, *args, null, 0, null, null)
+    work = np.empty(s * s + s * f + s, dtype=dtype)
+    piv = np.empty(max(s, 1), dtype=np.int64)
+    min_rcond = ctypes.c_double(1.0)
+    status = fn(P, f, s, int(hermitian), *src,
+                _ptr(F), _ptr(out.s_inv), _ptr(out.x), null if out.r_s is None else _ptr(out.r_s),
+                float(a_norm), ctypes.byref(min_rcond), _ptr(work), _ptr(piv))  # fmt: skip
+    if status:
+        raise exactly_singular(where)
+    check_rcond(min_rcond.value, s, float(np.finfo(dtype).eps), where)
+    return EliminatedBlocks(out.s_inv, out.x, out.r_s, min_rcond.value)

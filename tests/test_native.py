@@ -1,0 +1,131 @@
+"""The native CPU kernel (``ssi_sparse/_csrc``) against the portable NumPy kernel.
+
+Every stored block (``S^-1``, ``X``, ``R_S``) and every Schur complement handed upward must
+agree to rounding, on real and complex, Hermitian and nonsymmetric frontals, and singular
+blocks must be refused in the same way.  Skipped where the extension was not built, except
+under ``SSI_SPARSE_REQUIRE_NATIVE=1`` (set by CI), where a missing build is a failure.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ssi_sparse
+from helpers import rel_residual, stencil_matrix
+from ssi_sparse import SingularMatrixError, _native
+from ssi_sparse._engine import factorize_values, solve_values
+from ssi_sparse._grid import grid_stencil
+from ssi_sparse._plan import build_plan
+from ssi_sparse._stencil import equilibrate, is_hermitian, transpose_stencil
+
+
+def test_native_kernel_built_where_required():
+    if os.environ.get("SSI_SPARSE_REQUIRE_NATIVE") == "1":
+        assert _native._library() is not None, "the native extension was not built"
+
+
+needs_native = pytest.mark.skipif(_native._library() is None, reason="native extension not built")
+DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
+
+
+def _tol(dtype):
+    return 2e-4 if np.dtype(dtype) in (np.float32, np.complex64) else 1e-11
+
+
+def _factor(A, dtype, native_on, monkeypatch):
+    monkeypatch.setenv("SSI_SPARSE_NATIVE", "1" if native_on else "0")
+    spec, V = grid_stencil(A)
+    V = V.astype(dtype)
+    shape = spec.engine_shape
+    Vs, _ = equilibrate(np, V, shape)
+    hermitian = is_hermitian(np, Vs, transpose_stencil(np, Vs, shape))
+    return factorize_values(build_plan(*shape, 5), Vs, hermitian, 10.0, np), spec
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["spd", "nonsym", "complex"])
+@pytest.mark.parametrize("shape", [(37, 41), (1, 60), (2, 33), (64, 64)])
+def test_native_blocks_match_portable(dtype, kind, shape, monkeypatch):
+    if kind == "complex" and np.dtype(dtype).kind != "c":
+        pytest.skip("complex values need a complex dtype")
+    A = stencil_matrix(*shape, np.random.default_rng(7), kind, np.dtype(dtype))
+    native, _ = _factor(A, dtype, True, monkeypatch)
+    portable, _ = _factor(A, dtype, False, monkeypatch)
+    assert native.hermitian == portable.hermitian
+    tol = _tol(dtype)
+    for level_n, level_p in zip(native.blocks, portable.blocks):
+        for bn, bp in zip(level_n, level_p):
+            for a, b in [(bn.s_inv, bp.s_inv), (bn.x, bp.x), (bn.r_s, bp.r_s)]:
+                if b is None:
+                    assert a is None
+                    continue
+                scale = max(1.0, float(np.abs(b).max(initial=0.0)))
+                np.testing.assert_allclose(a, b, rtol=tol, atol=tol * scale)
+            assert bn.min_rcond == pytest.approx(bp.min_rcond, rel=1e-3)
+
+
+@needs_native
+@settings(max_examples=40, deadline=None)
+@given(
+    H=st.integers(1, 48),
+    W=st.integers(1, 48),
+    kind=st.sampled_from(["spd", "nonsym", "laplacian"]),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_native_and_portable_solves_agree(H, W, kind, dtype, seed):
+    A = stencil_matrix(H, W, np.random.default_rng(seed), kind, np.dtype(dtype))
+    b = np.random.default_rng(seed + 1).standard_normal((H * W, 2)).astype(dtype)
+    answers = []
+    with pytest.MonkeyPatch.context() as mp:
+        for native_on in (True, False):
+            factor, _ = _factor(A, dtype, native_on, mp)
+            answers.append([solve_values(factor, b, t, np) for t in "NT"])
+    tol = 10 * _tol(dtype)
+    for xn, xp_ in zip(*answers):
+        np.testing.assert_allclose(xn, xp_, rtol=tol, atol=tol * max(1.0, float(np.abs(xp_).max())))
+
+
+@needs_native
+def test_native_path_solves_large_grid_to_full_accuracy(monkeypatch):
+    monkeypatch.setenv("SSI_SPARSE_NATIVE", "1")
+    A = stencil_matrix(150, 170, np.random.default_rng(3), "nonsym", np.dtype(np.float64))
+    b = np.random.default_rng(4).standard_normal(A.shape[0])
+    x = ssi_sparse.factorize(A).solve(b)
+    assert rel_residual(A, x, b) < 1e-12
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("node", [0, 43, 210])
+def test_native_refuses_exactly_singular_block(dtype, node, monkeypatch):
+    # a node coupled to nothing, not even itself: the block that eliminates it has a zero row
+    monkeypatch.setenv("SSI_SPARSE_NATIVE", "1")
+    A = stencil_matrix(20, 20, np.random.default_rng(0), "nonsym", np.dtype(dtype))
+    spec, V = grid_stencil(A)
+    V[node, :] = 0
+    with pytest.raises(SingularMatrixError) as info:
+        factorize_values(build_plan(*spec.engine_shape, 5), V, False, 10.0, np)
+    assert info.value.exact
+
+
+@needs_native
+def test_native_refuses_nan_block(monkeypatch):
+    monkeypatch.setenv("SSI_SPARSE_NATIVE", "1")
+    A = stencil_matrix(30, 30, np.random.default_rng(0), "spd", np.dtype(np.float64))
+    spec, V = grid_stencil(A)
+    V[100, 4] = np.nan  # the engine's front end refuses NaN; the kernel must too
+    with pytest.raises(SingularMatrixError):
+        factorize_values(build_plan(*spec.engine_shape, 5), V, False, 10.0, np)
+
+
+@needs_native
+def test_native_switch_off_uses_portable_path(monkeypatch):
+    monkeypatch.setenv("SSI_SPARSE_NATIVE", "0")
+    assert not _native.available()
+    monkeypatch.setenv("SSI_SPARSE_NATIVE", "1")
+    assert _native.available()
