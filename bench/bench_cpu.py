@@ -165,9 +165,12 @@ def machine_info() -> dict:
     try:
         import ssi_sparse
 
+        from ssi_sparse._native import describe
+
         ssi = f"{ssi_sparse.__version__} ({os.path.dirname(ssi_sparse.__file__)})"
+        kernels = describe()
     except Exception as exc:
-        ssi = f"import failed: {exc}"
+        ssi = kernels = f"import failed: {exc}"
     env_threads = {
         k: os.environ[k]
         for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -186,6 +189,7 @@ def machine_info() -> dict:
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "ssi_sparse": ssi,
+        "ssi_kernels": kernels,
         "thread_env": env_threads,
         "blas": _blas_info(),
     }
@@ -197,7 +201,7 @@ def print_machine(info: dict) -> None:
     print("=" * 100)
     for k in (
         "date", "host", "platform", "cpu_model", "cpu_count", "cpus_usable", "ram_gib",
-        "python", "numpy", "scipy", "ssi_sparse", "thread_env",
+        "python", "numpy", "scipy", "ssi_sparse", "ssi_kernels", "thread_env",
     ):
         print(f"  {k:<14} {info[k]}")
     for k, v in info["blas"].items():
