@@ -105,9 +105,8 @@ class GridFactor:
                 "matrix is exactly singular: it has an all-zero row", exact=True
             )
         plan = build_plan(*shape, DEFAULT_LEAF_CELLS)
-        Vs_t = transpose_stencil(xp, Vs, shape)
         a_norm = stencil_norm_inf(xp, Vs)
-        hermitian = is_hermitian(xp, Vs, Vs_t)
+        hermitian = is_hermitian(xp, Vs, shape)
         check_memory(
             plan.memory_bytes(dtype.itemsize, hermitian), f"a {self.grid}", self.backend.free_memory()
         )

@@ -323,3 +323,30 @@ def test_factor_attributes():
     L = magnetic_laplacian(12, 10, rng)
     N = sp.csr_array(sp.diags_array(1.0 + np.arange(120) / 120) @ L)  # same pattern, not Hermitian
     assert ssi_sparse.factorize(L).nbytes < ssi_sparse.factorize(N).nbytes
+
+
+@given(
+    H=st.integers(1, 9),
+    W=st.integers(1, 9),
+    dtype=st.sampled_from(["d", "D"]),
+    pick=st.integers(0, 10**6),
+    seed=seeds,
+)
+def test_one_asymmetric_coupling_is_not_hermitian(H, W, dtype, pick, seed):
+    """The Hermitian test reads only half of the stencil slots: changing any one stored
+    coupling of a Hermitian matrix (either triangle, the diagonal of a complex one) must
+    still be seen."""
+    from ssi_sparse._grid import grid_stencil
+    from ssi_sparse._stencil import is_hermitian
+
+    A = stencil_matrix(H, W, np.random.default_rng(seed), "spd", dtype).tocoo()
+    spec, V = grid_stencil(A, grid=(H, W))
+    assert is_hermitian(np, V, (H, W))
+    k = pick % A.nnz
+    if A.row[k] == A.col[k] and dtype == "d":
+        return  # a real diagonal entry is its own transpose
+    data = A.data.copy()
+    data[k] += 0.5j if A.row[k] == A.col[k] else 0.25
+    B = sp.coo_array((data, (A.row, A.col)), shape=A.shape)
+    _, VB = grid_stencil(B, grid=(H, W))
+    assert not is_hermitian(np, VB, (H, W))
