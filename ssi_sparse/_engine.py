@@ -58,13 +58,14 @@ NUMPY_FLAT_MAX_FRONT = 128
 GATHER_BLOCK_BYTES = 2 << 20
 
 
-def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows, to_xp):
+def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows, to_xp, parallel_map=map):
     """Assemble rows ``rows`` of a merge class's frontals into ``F`` (p, f, f).
 
     Small frontals: one flat gather per child, in row blocks whose scratch (the second
     child's gather, added to the first's) stays in cache.  Large ones: each child's Schur
     block lands as a few contiguous runs (the plan orders boundaries side by side), so
-    assembly is a handful of block copies.
+    assembly is a handful of block copies (on the CPU the native kernel writes each row once,
+    its parts spread by ``parallel_map``).
     """
     p, f = F.shape[0], F.shape[1]
 
@@ -84,6 +85,9 @@ def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows, to_xp):
             _take_into(xp, c1, flat1, 1, F2[a:b, ...])
             _take_into(xp, c2, flat2, 1, scratch[: b - a, ...])
             F2[a:b, ...] += scratch[: b - a, ...]
+        return
+    if native.supports_dtype(xp, F.dtype) and len(cls.children) == 2:
+        native.assemble_runs(F, cls, fronts, child_classes, rows, parallel_map)
         return
     F[...] = 0
     for link in cls.children:
@@ -174,6 +178,7 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np) -> Nu
     workspace = _Workspace(xp, V.dtype, plan)
     to_xp = plan.device(xp)
     blocks = []
+    n_threads = _num_threads() if xp is np else 1
     fronts = None  # eliminated frontals of the level below (their Schur blocks feed parents)
     for k, level in enumerate(plan.levels):
         level_fronts = workspace.level(k, level.classes)
@@ -206,7 +211,10 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np) -> Nu
                     _leaf_frontals_into(xp, Fr, V_padded, cls, rows, to_xp)
                 else:
                     child_classes = plan.levels[k - 1].classes
-                    _merge_frontals_into(xp, Fr, cls, fronts, child_classes, rows, to_xp)
+                    # a class run whole may spread its assembly over the pool (never from
+                    # inside the pool: its workers would wait on each other)
+                    spread = _pool(n_threads).map if len(chunks) == 1 and n_threads > 1 else map
+                    _merge_frontals_into(xp, Fr, cls, fronts, child_classes, rows, to_xp, spread)
                 return eliminate(xp, Fr, cls.n_elim, hermitian, a_norm, where, out_rows)
 
             if len(chunks) == 1:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ._kernels import EliminatedBlocks, check_rcond, exactly_singular
 
-__all__ = ["available", "describe", "factor_rows", "supports"]
+__all__ = ["assemble_runs", "available", "describe", "factor_rows", "supports", "supports_dtype"]
 
 _SUFFIX = {
     np.dtype(np.float64): "f64",
@@ -32,6 +32,9 @@ _SUFFIX = {
 _MODE_LEAF, _MODE_MERGE = 0, 1
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
+_ASSEMBLE_ARGTYPES = [_i64, _i64, _i64, _i64, _p,
+                      _p, _i64, _i64, _p, _p, _i64,
+                      _p, _i64, _i64, _p, _p, _i64]  # fmt: skip
 _ARGTYPES = [_i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32,
              _p, _i64, _p, _p, _i64, _p,
              _p, _i64, _p, _p,
@@ -50,6 +53,8 @@ def _library():
     for suffix in _SUFFIX.values():
         fn = getattr(lib, f"ssi_factor_chunk_{suffix}")
         fn.argtypes, fn.restype = _ARGTYPES, _i64
+        fn = getattr(lib, f"ssi_assemble_runs_{suffix}")
+        fn.argtypes, fn.restype = _ASSEMBLE_ARGTYPES, None
     return lib
 
 
@@ -67,9 +72,14 @@ def describe() -> str:
     return "native C kernel for small frontals, NumPy/BLAS for large ones"
 
 
+def supports_dtype(xp, dtype) -> bool:
+    """Whether the native kernels can run on these arrays at all (NumPy, the four dtypes)."""
+    return xp is np and np.dtype(dtype) in _SUFFIX and available()
+
+
 def supports(xp, dtype, cls, level: int) -> bool:
     """Whether the native kernel can assemble and eliminate this class (NumPy, small frontals)."""
-    if xp is not np or np.dtype(dtype) not in _SUFFIX or not available():
+    if not supports_dtype(xp, dtype):
         return False
     return level == 0 or (len(cls.children) == 2 and cls.children[0].flat is not None)
 
@@ -117,3 +127,39 @@ def factor_rows(F, out: EliminatedBlocks, cls, rows: slice, level: int, V_padded
         raise exactly_singular(where)
     check_rcond(min_rcond.value, s, float(np.finfo(dtype).eps), where)
     return EliminatedBlocks(out.s_inv, out.x, out.r_s, min_rcond.value)
+
+
+def assemble_runs(F, cls, fronts, child_classes, rows: slice, parallel_map) -> None:
+    """Assemble the large merge frontals ``F`` (boxes ``rows`` of ``cls``) from the children's
+    Schur blocks by the plan's runs, each row of ``F`` written once.
+
+    ``parallel_map(fn, parts)`` runs the parts (box ranges, or row ranges of a single box)
+    on the engine's threads; ctypes releases the GIL, so they run in parallel.
+    """
+    P, f = F.shape[0], F.shape[1]
+    fn = getattr(_library(), f"ssi_assemble_runs_{_SUFFIX[F.dtype]}")
+    per_child = []
+    for link in cls.children:
+        child = fronts[link.cls]
+        rowmap = np.full(f, -1, dtype=np.int64)
+        runs = np.ascontiguousarray(link.runs, dtype=np.int64)
+        for dst, src, length in runs.tolist():
+            rowmap[dst : dst + length] = np.arange(src, src + length)
+        per_child.append((child, link.rows.start + rows.start, child_classes[link.cls].n_elim, rowmap, runs))
+
+    def part(bounds):
+        (p0, p1), (i0, i1) = bounds
+        args = []
+        for child, start, s, rowmap, runs in per_child:
+            ptr = child.ctypes.data + (start + p0) * child.strides[0]
+            args += [ptr, child.shape[1], s, _ptr(rowmap), _ptr(runs), runs.shape[0]]
+        fn(p1 - p0, f, i0, i1, F.ctypes.data + p0 * F.strides[0], *args)
+
+    n = 2
+    if P >= n:
+        cuts = np.linspace(0, P, n + 1).astype(int).tolist()
+        parts = [((a, b), (0, f)) for a, b in zip(cuts[:-1], cuts[1:])]
+    else:
+        cuts = np.linspace(0, f, n + 1).astype(int).tolist()
+        parts = [((0, P), (a, b)) for a, b in zip(cuts[:-1], cuts[1:])]
+    list(parallel_map(part, parts))

@@ -203,3 +203,35 @@ EXPORT int64_t FN(ssi_factor_chunk)(
     *min_rcond = worst;
     return 0;
 }
+
+/* Assemble rows [row_lo, row_hi) of P large merge frontals (f x f) from the two children's
+ * Schur blocks, one row at a time (zero it, add each child's runs), so every row of F is
+ * written once while it is in cache.  rowmap_c[i]: the child-c boundary index feeding row i
+ * of F, or -1; runs_c: (dst, src, length) column runs, the same for rows and columns. */
+EXPORT void FN(ssi_assemble_runs)(
+    int64_t P, int64_t f, int64_t row_lo, int64_t row_hi, void *F_,
+    const void *c1_, int64_t f1, int64_t s1, const int64_t *rowmap1, const int64_t *runs1, int64_t n1,
+    const void *c2_, int64_t f2, int64_t s2, const int64_t *rowmap2, const int64_t *runs2, int64_t n2)
+{
+    const T *c[2] = {(const T *)c1_, (const T *)c2_};
+    const int64_t fc[2] = {f1, f2}, sc[2] = {s1, s2}, nr[2] = {n1, n2};
+    const int64_t *rowmap[2] = {rowmap1, rowmap2}, *runs[2] = {runs1, runs2};
+    for (int64_t p = 0; p < P; p++) {
+        for (int64_t i = row_lo; i < row_hi; i++) {
+            T *restrict row = (T *)F_ + (p * f + i) * f;
+            for (int64_t j = 0; j < f; j++)
+                row[j] = 0;
+            for (int k = 0; k < 2; k++) {
+                int64_t src = rowmap[k][i];
+                if (src < 0)
+                    continue;
+                const T *restrict from = c[k] + (p * fc[k] + sc[k] + src) * fc[k] + sc[k];
+                for (int64_t q = 0; q < nr[k]; q++) {
+                    const int64_t dst = runs[k][3 * q], at = runs[k][3 * q + 1], len = runs[k][3 * q + 2];
+                    for (int64_t j = 0; j < len; j++)
+                        row[dst + j] += from[at + j];
+                }
+            }
+        }
+    }
+}
