@@ -84,7 +84,10 @@ def supports(xp, dtype, cls, level: int) -> bool:
     return level == 0 or (len(cls.children) == 2 and cls.children[0].flat is not None)
 
 
-def _ptr(a) -> int:
+def _ptr(a, dtype=None) -> int:
+    # the kernels index raw memory: a strided view or another dtype would be read wrongly
+    if not a.flags.c_contiguous or (dtype is not None and a.dtype != dtype):
+        raise ValueError("native kernel needs C-contiguous arrays of the frontal dtype")
     return a.ctypes.data
 
 
@@ -106,7 +109,7 @@ def factor_rows(F, out: EliminatedBlocks, cls, rows: slice, level: int, V_padded
         template = np.ascontiguousarray(cls.leaf_template, dtype=np.int64).reshape(-1)
         tnode, tslot = np.divmod(template, 9)
         keep += [nodes, tnode, tslot]
-        src = (_MODE_LEAF, _ptr(V_padded), 0, null, null, 0, null,
+        src = (_MODE_LEAF, _ptr(V_padded, dtype), 0, null, null, 0, null,
                _ptr(nodes), nodes.shape[1], _ptr(tnode), _ptr(tslot))  # fmt: skip
     else:
         args = []
@@ -115,7 +118,7 @@ def factor_rows(F, out: EliminatedBlocks, cls, rows: slice, level: int, V_padded
             start = link.rows.start + rows.start
             flat = np.ascontiguousarray(link.flat, dtype=np.int64)
             keep.append(flat)
-            args += [child.ctypes.data + start * child.strides[0], child.shape[1] * child.shape[2], _ptr(flat)]
+            args += [_ptr(child, dtype) + start * child.strides[0], child.shape[1] * child.shape[2], _ptr(flat)]
         src = (_MODE_MERGE, *args, null, 0, null, null)
     work = np.empty(s * s + s * f + s, dtype=dtype)
     piv = np.empty(max(s, 1), dtype=np.int64)
@@ -151,9 +154,9 @@ def assemble_runs(F, cls, fronts, child_classes, rows: slice, parallel_map) -> N
         (p0, p1), (i0, i1) = bounds
         args = []
         for child, start, s, rowmap, runs in per_child:
-            ptr = child.ctypes.data + (start + p0) * child.strides[0]
+            ptr = _ptr(child, F.dtype) + (start + p0) * child.strides[0]
             args += [ptr, child.shape[1], s, _ptr(rowmap), _ptr(runs), runs.shape[0]]
-        fn(p1 - p0, f, i0, i1, F.ctypes.data + p0 * F.strides[0], *args)
+        fn(p1 - p0, f, i0, i1, _ptr(F) + p0 * F.strides[0], *args)
 
     n = 2
     if P >= n:
