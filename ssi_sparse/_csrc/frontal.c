@@ -39,53 +39,31 @@ struct source {
     const int64_t *tnode, *tslot; /* leaf: template split into (closed node, stencil slot) */
 };
 
+/* |x| and conj(x) for whichever scalar type the template is instantiated with */
+#define ABS(v) _Generic((v), float: fabsf, double: fabs, float _Complex: cabsf, double _Complex: cabs)(v)
+#define CONJ(v) _Generic((v), float _Complex: conjf, double _Complex: conj, default: real_identity)(v)
+static inline double real_identity(double v) { return v; }
+
+/* One instantiation per dtype: FN names the functions, T is the scalar, R its real type. */
 #define FN(name) name##_f64
 #define T double
 #define R double
-#define ABS fabs
-#define CONJ(v) (v)
 #include "frontal_impl.h"
-#undef FN
-#undef T
-#undef R
-#undef ABS
-#undef CONJ
 
 #define FN(name) name##_f32
 #define T float
 #define R float
-#define ABS fabsf
-#define CONJ(v) (v)
 #include "frontal_impl.h"
-#undef FN
-#undef T
-#undef R
-#undef ABS
-#undef CONJ
 
 #define FN(name) name##_c128
 #define T double _Complex
 #define R double
-#define ABS cabs
-#define CONJ(v) conj(v)
 #include "frontal_impl.h"
-#undef FN
-#undef T
-#undef R
-#undef ABS
-#undef CONJ
 
 #define FN(name) name##_c64
 #define T float _Complex
 #define R float
-#define ABS cabsf
-#define CONJ(v) conjf(v)
 #include "frontal_impl.h"
-#undef FN
-#undef T
-#undef R
-#undef ABS
-#undef CONJ
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_native_frontal", "ssi_sparse native CPU kernels (used through ctypes)",

@@ -1,6 +1,7 @@
 /* Fused assemble + eliminate of small frontal matrices, one box at a time (see frontal.c).
  *
- * Included once per dtype with T (scalar), R (real type of T), ABS, CONJ and FN(name) set.
+ * Included once per dtype with T (scalar), R (real type of T) and FN(name) set; undefines them
+ * at the end so the next dtype can set them again.
  * Every array is C-contiguous; a frontal is f x f, row-major, ordered [S (s), boundary (r)].
  */
 
@@ -235,3 +236,7 @@ EXPORT void FN(ssi_assemble_runs)(
         }
     }
 }
+
+#undef FN
+#undef T
+#undef R
