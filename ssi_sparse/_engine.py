@@ -161,6 +161,17 @@ def _pool(n):
     return _POOL
 
 
+def _forget_pool():
+    # a forked child inherits the pool object but not its threads: work sent to it would
+    # wait forever (multiprocessing with "fork" after a factorization in the parent)
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _row_chunks(P, f):
     n = _num_threads()
     if n == 1 or f >= PARALLEL_MAX_FRONT or P * f * f < PARALLEL_MIN_ENTRIES:

@@ -108,3 +108,25 @@ def test_memory_estimate_bounds_the_stored_factor():
     lu = ssi_sparse.factorize(random_spd_9pt(90, 70))
     plan = build_plan(90, 70, 5)
     assert lu.nbytes <= plan.memory_bytes(8, lu.hermitian) <= 4 * lu.nbytes
+
+
+def _factorize_in_child(_):
+    # large enough that the engine's thread pool takes row chunks
+    A = random_spd_9pt(300, 300, seed=5)
+    b = np.ones(A.shape[0])
+    x = ssi_sparse.factorize(A).solve(b)
+    return float(np.linalg.norm(A @ x - b) / np.linalg.norm(b))
+
+
+@pytest.mark.skipif(
+    "fork" not in __import__("multiprocessing").get_all_start_methods(), reason="needs fork"
+)
+def test_factorize_in_forked_child_after_parent():
+    """Regression: a forked child inherited the engine's thread pool without its threads
+    and hung on the first chunked level (multiprocessing with 'fork' is Linux's default)."""
+    import multiprocessing
+
+    assert _factorize_in_child(0) < 1e-9  # the parent creates the pool
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        (residual,) = pool.map_async(_factorize_in_child, [0]).get(timeout=120)
+    assert residual < 1e-9
