@@ -66,4 +66,4 @@ def test_info_and_module_entry_point():
 def test_demo_small(capsys):
     main(["demo", "--size", "65"])
     out = capsys.readouterr().out
-    assert "speed-up" in out and "residual" in out
+    assert "speed-up" in out and "residual" in out and "refactorize" in out
