@@ -1,10 +1,12 @@
-"""Native CPU kernel: fused assembly and elimination of the small frontals (C, via ctypes).
+"""Native CPU kernels (C, via ctypes): the small frontals, and assembly of the large ones.
 
-The bottom levels of the box tree hold tens of thousands of frontals 25..128 wide.  The
+The bottom levels of the box tree hold tens of thousands of frontals up to 256 wide.  The
 portable path (:mod:`._engine` with :func:`._kernels.eliminate`) spends most of its time there
 in per-matrix LAPACK calls and index gathers; ``_csrc/frontal.c`` gathers and eliminates each
 box while it is in cache, with the same arithmetic (LU with partial pivoting, explicit
-``S^-1``, ``X = S^-1 S_R``, Schur complement) and the same singularity checks.
+``S^-1``, ``X = S^-1 S_R``, Schur complement) and the same singularity checks
+(:func:`factor_rows`).  Larger frontals are eliminated by NumPy's stacked LAPACK/BLAS; the C
+code only assembles them, writing each row once (:func:`assemble_runs`).
 
 The extension is optional: it is compiled when the package is installed with a C compiler at
 hand, and without it (or with ``SSI_SPARSE_NATIVE=0``) the engine runs the portable path.
@@ -35,10 +37,10 @@ _i64 = ctypes.c_int64
 _ASSEMBLE_ARGTYPES = [_i64, _i64, _i64, _i64, _p,
                       _p, _i64, _i64, _p, _p, _i64,
                       _p, _i64, _i64, _p, _p, _i64]  # fmt: skip
-_ARGTYPES = [_i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32,
-             _p, _i64, _p, _p, _i64, _p,
-             _p, _i64, _p, _p,
-             _p, _p, _p, _p, ctypes.c_double, _p, _p, _p]  # fmt: skip
+_FACTOR_ARGTYPES = [_i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32,
+                    _p, _i64, _p, _p, _i64, _p,
+                    _p, _i64, _p, _p,
+                    _p, _p, _p, _p, ctypes.c_double, _p, _p, _p]  # fmt: skip
 
 
 @lru_cache(maxsize=1)
@@ -52,7 +54,7 @@ def _library():
         return None
     for suffix in _SUFFIX.values():
         fn = getattr(lib, f"ssi_factor_chunk_{suffix}")
-        fn.argtypes, fn.restype = _ARGTYPES, _i64
+        fn.argtypes, fn.restype = _FACTOR_ARGTYPES, _i64
         fn = getattr(lib, f"ssi_assemble_runs_{suffix}")
         fn.argtypes, fn.restype = _ASSEMBLE_ARGTYPES, None
     return lib
