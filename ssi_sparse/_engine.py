@@ -58,14 +58,14 @@ NUMPY_FLAT_MAX_FRONT = 128
 GATHER_BLOCK_BYTES = 2 << 20
 
 
-def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows, to_xp, parallel_map=map):
+def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows, to_xp, parallel_map=map, n_parts=1):
     """Assemble rows ``rows`` of a merge class's frontals into ``F`` (p, f, f).
 
     Small frontals: one flat gather per child, in row blocks whose scratch (the second
     child's gather, added to the first's) stays in cache.  Large ones: each child's Schur
     block lands as a few contiguous runs (the plan orders boundaries side by side), so
     assembly is a handful of block copies (on the CPU the native kernel writes each row once,
-    its parts spread by ``parallel_map``).
+    in ``n_parts`` parts run by ``parallel_map``).
     """
     p, f = F.shape[0], F.shape[1]
 
@@ -87,7 +87,7 @@ def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows, to_xp, paralle
             F2[a:b, ...] += scratch[: b - a, ...]
         return
     if native.supports_dtype(xp, F.dtype) and len(cls.children) == 2:
-        native.assemble_runs(F, cls, fronts, child_classes, rows, parallel_map)
+        native.assemble_runs(F, cls, fronts, child_classes, rows, parallel_map, n_parts)
         return
     F[...] = 0
     for link in cls.children:
@@ -123,7 +123,7 @@ class _Workspace:
     """
 
     def __init__(self, xp, dtype, plan: Plan):
-        self.xp, self.dtype = xp, dtype
+        self.xp = xp
         sizes = [sum(c.n_boxes * c.n_front * c.n_front for c in level.classes) for level in plan.levels]
         self.arenas = [xp.empty(max([1, *sizes[parity::2]]), dtype=dtype) for parity in (0, 1)]
 
@@ -224,8 +224,9 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np) -> Nu
                     child_classes = plan.levels[k - 1].classes
                     # a class run whole may spread its assembly over the pool (never from
                     # inside the pool: its workers would wait on each other)
-                    spread = _pool(n_threads).map if len(chunks) == 1 and n_threads > 1 else map
-                    _merge_frontals_into(xp, Fr, cls, fronts, child_classes, rows, to_xp, spread)
+                    n_parts = n_threads if len(chunks) == 1 else 1
+                    spread = _pool(n_parts).map if n_parts > 1 else map
+                    _merge_frontals_into(xp, Fr, cls, fronts, child_classes, rows, to_xp, spread, n_parts)
                 return eliminate(xp, Fr, cls.n_elim, hermitian, a_norm, where, out_rows)
 
             if len(chunks) == 1:

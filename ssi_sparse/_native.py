@@ -134,12 +134,13 @@ def factor_rows(F, out: EliminatedBlocks, cls, rows: slice, level: int, V_padded
     return EliminatedBlocks(out.s_inv, out.x, out.r_s, min_rcond.value)
 
 
-def assemble_runs(F, cls, fronts, child_classes, rows: slice, parallel_map) -> None:
+def assemble_runs(F, cls, fronts, child_classes, rows: slice, parallel_map=map, n_parts=1) -> None:
     """Assemble the large merge frontals ``F`` (boxes ``rows`` of ``cls``) from the children's
     Schur blocks by the plan's runs, each row of ``F`` written once.
 
-    ``parallel_map(fn, parts)`` runs the parts (box ranges, or row ranges of a single box)
-    on the engine's threads; ctypes releases the GIL, so they run in parallel.
+    The work is cut into ``n_parts`` parts (box ranges, or row ranges of a single box) that
+    ``parallel_map(fn, parts)`` runs, on the engine's threads when it is their ``map``
+    (ctypes releases the GIL, so they run in parallel).
     """
     P, f = F.shape[0], F.shape[1]
     fn = getattr(_library(), f"ssi_assemble_runs_{_SUFFIX[F.dtype]}")
@@ -160,11 +161,10 @@ def assemble_runs(F, cls, fronts, child_classes, rows: slice, parallel_map) -> N
             args += [ptr, child.shape[1], s, _ptr(rowmap), _ptr(runs), runs.shape[0]]
         fn(p1 - p0, f, i0, i1, _ptr(F) + p0 * F.strides[0], *args)
 
-    n = 2
-    if P >= n:
-        cuts = np.linspace(0, P, n + 1).astype(int).tolist()
+    if P >= n_parts:
+        cuts = np.linspace(0, P, n_parts + 1).astype(int).tolist()
         parts = [((a, b), (0, f)) for a, b in zip(cuts[:-1], cuts[1:])]
     else:
-        cuts = np.linspace(0, f, n + 1).astype(int).tolist()
+        cuts = np.linspace(0, f, n_parts + 1).astype(int).tolist()
         parts = [((0, P), (a, b)) for a, b in zip(cuts[:-1], cuts[1:])]
     list(parallel_map(part, parts))
