@@ -15,14 +15,24 @@ same stored blocks transposed.
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _native as native
-from ._kernels import EliminatedBlocks, allocate_blocks, eliminate, matrix_h, matrix_t
+from ._dense import NotPositiveDefinite, factor_class
+from ._kernels import EliminatedBlocks, allocate_blocks, eliminate
+from ._lapack import single_threaded_blas_available
 from ._plan import Plan
+from ._tuning import (
+    DENSE_BOX_THREADS_MAX_FRONT,
+    GATHER_BLOCK_BYTES,
+    NUMPY_FLAT_MAX_FRONT,
+    PARALLEL_MIN_ENTRIES,
+    choose_kernel,
+)
 
 __all__ = ["NumericFactor", "factorize_values"]
 
@@ -30,9 +40,16 @@ __all__ = ["NumericFactor", "factorize_values"]
 @dataclass(eq=False)
 class NumericFactor:
     plan: Plan
-    blocks: list  # blocks[level][class] -> EliminatedBlocks
+    blocks: list  # blocks[level][class] -> EliminatedBlocks or FactoredBlocks
     hermitian: bool
     dtype: object  # the array namespace's dtype
+    kernels: list = None  # kernels[level][class]: the kernel that eliminated it
+
+    @property
+    def cholesky(self) -> bool:
+        """Whether the dense-kernel classes (if any) were all factored as ``L L^H``."""
+        kinds = {getattr(b, "kind", None) for level in self.blocks for b in level} - {None}
+        return kinds == {"cholesky"}
 
     def nbytes(self) -> int:
         return sum(b.nbytes() for level in self.blocks for b in level)
@@ -42,6 +59,26 @@ class NumericFactor:
         return min(b.min_rcond for level in self.blocks for b in level)
 
 
+@dataclass(frozen=True)
+class ClassTiming:
+    """Wall time of assembling and eliminating one class (see ``factorize_values``)."""
+
+    level: int
+    kernel: str
+    kind: str  # "inverse", "lu" or "cholesky"
+    n_boxes: int
+    n_elim: int
+    n_boundary: int
+    seconds: float
+
+    @property
+    def flops(self) -> float:
+        """LU-type model (Cholesky: half), as :meth:`Plan.flops`."""
+        s, r = float(self.n_elim), float(self.n_boundary)
+        lu = self.n_boxes * (2.0 / 3.0 * s**3 + 2.0 * s * s * r + 2.0 * r * r * s)
+        return lu / 2 if self.kind == "cholesky" else lu
+
+
 def _take_into(xp, a, indices, axis, out):
     """``out[...] = take(a, indices, axis)`` without a temporary where the library allows."""
     if xp is np:
@@ -49,13 +86,6 @@ def _take_into(xp, a, indices, axis, out):
     else:
         out[...] = xp.take(a, indices, axis=axis)
 
-
-#: NumPy assembles frontals up to this size by flat gathers, larger ones by block copies (a
-#: gather per entry loses to a few block copies there; CuPy gathers everything).
-NUMPY_FLAT_MAX_FRONT = 128
-
-#: Row block of the flat-gather assembly: its scratch stays small, cached and reused.
-GATHER_BLOCK_BYTES = 2 << 20
 
 
 def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows, to_xp, parallel_map=map, n_parts=1):
@@ -139,13 +169,6 @@ class _Workspace:
         return fronts
 
 
-#: Classes with at least this many frontal entries are split into row chunks processed by a
-#: thread pool (NumPy releases the GIL in its loops; tiny blocks leave BLAS single-threaded).
-PARALLEL_MIN_ENTRIES = 1 << 20
-#: Frontals this large or larger run whole: BLAS threads them itself.
-PARALLEL_MAX_FRONT = 256
-
-
 def _num_threads() -> int:
     env = os.environ.get("SSI_SPARSE_NUM_THREADS")
     return max(1, int(env)) if env else (os.cpu_count() or 1)
@@ -174,82 +197,114 @@ if hasattr(os, "register_at_fork"):
 
 def _row_chunks(P, f):
     n = _num_threads()
-    if n == 1 or f >= PARALLEL_MAX_FRONT or P * f * f < PARALLEL_MIN_ENTRIES:
+    if n == 1 or P * f * f < PARALLEL_MIN_ENTRIES:
         return [slice(0, P)]
     bounds = np.linspace(0, P, n + 1).astype(int)
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np) -> NumericFactor:
+def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timings=None) -> NumericFactor:
     """Numeric phase: eliminate every level of ``plan`` for the stencil values ``V`` (n, 9).
 
     ``a_norm`` (the matrix's infinity-norm) is the scale singular blocks are measured against.
+    ``timings``: a list that receives one :class:`ClassTiming` per class (benchmarks).
     """
     V_padded = xp.concat([V, xp.zeros((1, 9), dtype=V.dtype)], axis=0)
     workspace = _Workspace(xp, V.dtype, plan)
     to_xp = plan.device(xp)
-    blocks = []
+    blocks, kernels = [], []
     n_threads = _num_threads() if xp is np else 1
+    cholesky = hermitian  # until a block proves the matrix indefinite
     fronts = None  # eliminated frontals of the level below (their Schur blocks feed parents)
     for k, level in enumerate(plan.levels):
         level_fronts = workspace.level(k, level.classes)
-        level_blocks = []
+        level_blocks, level_kernels = [], []
         for cls, F in zip(level.classes, level_fronts):
             where = f"level {k} ({cls.n_boxes} boxes, {cls.n_elim} eliminated, {cls.n_boundary} kept)"
+            kernel = choose_kernel(xp, V.dtype, cls, k)
+            t0 = time.perf_counter()
 
-            # host threads only help NumPy; a GPU runs each class as one batch
-            chunks = _row_chunks(cls.n_boxes, cls.n_front) if xp is np else [slice(0, cls.n_boxes)]
-            native_class = native.supports(xp, V.dtype, cls, k)
-            out = None
-            if len(chunks) > 1 or native_class:  # chunks write their rows of one allocation
-                out = allocate_blocks(xp, cls.n_boxes, cls.n_elim, cls.n_boundary, V.dtype, hermitian)
-
-            def work(rows, F=F, cls=cls, where=where, k=k, out=out, native_class=native_class):
-                Fr = F[rows, ...]
-                out_rows = None
-                if out is not None:
-                    out_rows = EliminatedBlocks(
-                        out.s_inv[rows, ...],
-                        out.x[rows, ...],
-                        None if out.r_s is None else out.r_s[rows, ...],
-                        1.0,
-                    )
-                if native_class:
-                    return native.factor_rows(
-                        Fr, out_rows, cls, rows, k, V_padded, fronts, hermitian, a_norm, where
-                    )
+            def assemble(Fr, rows, cls=cls, k=k, n_parts=1):
                 if k == 0:
                     _leaf_frontals_into(xp, Fr, V_padded, cls, rows, to_xp)
                 else:
-                    child_classes = plan.levels[k - 1].classes
                     # a class run whole may spread its assembly over the pool (never from
                     # inside the pool: its workers would wait on each other)
-                    n_parts = n_threads if len(chunks) == 1 else 1
                     spread = _pool(n_parts).map if n_parts > 1 else map
+                    child_classes = plan.levels[k - 1].classes
                     _merge_frontals_into(xp, Fr, cls, fronts, child_classes, rows, to_xp, spread, n_parts)
-                return eliminate(xp, Fr, cls.n_elim, hermitian, a_norm, where, out_rows)
 
-            if len(chunks) == 1:
-                level_blocks.append(work(chunks[0]))
+            if kernel == "dense":
+                # assembly spread over the engine's threads; then boxes on the engine's
+                # threads (single-threaded BLAS) or one after another on BLAS's threads
+                assemble(F, slice(0, cls.n_boxes), n_parts=n_threads)
+                box_threads = (
+                    n_threads > 1 and cls.n_boxes > 1 and cls.n_front < DENSE_BOX_THREADS_MAX_FRONT
+                    and single_threaded_blas_available()
+                )  # fmt: skip
+                spread = dict(parallel_map=_pool(n_threads).map, n_parts=n_threads) if box_threads else {}
+                try:
+                    blk = factor_class(F, cls.n_elim, cholesky, a_norm, where, **spread)
+                except NotPositiveDefinite:
+                    # Hermitian but indefinite: LU from here on (the children are intact)
+                    cholesky = False
+                    assemble(F, slice(0, cls.n_boxes), n_parts=n_threads)
+                    blk = factor_class(F, cls.n_elim, False, a_norm, where, **spread)
+                level_blocks.append(blk)
             else:
-                parts = list(_pool(len(chunks)).map(work, chunks))
-                out.min_rcond = min(b.min_rcond for b in parts)
-                level_blocks.append(out)
+                # host threads only help NumPy; a GPU runs each class as one batch
+                chunks = _row_chunks(cls.n_boxes, cls.n_front) if xp is np else [slice(0, cls.n_boxes)]
+                out = None
+                if len(chunks) > 1 or kernel == "native":  # chunks write rows of one allocation
+                    out = allocate_blocks(xp, cls.n_boxes, cls.n_elim, cls.n_boundary, V.dtype, hermitian)
+
+                def work(rows, F=F, cls=cls, where=where, k=k, out=out, kernel=kernel, whole=len(chunks) == 1):
+                    Fr = F[rows, ...]
+                    out_rows = None
+                    if out is not None:
+                        out_rows = EliminatedBlocks(
+                            out.s_inv[rows, ...],
+                            out.x[rows, ...],
+                            None if out.r_s is None else out.r_s[rows, ...],
+                            1.0,
+                        )
+                    if kernel == "native":
+                        return native.factor_rows(
+                            Fr, out_rows, cls, rows, k, V_padded, fronts, hermitian, a_norm, where
+                        )
+                    assemble(Fr, rows, n_parts=n_threads if whole else 1)
+                    return eliminate(xp, Fr, cls.n_elim, hermitian, a_norm, where, out_rows)
+
+                if len(chunks) == 1:
+                    level_blocks.append(work(chunks[0]))
+                else:
+                    parts = list(_pool(len(chunks)).map(work, chunks))
+                    out.min_rcond = min(b.min_rcond for b in parts)
+                    level_blocks.append(out)
+            level_kernels.append(kernel)
             if cls.n_elim:
                 F[:, 0, 0] = 0  # S is spent: entry (0, 0) is the zero slot of flat gathers
+            if timings is not None:
+                kind = getattr(level_blocks[-1], "kind", "inverse")
+                timings.append(ClassTiming(k, kernel, kind, cls.n_boxes, cls.n_elim, cls.n_boundary,
+                                           time.perf_counter() - t0))  # fmt: skip
         blocks.append(level_blocks)
+        kernels.append(level_kernels)
         fronts = level_fronts
-    return NumericFactor(plan, blocks, hermitian, V.dtype)
+    return NumericFactor(plan, blocks, hermitian, V.dtype, kernels)
 
 
 def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
     """Solve ``op(A) x = b`` with ``b`` of shape (n, k) in the engine's node order."""
+    complex_ = xp.isdtype(factor.dtype, "complex floating")
     if factor.hermitian:
         if trans == "T":  # A^T = conj(A) for Hermitian A
-            return xp.conj(solve_values(factor, xp.conj(b), "N", xp))
+            return xp.conj(solve_values(factor, xp.conj(b), "N", xp)) if complex_ else solve_values(factor, b, "N", xp)
         trans = "N"
-    if trans == "H" and not xp.isdtype(factor.dtype, "complex floating"):
-        trans = "T"
+    if trans == "H":  # A^H x = b  <=>  A^T conj(x) = conj(b)
+        if not complex_:
+            return solve_values(factor, b, "T", xp)
+        return xp.conj(solve_values(factor, xp.conj(b), "T", xp))
     plan = factor.plan
     k_rhs = b.shape[1]
     to_xp = plan.device(xp)
@@ -265,16 +320,14 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
             offset += size
         pieces.append(row)
 
-    # up sweep: keep per class what the down sweep needs (y for 'N', f_S for 'T'/'H')
+    # up sweep: each class keeps what its down sweep needs
     kept, condensed = [], None
     for k, level in enumerate(plan.levels):
         level_kept, level_condensed = [], []
         for ci, cls in enumerate(level.classes):
-            blk: EliminatedBlocks = factor.blocks[k][ci]
             f_S = pieces[k][ci]
-            if k == 0:
-                f_R = None
-            else:
+            f_R = None
+            if k:
                 f = xp.zeros((cls.n_boxes, cls.n_front, k_rhs), dtype=bp.dtype)
                 for link in cls.children:
                     d = condensed[link.cls][link.rows, ...]
@@ -282,14 +335,8 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
                         f[:, di : di + li, ...] += d[:, si : si + li, ...]
                 f_S = f_S + f[:, : cls.n_elim, ...]
                 f_R = f[:, cls.n_elim :, ...]
-            if trans == "N":
-                y = blk.s_inv @ f_S
-                upd = (matrix_h(xp, blk.x) @ f_S) if blk.r_s is None else (blk.r_s @ y)
-                level_kept.append(y)
-            else:
-                op = matrix_t if trans == "T" else matrix_h
-                upd = op(xp, blk.x) @ f_S
-                level_kept.append(f_S)
+            y, upd = factor.blocks[k][ci].up(xp, f_S, trans)
+            level_kept.append(y)
             level_condensed.append(-upd if f_R is None else f_R - upd)
         kept.append(level_kept)
         condensed = level_condensed
@@ -301,7 +348,6 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
         level = plan.levels[k]
         level_sol, level_front = [], []
         for ci, cls in enumerate(level.classes):
-            blk = factor.blocks[k][ci]
             if k == len(plan.levels) - 1:
                 u_R = xp.zeros((cls.n_boxes, 0, k_rhs), dtype=bp.dtype)
             else:
@@ -315,14 +361,7 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
                     for pi, role in level.boundary_sources[ci]
                 ]
                 u_R = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
-            if trans == "N":
-                u_S = kept[k][ci] - blk.x @ u_R
-            else:
-                op = matrix_t if trans == "T" else matrix_h
-                rhs = kept[k][ci]
-                if cls.n_boundary:
-                    rhs = rhs - op(xp, blk.r_s) @ u_R
-                u_S = op(xp, blk.s_inv) @ rhs
+            u_S = factor.blocks[k][ci].down(xp, kept[k][ci], u_R, trans)
             level_sol.append(u_S)
             level_front.append(xp.concat([u_S, u_R], axis=1))
         solutions[k] = level_sol

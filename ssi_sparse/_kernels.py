@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._errors import SingularMatrixError
+from ._tuning import CHUNK_BYTES
 
 __all__ = [
     "EliminatedBlocks",
@@ -54,6 +55,23 @@ class EliminatedBlocks:
     def nbytes(self) -> int:
         return sum(int(a.nbytes) for a in (self.s_inv, self.x, self.r_s) if a is not None)
 
+    def up(self, xp, f_S, trans):
+        """Condense one class's right-hand side ``f_S`` (P, s, k): ``(kept, update)`` with
+        ``update`` (P, r, k) subtracted from the boundary part and ``kept`` for :meth:`down`
+        (``trans`` 'N' or 'T'; Hermitian blocks only 'N')."""
+        if trans == "N":
+            y = self.s_inv @ f_S
+            upd = (matrix_h(xp, self.x) @ f_S) if self.r_s is None else (self.r_s @ y)
+            return y, upd
+        return f_S, matrix_t(xp, self.x) @ f_S
+
+    def down(self, xp, kept, u_R, trans):
+        """Back-substitute the eliminated unknowns from the boundary values ``u_R``."""
+        if trans == "N":
+            return kept - self.x @ u_R
+        rhs = kept - matrix_t(xp, self.r_s) @ u_R if u_R.shape[1] else kept
+        return matrix_t(xp, self.s_inv) @ rhs
+
 
 def _rcond(xp, S, S_inv, a_norm):
     """Reciprocal infinity-norm condition number of every block, measured against ``A`` too.
@@ -68,9 +86,6 @@ def _rcond(xp, S, S_inv, a_norm):
     return 1.0 / (xp.maximum(norm_s, a_norm) * norm_inv)
 
 
-#: Bytes of temporaries per chunk of the Schur update: small enough to stay in cache and in
-#: the allocator's free lists (fresh large allocations cost page faults on every level).
-CHUNK_BYTES = 8 << 20
 
 
 def allocate_blocks(xp, P, s, r, dtype, hermitian) -> EliminatedBlocks:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._tuning import FLAT_GATHER_MAX_FRONT
+
 __all__ = ["Plan", "BoxClass", "ChildLink", "build_plan", "DEFAULT_LEAF_CELLS"]
 
 #: Largest leaf box side, in cells.  Halving gives leaf sides in {m, m + 1}; allowing 5 (not
@@ -47,9 +49,6 @@ class ChildLink:
     #: engine zeroes entry (0, 0) once S is spent).  One gather beats many tiny block copies.
     flat: np.ndarray | None = None
 
-
-#: Merge frontals up to this size are assembled by flat gathers, larger ones by run copies.
-FLAT_GATHER_MAX_FRONT = 256
 
 
 @dataclass(eq=False)

@@ -1,0 +1,214 @@
+"""Dense kernel for the large frontals on the CPU: factors, not inverses, one box at a time.
+
+Each frontal ``F = [[S, S_R], [R_S, R]]`` is eliminated in place with LAPACK/BLAS-3 on
+sub-blocks (:mod:`._lapack`, SciPy's library, its threads): no explicit inverse, no copies.
+
+The routines see a C-ordered frontal as its transpose ``G = F^T`` (column-major).  Eliminating
+the leading block of ``G`` leaves ``D^T`` in the same memory, which is the parent's ``D`` read
+C-ordered, so the arithmetic below is written for ``G``:
+
+- LU (any matrix): ``G_SS = P L U`` (getrf), ``X = L^-1 P^T G_SR``, ``W = G_RS U^-1``,
+  ``D_G = G_RR - W X`` (one gemm): ``2 s^3 / 3 + 2 s^2 r + 2 r^2 s`` flops.
+- Cholesky (Hermitian frontals, tried first): ``G_SS = L L^H`` (potrf), ``W = G_RS L^-H``,
+  ``D_G = G_RR - W W^H`` (herk/syrk, lower half, then mirrored): about half of that.  A block
+  that is not positive definite makes potrf fail; the engine then refactors that class, and
+  every later one, by LU (Hermitian indefinite matrices such as real Helmholtz).
+
+Both are ``G = [[P L, 0], [W, I]] [[U, X], [0, D_G]]`` (Cholesky: ``P = I, U = L^H, W = X^H``),
+which is what the solve sweeps below use.  Every block's condition number is estimated from
+its factor (gecon/pocon) and measured against the matrix as the portable kernel does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from ._kernels import check_rcond, exactly_singular
+from ._lapack import lapack_for, single_threaded_blas
+
+__all__ = ["FactoredBlocks", "NotPositiveDefinite", "factor_class"]
+
+
+class NotPositiveDefinite(Exception):
+    """Internal: a Cholesky attempt met a block that is not positive definite."""
+
+
+@lru_cache(maxsize=8)
+def _strict_lower_mask(r: int) -> np.ndarray:
+    return np.tri(r, r, -1, dtype=bool)
+
+
+def _mirror_upper_to_lower(D) -> None:
+    """``D[i, j] = conj(D[j, i])`` for i > j, in place (D square, upper triangle valid)."""
+    upper = D.T
+    np.copyto(D, upper.conj() if np.iscomplexobj(D) else upper, where=_strict_lower_mask(D.shape[0]))
+
+
+def _perm_from_ipiv(ipiv) -> np.ndarray:
+    """``perm`` with ``P^T x = x[perm]`` from getrf's 1-based interchanges."""
+    perm = list(range(len(ipiv)))
+    for i, j in enumerate(ipiv.tolist()):
+        j -= 1
+        perm[i], perm[j] = perm[j], perm[i]
+    return np.asarray(perm, dtype=np.intp)
+
+
+@dataclass(eq=False)
+class FactoredBlocks:
+    """One class's stored factors (column-major views of C-ordered arrays, see module doc).
+
+    ``factor[p]``: L\\U (or L) of ``G_SS``, ld s.  ``x[p]`` (r, s) C-ordered: ``X`` (s x r),
+    ld s; None for Cholesky (``X = W^H``).  ``w[p]`` (s, r) C-ordered: ``W`` (r x s), ld r.
+    ``perm``/``inv_perm`` (P, s): the pivoting (None for Cholesky).
+    """
+
+    kind: str  # "lu" or "cholesky"
+    factor: np.ndarray
+    x: np.ndarray | None
+    w: np.ndarray
+    perm: np.ndarray | None
+    inv_perm: np.ndarray | None
+    min_rcond: float
+
+    def nbytes(self) -> int:
+        arrays = (self.factor, self.x, self.w, self.perm, self.inv_perm)
+        return sum(int(a.nbytes) for a in arrays if a is not None)
+
+    @property
+    def _shape(self):
+        return self.w.shape
+
+    def up(self, xp, f_S, trans):
+        """Condense one class's right-hand side: returns ``(kept, update)``, ``update``
+        (P, r, k) to be subtracted from the boundary part, ``kept`` for :meth:`down`."""
+        P, s, r = self._shape
+        k = f_S.shape[2]
+        lap = lapack_for(self.factor.dtype)
+        if trans == "N":
+            kept = np.array(f_S, order="C", copy=True)
+        else:  # "T": P^T first
+            kept = np.ascontiguousarray(np.take_along_axis(f_S, self.perm[:, :, None], axis=1))
+        upd = np.zeros((P, r, k), dtype=kept.dtype)
+        if s == 0:
+            return kept, upd
+        item = kept.itemsize
+        sk, rk, ss, rs = s * k * item, r * k * item, s * s * item, r * s * item
+        kp, up_, fp, wp = kept.ctypes.data, upd.ctypes.data, self.factor.ctypes.data, self.w.ctypes.data
+        xp_ = None if self.x is None else self.x.ctypes.data
+        for p in range(P):
+            if trans == "N":
+                # kept^T = f_S^T U^-1 ; upd^T = kept^T X
+                if self.kind == "lu":
+                    lap.trsm("R", "U", "N", "N", k, s, 1.0, fp + p * ss, s, kp + p * sk, k)
+                    lap.gemm("N", "N", k, r, s, 1.0, kp + p * sk, k, xp_ + p * rs, s, 0.0, up_ + p * rk, k)
+                else:
+                    lap.trsm("R", "L", "C", "N", k, s, 1.0, fp + p * ss, s, kp + p * sk, k)
+                    lap.gemm("N", "C", k, r, s, 1.0, kp + p * sk, k, wp + p * rs, r, 0.0, up_ + p * rk, k)
+            else:
+                # kept^T = (P^T f_S)^T L^-T ; upd^T = kept^T W^T
+                lap.trsm("R", "L", "T", "U", k, s, 1.0, fp + p * ss, s, kp + p * sk, k)
+                lap.gemm("N", "T", k, r, s, 1.0, kp + p * sk, k, wp + p * rs, r, 0.0, up_ + p * rk, k)
+        return kept, upd
+
+    def down(self, xp, kept, u_R, trans):
+        """Back-substitute one class's eliminated unknowns from their boundary values."""
+        P, s, r = self._shape
+        k = kept.shape[2]
+        if s == 0:
+            return kept
+        lap = lapack_for(self.factor.dtype)
+        t = kept  # consumed: the up sweep's copy
+        u_R = np.ascontiguousarray(u_R, dtype=t.dtype)
+        item = t.itemsize
+        sk, rk, ss, rs = s * k * item, r * k * item, s * s * item, r * s * item
+        tp, ur, fp, wp = t.ctypes.data, u_R.ctypes.data, self.factor.ctypes.data, self.w.ctypes.data
+        xp_ = None if self.x is None else self.x.ctypes.data
+        for p in range(P):
+            if trans == "N":
+                # t^T = kept^T - u_R^T W ; u_S = P L^-T t
+                lap.gemm("N", "N", k, s, r, -1.0, ur + p * rk, k, wp + p * rs, r, 1.0, tp + p * sk, k)
+                diag = "U" if self.kind == "lu" else "N"
+                lap.trsm("R", "L", "N", diag, k, s, 1.0, fp + p * ss, s, tp + p * sk, k)
+            else:
+                # t^T = kept^T - u_R^T X^T ; u_S = U^-1 t
+                lap.gemm("N", "T", k, s, r, -1.0, ur + p * rk, k, xp_ + p * rs, s, 1.0, tp + p * sk, k)
+                lap.trsm("R", "U", "T", "N", k, s, 1.0, fp + p * ss, s, tp + p * sk, k)
+        if trans == "N" and self.kind == "lu":
+            return np.take_along_axis(t, self.inv_perm[:, :, None], axis=1)
+        return t
+
+
+def factor_class(F, s: int, cholesky: bool, a_norm: float, where: str, parallel_map=None,
+                 n_parts: int = 1) -> FactoredBlocks:
+    """Eliminate the leading ``s`` unknowns of every frontal of ``F`` (P, f, f), in place.
+
+    Afterwards ``F[:, s:, s:]`` holds the Schur complements.  With ``parallel_map`` (the
+    engine's thread pool), the boxes are cut into ``n_parts`` ranges run concurrently, each
+    thread's BLAS single-threaded.  Raises :class:`NotPositiveDefinite` (Cholesky only; ``F``
+    is then partly overwritten) or :class:`~ssi_sparse.SingularMatrixError`.
+    """
+    if not F.flags.c_contiguous:
+        raise ValueError("dense kernel needs C-contiguous frontals")
+    P, f, _ = F.shape
+    r = f - s
+    dtype = F.dtype
+    lap = lapack_for(dtype)
+    item = F.itemsize
+    factor = np.empty((P, s, s), dtype=dtype)
+    x = None if cholesky else np.empty((P, r, s), dtype=dtype)
+    w = np.empty((P, s, r), dtype=dtype)
+    perm = None if cholesky else np.empty((P, s), dtype=np.intp)
+    rconds = np.ones(P)
+
+    def boxes(bounds):
+        ipiv = np.empty(max(s, 1), dtype=np.intc)
+        for p in range(*bounds):
+            base = F.ctypes.data + p * f * f * item
+            g_ss, g_sr, g_rs, g_rr = base, base + s * f * item, base + s * item, base + (s * f + s) * item
+            S = F[p, :s, :s]
+            norm_s = float(np.max(np.sum(np.abs(S), axis=1)))  # ||S||_inf = ||G_SS||_1
+            if cholesky:
+                if lap.potrf(s, g_ss, f):
+                    raise NotPositiveDefinite(where)
+                rc = lap.rcond("L", s, g_ss, f, norm_s)
+                # W = G_RS L^-H (= X^H; the right-side solve ran faster than L^-1 G_SR)
+                lap.trsm("R", "L", "C", "N", r, s, 1.0, g_ss, f, g_rs, f)
+                lap.rank_k_lower(r, s, -1.0, g_rs, f, 1.0, g_rr, f, trans="N")
+                _mirror_upper_to_lower(F[p, s:, s:])
+            else:
+                if lap.getrf(s, g_ss, f, ipiv.ctypes.data):
+                    raise exactly_singular(where)
+                rc = lap.rcond("LU", s, g_ss, f, norm_s)
+                lap.laswp(r, g_sr, f, s, ipiv.ctypes.data)
+                lap.trsm("L", "L", "N", "U", s, r, 1.0, g_ss, f, g_sr, f)
+                lap.trsm("R", "U", "N", "N", r, s, 1.0, g_ss, f, g_rs, f)
+                lap.gemm("N", "N", r, r, s, -1.0, g_rs, f, g_sr, f, 1.0, g_rr, f)
+                perm[p] = _perm_from_ipiv(ipiv[:s])
+                x[p] = F[p, s:, :s]
+            # measured against A too, as the portable kernel's rcond (see _kernels._rcond)
+            rconds[p] = rc * norm_s / max(norm_s, a_norm) if norm_s > 0 else 0.0
+            factor[p] = S
+            w[p] = F[p, :s, s:]
+
+    if s:
+        if parallel_map is None or n_parts < 2 or P < 2:
+            boxes((0, P))
+        else:
+            cuts = np.linspace(0, P, min(n_parts, P) + 1).astype(int).tolist()
+
+            def threaded(bounds):
+                with single_threaded_blas():
+                    boxes(bounds)
+
+            list(parallel_map(threaded, list(zip(cuts[:-1], cuts[1:]))))
+    min_rcond = float(np.min(rconds)) if P and s else 1.0  # NaN propagates
+    if s:
+        check_rcond(min_rcond, s, float(np.finfo(dtype).eps), where)
+    inv_perm = None
+    if perm is not None:
+        inv_perm = np.empty_like(perm)
+        np.put_along_axis(inv_perm, perm, np.arange(s, dtype=np.intp)[None, :].repeat(P, 0), axis=1)
+    return FactoredBlocks("cholesky" if cholesky else "lu", factor, x, w, perm, inv_perm, min_rcond)

@@ -1,0 +1,57 @@
+"""Tuning constants of the CPU engine, and the one place that picks each class's kernel.
+
+Every threshold the engine, the plan and the kernels use lives here, so that a retuning (or a
+new machine) changes one table.  Values measured on the development machine (2-core AMD EPYC,
+OpenBLAS); see bench/README.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Merge frontals up to this size get flat gather maps in the plan (one gather per entry beats
+#: many tiny block copies); larger ones are assembled from contiguous runs.
+FLAT_GATHER_MAX_FRONT = 256
+
+#: NumPy assembles frontals up to this size by flat gathers, larger ones by block copies
+#: (CuPy gathers everything).
+NUMPY_FLAT_MAX_FRONT = 128
+
+#: Row block of the flat-gather assembly: its scratch stays small, cached and reused.
+GATHER_BLOCK_BYTES = 2 << 20
+
+#: Bytes of temporaries per chunk of the portable kernel's Schur update (stays in cache and in
+#: the allocator's free lists).
+CHUNK_BYTES = 8 << 20
+
+#: Classes with at least this many frontal entries are split into row chunks run by the
+#: engine's threads (box-level parallelism for the small frontals).
+PARALLEL_MIN_ENTRIES = 1 << 20
+
+#: Frontals at least this wide are eliminated one box at a time by LAPACK/BLAS-3 (its own
+#: threads, never inside the engine's pool): factors, not inverses.  Below, the native fused
+#: kernel (or the portable one) runs many boxes per call.
+DENSE_MIN_FRONT = 257
+
+#: Dense-kernel classes of several boxes narrower than this run their boxes on the engine's
+#: threads, each with single-threaded BLAS (BLAS threads do not pay at these sizes); wider
+#: ones run box after box on BLAS's threads.  Never both at once.
+DENSE_BOX_THREADS_MAX_FRONT = 1024
+
+KERNELS = ("dense", "native", "portable")
+
+
+def choose_kernel(xp, dtype, cls, level: int) -> str:
+    """Which kernel assembles and eliminates class ``cls`` of level ``level``.
+
+    ``"dense"``: per-box LAPACK (:mod:`._dense`), NumPy arrays only.  ``"native"``: the fused
+    C kernel (:mod:`._native`) for small frontals.  ``"portable"``: batched array-API
+    inverse kernel (:mod:`._kernels`), any namespace (CuPy, array_api_strict).
+    """
+    from . import _native as native  # the native module imports the kernels' helpers
+
+    if xp is np and cls.n_front >= DENSE_MIN_FRONT:
+        return "dense"
+    if native.supports(xp, dtype, cls, level):
+        return "native"
+    return "portable"
