@@ -1,0 +1,161 @@
+"""The dense kernel (``ssi_sparse/_dense.py``: per-box LAPACK, factors instead of inverses).
+
+On real problems it runs only on frontals wider than ``DENSE_MIN_FRONT``; here the threshold
+is lowered so that every level of small grids goes through it, and its answers are compared
+with SciPy's on every dtype, symmetric and not, definite and not, for every ``trans``.
+"""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ssi_sparse
+from helpers import stencil_matrix
+from ssi_sparse import SingularMatrixError, _tuning
+from ssi_sparse._dense import FactoredBlocks, NotPositiveDefinite, factor_class
+
+DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
+
+
+def _tol(dtype):
+    return 1e-4 if np.dtype(dtype) in (np.float32, np.complex64) else 1e-10
+
+
+@pytest.fixture
+def dense_everywhere(monkeypatch):
+    monkeypatch.setattr(_tuning, "DENSE_MIN_FRONT", 1)
+
+
+def _kinds(factor):
+    return {b.kind for level in factor._numeric.blocks for b in level if isinstance(b, FactoredBlocks)}
+
+
+def _helmholtz(H, W, dtype, shift=2.5):
+    """Real symmetric indefinite: 5-point Laplacian minus a shift between its eigenvalues."""
+    lap = sp.kronsum(sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(W, W)),
+                     sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(H, H)))  # fmt: skip
+    return (lap - shift * sp.eye(H * W)).astype(dtype).tocsr()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["spd", "nonsym", "complex"])
+def test_dense_kernel_agrees_with_scipy(dense_everywhere, dtype, kind):
+    if kind == "complex" and np.dtype(dtype).kind != "c":
+        pytest.skip("complex values need a complex dtype")
+    rng = np.random.default_rng(11)
+    A = stencil_matrix(23, 31, rng, kind, np.dtype(dtype))
+    lu = ssi_sparse.factorize(A)
+    assert _kinds(lu) == ({"cholesky"} if kind == "spd" else {"lu"})
+    b = rng.standard_normal((A.shape[0], 3)).astype(dtype)
+    Ad = A.toarray().astype(np.complex128 if np.dtype(dtype).kind == "c" else np.float64)
+    for trans, op in [("N", Ad), ("T", Ad.T), ("H", Ad.conj().T)]:
+        x = lu.solve(b, trans=trans)
+        ref = np.linalg.solve(op, b)
+        tol = _tol(dtype)
+        np.testing.assert_allclose(x, ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_hermitian_indefinite_falls_back_to_lu(dense_everywhere, dtype):
+    A = _helmholtz(17, 19, dtype)
+    lu = ssi_sparse.factorize(A)
+    assert lu.hermitian
+    assert "lu" in _kinds(lu)  # potrf refused a block: that class and all later are LU
+    b = np.random.default_rng(0).standard_normal(A.shape[0]).astype(dtype)
+    x = lu.solve(b)
+    np.testing.assert_allclose(x, spla.spsolve(A.tocsc(), b), rtol=1e-9, atol=1e-9 * np.abs(x).max())
+
+
+def test_large_grid_uses_cholesky_on_spd():
+    # the default threshold: a grid whose top frontals are wider than DENSE_MIN_FRONT
+    A = stencil_matrix(260, 270, np.random.default_rng(3), "spd", np.dtype(np.float64))
+    lu = ssi_sparse.factorize(A)
+    assert "dense" in {k for level in lu._numeric.kernels for k in level}
+    assert _kinds(lu) == {"cholesky"}
+    b = np.random.default_rng(4).standard_normal(A.shape[0])
+    assert np.linalg.norm(A @ lu.solve(b) - b) <= 1e-12 * np.linalg.norm(b)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    H=st.integers(1, 30),
+    W=st.integers(1, 30),
+    kind=st.sampled_from(["spd", "nonsym", "laplacian"]),
+    dtype=st.sampled_from(DTYPES),
+    k=st.integers(1, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_dense_kernel_random_grids(H, W, kind, dtype, k, seed):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_tuning, "DENSE_MIN_FRONT", 1)
+        rng = np.random.default_rng(seed)
+        A = stencil_matrix(H, W, rng, kind, np.dtype(dtype))
+        b = rng.standard_normal((H * W, k)).astype(dtype)
+        x = ssi_sparse.factorize(A, grid=(H, W)).solve(b, trans="T")
+    ref = np.linalg.solve(A.toarray().T.astype(np.promote_types(dtype, np.float64)), b)
+    tol = _tol(dtype)
+    np.testing.assert_allclose(x, ref, rtol=tol, atol=tol * max(1.0, np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_kernel_refuses_singular_blocks(dense_everywhere, dtype):
+    A = stencil_matrix(20, 20, np.random.default_rng(0), "nonsym", np.dtype(dtype)).tolil()
+    A[57, :] = 0  # a zero row: exactly singular, whatever the elimination order
+    A = A.tocsr()
+    with pytest.raises(SingularMatrixError):
+        ssi_sparse.factorize(A)
+
+
+def test_dense_kernel_refuses_neumann_laplacian(dense_everywhere):
+    # rows sum to zero: numerically singular (the root block's rcond is ~eps)
+    lap = sp.kronsum(sp.diags([-1.0, 1.0, -1.0], [-1, 0, 1], shape=(16, 16)),
+                     sp.diags([-1.0, 1.0, -1.0], [-1, 0, 1], shape=(16, 16))).tolil()  # fmt: skip
+    lap.setdiag(-np.asarray(lap.sum(axis=1)).ravel() + lap.diagonal())
+    with pytest.raises(SingularMatrixError):
+        ssi_sparse.factorize(lap.tocsr())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_factor_class_blocks(dtype):
+    """One batch of frontals: the Schur complement and the solve against a dense reference."""
+    rng = np.random.default_rng(5)
+    P, f, s = 3, 12, 5
+    M = rng.standard_normal((P, f, f)) + (1j * rng.standard_normal((P, f, f)) if np.dtype(dtype).kind == "c" else 0)
+    herm = (M @ np.conj(np.swapaxes(M, 1, 2)) + f * np.eye(f)).astype(dtype)
+    tol = 10 * _tol(dtype)
+    for cholesky, F0 in [(True, herm), (False, herm), (False, (M + f * np.eye(f)).astype(dtype))]:
+        F = np.array(F0)
+        blk = factor_class(F, s, cholesky, 1.0, "test")
+        S, S_R, R_S, R = F0[:, :s, :s], F0[:, :s, s:], F0[:, s:, :s], F0[:, s:, s:]
+        D = R - R_S @ np.linalg.solve(S, S_R)
+        np.testing.assert_allclose(F[:, s:, s:], D, rtol=tol, atol=tol * np.abs(D).max())
+        # the frontal solve F u = g by up / down sweeps with u_R taken from the exact answer
+        g = rng.standard_normal((P, f, 2)).astype(dtype)
+        u = np.linalg.solve(F0, g)
+        for trans, Fop, gg in [("N", F0, g)] + ([] if cholesky else [("T", np.swapaxes(F0, 1, 2), g)]):
+            u = np.linalg.solve(Fop, gg)
+            kept, upd = blk.up(np, gg[:, :s], trans)
+            DR = np.swapaxes(D, 1, 2) if trans == "T" else D
+            np.testing.assert_allclose(DR @ u[:, s:], gg[:, s:] - upd, rtol=tol, atol=tol * np.abs(gg).max())
+            u_S = blk.down(np, kept, u[:, s:], trans)
+            np.testing.assert_allclose(u_S, u[:, :s], rtol=tol, atol=tol * np.abs(u).max())
+
+
+def test_factor_class_not_positive_definite():
+    F = np.stack([np.diag([1.0, -1.0, 2.0, 3.0])])
+    with pytest.raises(NotPositiveDefinite):
+        factor_class(F, 2, True, 1.0, "test")
+
+
+def test_box_threads_agree_with_sequential(monkeypatch):
+    A = stencil_matrix(40, 44, np.random.default_rng(1), "nonsym", np.dtype(np.float64))
+    b = np.random.default_rng(2).standard_normal(A.shape[0])
+    monkeypatch.setattr(_tuning, "DENSE_MIN_FRONT", 20)
+    answers = []
+    for limit in (0, 10**9):  # no box threads / always box threads
+        monkeypatch.setattr(ssi_sparse._engine, "DENSE_BOX_THREADS_MAX_FRONT", limit)
+        answers.append(ssi_sparse.factorize(A).solve(b))
+    np.testing.assert_allclose(answers[0], answers[1], rtol=1e-12, atol=1e-12)
