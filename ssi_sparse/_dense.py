@@ -26,6 +26,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from . import _native as native
 from ._kernels import check_rcond, exactly_singular
 from ._lapack import lapack_for, single_threaded_blas
 
@@ -43,6 +44,8 @@ def _strict_lower_mask(r: int) -> np.ndarray:
 
 def _mirror_upper_to_lower(D) -> None:
     """``D[i, j] = conj(D[j, i])`` for i > j, in place (D square, upper triangle valid)."""
+    if native.mirror_upper(D):
+        return
     upper = D.T
     np.copyto(D, upper.conj() if np.iscomplexobj(D) else upper, where=_strict_lower_mask(D.shape[0]))
 
@@ -169,7 +172,7 @@ def factor_class(F, s: int, cholesky: bool, a_norm: float, where: str, parallel_
             base = F.ctypes.data + p * f * f * item
             g_ss, g_sr, g_rs, g_rr = base, base + s * f * item, base + s * item, base + (s * f + s) * item
             S = F[p, :s, :s]
-            norm_s = float(np.max(np.sum(np.abs(S), axis=1)))  # ||S||_inf = ||G_SS||_1
+            norm_s = lap.norm1(s, s, g_ss, f)  # ||G_SS||_1 = ||S||_inf
             if cholesky:
                 if lap.potrf(s, g_ss, f):
                     raise NotPositiveDefinite(where)

@@ -71,6 +71,9 @@ class Lapack:
             name: _routine(blas if name in ("gemm", "trsm", "herk", "syrk") else lapack, p + name)
             for name in ("gemm", "trsm", "getrf", "potrf", "gecon", "pocon", "laswp")
         }
+        # lange returns the norm in the real type: its own prototype
+        ret = ctypes.CFUNCTYPE(scalar)
+        self._lange = ctypes.cast(_get_pointer(lapack.__pyx_capi__[p + "lange"], _get_name(lapack.__pyx_capi__[p + "lange"])), ret)
         rk = "herk" if self.complex else "syrk"
         self._fn["rank_k"] = _routine(blas, p + rk)
 
@@ -91,6 +94,12 @@ class Lapack:
         info = ctypes.c_int(0)
         self._fn["getrf"](_int(n), _int(n), ctypes.c_void_p(a), _int(lda), ctypes.c_void_p(ipiv), ctypes.byref(info))
         return info.value
+
+    def norm1(self, m, n, a, lda) -> float:
+        """1-norm (largest column sum of moduli) of an m x n block (lange, no copy)."""
+        if m == 0 or n == 0:
+            return 0.0
+        return float(self._lange(_CHARS["1"], _int(m), _int(n), ctypes.c_void_p(a), _int(lda), None))
 
     def laswp(self, n, a, lda, k, ipiv) -> None:
         """Apply the row interchanges ``ipiv[0:k]`` (getrf's) to the n columns of ``a``."""

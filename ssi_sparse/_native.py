@@ -23,7 +23,7 @@ import numpy as np
 
 from ._kernels import EliminatedBlocks, check_rcond, exactly_singular
 
-__all__ = ["assemble_runs", "available", "describe", "factor_rows", "supports", "supports_dtype"]
+__all__ = ["assemble_runs", "available", "describe", "factor_rows", "mirror_upper", "supports", "supports_dtype"]
 
 _SUFFIX = {
     np.dtype(np.float64): "f64",
@@ -57,6 +57,8 @@ def _library():
         fn.argtypes, fn.restype = _FACTOR_ARGTYPES, _i64
         fn = getattr(lib, f"ssi_assemble_runs_{suffix}")
         fn.argtypes, fn.restype = _ASSEMBLE_ARGTYPES, None
+        fn = getattr(lib, f"ssi_mirror_upper_{suffix}")
+        fn.argtypes, fn.restype = [_i64, _i64, _p], None
     return lib
 
 
@@ -132,6 +134,16 @@ def factor_rows(F, out: EliminatedBlocks, cls, rows: slice, level: int, V_padded
         raise exactly_singular(where)
     check_rcond(min_rcond.value, s, float(np.finfo(dtype).eps), where)
     return EliminatedBlocks(out.s_inv, out.x, out.r_s, min_rcond.value)
+
+
+def mirror_upper(D) -> bool:
+    """``D[i, j] = conj(D[j, i])`` for i > j in place, for a square block of a C-ordered array
+    (rows contiguous).  Returns False (nothing done) where the kernel is not available."""
+    if not supports_dtype(np, D.dtype) or D.strides[1] != D.itemsize:
+        return False
+    fn = getattr(_library(), f"ssi_mirror_upper_{_SUFFIX[D.dtype]}")
+    fn(D.shape[0], D.strides[0] // D.itemsize, D.ctypes.data)
+    return True
 
 
 def assemble_runs(F, cls, fronts, child_classes, rows: slice, parallel_map=map, n_parts=1) -> None:

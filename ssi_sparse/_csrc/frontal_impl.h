@@ -237,6 +237,26 @@ EXPORT void FN(ssi_assemble_runs)(
     }
 }
 
+/* D[i][j] = conj(D[j][i]) for i > j: the strict lower triangle of a square row-major block
+ * (row stride ld) from its upper one, in cache-sized tiles (a Hermitian Schur complement
+ * whose lower half BLAS's herk/syrk left stale). */
+EXPORT void FN(ssi_mirror_upper)(int64_t r, int64_t ld, void *D_)
+{
+    T *D = (T *)D_;
+    enum { TILE = 64 };
+    for (int64_t i0 = 0; i0 < r; i0 += TILE) {
+        const int64_t i1 = i0 + TILE < r ? i0 + TILE : r;
+        for (int64_t j0 = 0; j0 <= i0; j0 += TILE) {
+            const int64_t j1 = j0 + TILE < r ? j0 + TILE : r;
+            for (int64_t i = i0; i < i1; i++) {
+                const int64_t jend = j1 < i ? j1 : i;
+                for (int64_t j = j0; j < jend; j++)
+                    D[i * ld + j] = CONJ(D[j * ld + i]);
+            }
+        }
+    }
+}
+
 #undef FN
 #undef T
 #undef R
