@@ -37,7 +37,12 @@ if REPO_ROOT not in sys.path:
 PROBLEMS = {
     "laplace5": "5-point Dirichlet Laplacian (kronsum of 1-D [-1, 2, -1])",
     "varcoef9": "9-point variable-coefficient SPD (log-uniform edge weights in [1e-2, 1e2])",
+    "convdiff": "upwind convection-diffusion, cell Peclet 100 / 50 (nonsymmetric)",
+    "helmholtz": "Helmholtz L - (kh)^2 I, kh = 0.5 (real symmetric indefinite)",
+    "image": "edge-aware smoothing I + 10 L_w of a synthetic N x N photo-like image (SPD)",
 }
+#: Problems whose matrix is symmetric positive definite (CHOLMOD applies).
+SPD_PROBLEMS = {"laplace5", "varcoef9", "image"}
 
 # Baselines: name -> (growth of total time when N doubles, used to predict the next size).
 BASELINES = {
@@ -104,8 +109,54 @@ def varcoef9(N: int, seed: int = MATRIX_SEED) -> sp.csr_matrix:
     return A.tocsr()
 
 
+def synthetic_image(N: int, seed: int = MATRIX_SEED) -> np.ndarray:
+    """A deterministic photo-like image in [0, 1]: smooth shading, sharp-edged discs and
+    bars, fine texture and noise (no download needed)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:N, 0:N] / max(N - 1, 1)
+    img = 0.3 + 0.2 * np.sin(3 * x + 2 * y)
+    for _ in range(12):
+        cx, cy, rad, val = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.03, 0.2), rng.uniform(-0.4, 0.4)
+        img += val * ((x - cx) ** 2 + (y - cy) ** 2 < rad**2)
+    img += 0.15 * ((np.floor(8 * x) + np.floor(8 * y)) % 2) * (x > 0.6)
+    img += 0.02 * rng.standard_normal((N, N))
+    return np.clip(img, 0, 1)
+
+
+def image_smoothing(N: int, lam: float = 10.0, sigma: float = 0.05) -> sp.csr_matrix:
+    """Weighted-least-squares (edge-aware) smoothing ``I + lam L_w``, 5-point weights
+    ``exp(-|dI|^2 / sigma^2)`` from :func:`synthetic_image`, as in Farbman et al. 2008."""
+    img = synthetic_image(N)
+    idx = np.arange(N * N).reshape(N, N)
+    rows, cols, vals = [], [], []
+    diag = np.ones(N * N)
+    for a, b, d in ((idx[:, :-1], idx[:, 1:], img[:, 1:] - img[:, :-1]),
+                    (idx[:-1, :], idx[1:, :], img[1:, :] - img[:-1, :])):  # fmt: skip
+        w = lam * np.exp(-(d**2) / sigma**2).ravel()
+        a, b = a.ravel(), b.ravel()
+        rows += [a, b]
+        cols += [b, a]
+        vals += [-w, -w]
+        np.add.at(diag, a, w)
+        np.add.at(diag, b, w)
+    ar = np.arange(N * N)
+    A = sp.coo_matrix((np.concatenate(vals + [diag]), (np.concatenate(rows + [ar]), np.concatenate(cols + [ar]))),
+                      shape=(N * N, N * N))  # fmt: skip
+    return A.tocsr()
+
+
 def make_problem(name: str, N: int) -> sp.csr_matrix:
-    return laplace5(N) if name == "laplace5" else varcoef9(N)
+    from ssi_sparse import problems
+
+    if name == "laplace5":
+        return laplace5(N)
+    if name == "varcoef9":
+        return varcoef9(N)
+    if name == "convdiff":
+        return problems.convection_diffusion_2d(N, N, peclet=100.0)
+    if name == "helmholtz":
+        return problems.helmholtz_2d(N, N, kh=0.5)
+    return image_smoothing(N)
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,6 +490,22 @@ CHILD_FUNCS = {
 }
 
 
+def _blas_in_use() -> str:
+    """The BLAS libraries loaded by the solver that just ran (threadpoolctl), one line."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return "threadpoolctl not installed"
+    parts = []
+    for p in threadpoolctl.threadpool_info():
+        if p.get("user_api") != "blas":
+            continue
+        name = os.path.basename(p.get("filepath", "?")).split(".so")[0]
+        parts.append(f"{p.get('internal_api')} {p.get('version')} {p.get('architecture', '')} "
+                     f"x{p.get('num_threads')} ({name})")
+    return "; ".join(parts) or "no BLAS loaded"
+
+
 def child_main(spec_json: str) -> None:
     spec = json.loads(spec_json)
     if spec["solver"] == "ssi_sparse":  # import before the baseline RSS is taken
@@ -455,6 +522,7 @@ def child_main(spec_json: str) -> None:
     try:
         CHILD_FUNCS[spec["solver"]](A, b, B8, res)
         res["ok"] = True
+        res["blas"] = _blas_in_use()
     except ImportError as exc:
         res["ok"] = False
         res["error"] = f"not installed ({exc})"
@@ -551,6 +619,44 @@ def print_table(problem: str, rows: list, notes: list) -> None:
         )
     for line in notes:
         print("  " + line)
+    blas = {}
+    for r in rows:
+        if r.get("ok") and r.get("blas"):
+            blas[r["label"].split(" (")[0] if r["label"].startswith("ssi") else r["label"]] = r["blas"]
+    for label, line in blas.items():
+        print(f"  BLAS used by {label}: {line}")
+
+
+def plot_results(results: dict, path: str) -> None:
+    """Log-log plot of first-call total time against unknowns, one panel per problem."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    problems = results["problems"]
+    fig, axes = plt.subplots(1, len(problems), figsize=(5 * len(problems), 4.2), squeeze=False)
+    for ax, (name, data) in zip(axes[0], problems.items()):
+        series = {}
+        for r in data["rows"]:
+            if r.get("ok") and r.get("total_s"):
+                series.setdefault(r["label"], []).append((r["n"], r["total_s"]))
+        for label, pts in series.items():
+            pts.sort()
+            style = "-o" if label.startswith("ssi") else "--s"
+            ax.loglog([p[0] for p in pts], [p[1] for p in pts], style, label=label, ms=4)
+        ax.set_title(name)
+        ax.set_xlabel("unknowns")
+        ax.set_ylabel("factorize + solve, s")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"bench_cpu.py on {results['machine'].get('cpu_model', 'this machine')}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 def main(argv=None) -> int:
@@ -558,6 +664,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[257, 513, 1025, 2049])
     ap.add_argument("--max-baseline-seconds", type=float, default=240.0)
     ap.add_argument("--json", type=str, default=None)
+    ap.add_argument("--plot", type=str, default=None,
+                    help="write a log-log plot (total time vs unknowns, every solver) to this PNG")
     ap.add_argument("--quick", action="store_true", help="sizes 129 and 257 only (smoke test)")
     ap.add_argument("--problems", nargs="+", choices=list(PROBLEMS), default=list(PROBLEMS))
     ap.add_argument("--no-matmul", action="store_true", help="skip the dense matmul reference")
@@ -578,6 +686,20 @@ def main(argv=None) -> int:
         os.execv(sys.executable, [sys.executable, os.path.abspath(__file__)]
                  + list(sys.argv[1:] if argv is None else argv))
 
+    # The development VMs pin OpenBLAS to an older core type: every solver of this run (the
+    # children inherit the environment) and the matmul reference get the library's own
+    # choice instead; restart so that this process's NumPy loads unpinned too.
+    pinned = [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if v in os.environ]
+    if pinned:
+        for v in pinned:
+            os.environ.pop(v)
+        os.environ["SSI_BENCH_UNPINNED"] = ",".join(pinned)
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__)]
+                 + list(sys.argv[1:] if argv is None else argv))
+    if os.environ.get("SSI_BENCH_UNPINNED"):
+        print(f"note: unset {os.environ['SSI_BENCH_UNPINNED']} for every solver of this run "
+              "(OpenBLAS picks its own kernels)")
     sizes = [129, 257] if args.quick else sorted(args.sizes)
     budget = args.max_baseline_seconds
     info = machine_info()
@@ -648,6 +770,8 @@ def main(argv=None) -> int:
                     label = BASELINE_LABEL[solver]
                     row = {"solver": solver, "N": N, "n": n, "label": label, "ok": False}
                     ok, why = avail[solver]
+                    if solver.startswith("cholmod") and problem not in SPD_PROBLEMS:
+                        ok, why = False, "not applicable (matrix not SPD)"
                     if not ok:
                         row["error"] = why
                         row["skipped"] = True
@@ -698,6 +822,9 @@ def main(argv=None) -> int:
           "ssi_sparse is faster.")
     print("peak MiB = child's peak RSS increase during factorize + first solve (matrix and rhs "
           "already loaded).")
+
+    if args.plot:
+        plot_results(results, args.plot)
 
     if args.json:
         with open(args.json, "w") as fh:

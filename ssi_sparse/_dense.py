@@ -197,16 +197,13 @@ def factor_class(F, s: int, cholesky: bool, a_norm: float, where: str, parallel_
             w[p] = F[p, :s, s:]
 
     if s:
-        if parallel_map is None or n_parts < 2 or P < 2:
+        if parallel_map is None or n_parts < 2:
             boxes((0, P))
         else:
+            # a single box runs alone on one BLAS thread too: at these sizes that beat two
             cuts = np.linspace(0, P, min(n_parts, P) + 1).astype(int).tolist()
-
-            def threaded(bounds):
-                with single_threaded_blas():
-                    boxes(bounds)
-
-            list(parallel_map(threaded, list(zip(cuts[:-1], cuts[1:]))))
+            with single_threaded_blas():
+                list(parallel_map(boxes, list(zip(cuts[:-1], cuts[1:]))))
     min_rcond = float(np.min(rconds)) if P and s else 1.0  # NaN propagates
     if s:
         check_rcond(min_rcond, s, float(np.finfo(dtype).eps), where)

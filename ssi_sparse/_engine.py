@@ -239,7 +239,7 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
                 # threads (single-threaded BLAS) or one after another on BLAS's threads
                 assemble(F, slice(0, cls.n_boxes), n_parts=n_threads)
                 box_threads = (
-                    n_threads > 1 and cls.n_boxes > 1 and cls.n_front < DENSE_BOX_THREADS_MAX_FRONT
+                    n_threads > 1 and cls.n_front < DENSE_BOX_THREADS_MAX_FRONT
                     and single_threaded_blas_available()
                 )  # fmt: skip
                 spread = dict(parallel_map=_pool(n_threads).map, n_parts=n_threads) if box_threads else {}

@@ -13,6 +13,7 @@ transpose of what LAPACK sees; the callers (:mod:`._dense`) work in that transpo
 from __future__ import annotations
 
 import ctypes
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -155,11 +156,12 @@ class Lapack:
 
 
 @lru_cache(maxsize=1)
-def _thread_local_setter():
-    """OpenBLAS's per-calling-thread thread count (0.3.27+) of SciPy's BLAS, or None.
+def _thread_count_setter():
+    """SciPy's OpenBLAS ``openblas_set_num_threads_local`` (0.3.27+), or None.
 
-    With it, the engine's own threads can each run single-threaded BLAS on different boxes
-    while the rest of the process keeps its settings.  Found among the loaded libraries.
+    Despite its name it sets the library's global thread count and returns the previous one
+    (measured), so :class:`single_threaded_blas` calls it only from the engine's main thread,
+    around work that the engine's own threads spread over the cores.
     """
     import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS)
 
@@ -180,20 +182,39 @@ def _thread_local_setter():
 
 
 def single_threaded_blas_available() -> bool:
-    return _thread_local_setter() is not None
+    return _thread_count_setter() is not None
+
+
+_count_lock = threading.Lock()
+_count_users = 0
+_count_saved = None
 
 
 class single_threaded_blas:
-    """Context manager: BLAS calls from this thread run on one thread (no-op if unknown)."""
+    """Context manager: SciPy's BLAS runs single-threaded inside (no-op where unknown).
+
+    Nested and concurrent uses (several factorizations in user threads) share one saved
+    value, restored when the last one leaves.
+    """
 
     def __enter__(self):
-        fn = _thread_local_setter()
-        self._previous = fn(1) if fn is not None else None
+        global _count_users, _count_saved
+        fn = _thread_count_setter()
+        if fn is not None:
+            with _count_lock:
+                if _count_users == 0:
+                    _count_saved = fn(1)
+                _count_users += 1
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            _thread_local_setter()(self._previous)
+        global _count_users
+        fn = _thread_count_setter()
+        if fn is not None:
+            with _count_lock:
+                _count_users -= 1
+                if _count_users == 0:
+                    fn(_count_saved)
         return False
 
 

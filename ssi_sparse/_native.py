@@ -70,10 +70,12 @@ def available() -> bool:
 def describe() -> str:
     """One line for ``ssi-sparse info`` and the demo: which CPU kernel runs the small frontals."""
     if _library() is None:
-        return "portable NumPy (native extension not built: no C compiler at install time?)"
+        return ("portable NumPy for small frontals (native extension not built: no C compiler at "
+                "install time?), SciPy's LAPACK/BLAS for large ones")
     if not available():
-        return "portable NumPy (native kernel switched off by SSI_SPARSE_NATIVE=0)"
-    return "native C kernel for small frontals, NumPy/BLAS for large ones"
+        return ("portable NumPy for small frontals (native kernel switched off by "
+                "SSI_SPARSE_NATIVE=0), SciPy's LAPACK/BLAS for large ones")
+    return "native C kernel for small frontals, SciPy's LAPACK/BLAS (dense kernel) for large ones"
 
 
 def supports_dtype(xp, dtype) -> bool:
