@@ -128,6 +128,14 @@ def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows, to_xp, paralle
                 F[:, di : di + li, dj : dj + lj] += D[:, si : si + li, sj : sj + lj]
 
 
+def _flush_tiny(F) -> None:
+    """Zero entries below sqrt(smallest normal) (~1e-154 of the equilibrated matrix): they
+    are far below rounding, and left in, their products are subnormal and ~100x slower."""
+    below = np.sqrt(np.finfo(F.real.dtype).tiny)
+    for p in range(F.shape[0]):
+        np.putmask(F[p], np.abs(F[p]) < below, 0)
+
+
 def _leaf_frontals_into(xp, F, V_padded, cls, rows, to_xp):
     p, f = F.shape[0], F.shape[1]
     n_local = cls.closed_nodes.shape[1]
@@ -238,6 +246,8 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
                 # assembly spread over the engine's threads; then boxes on the engine's
                 # threads (single-threaded BLAS) or one after another on BLAS's threads
                 assemble(F, slice(0, cls.n_boxes), n_parts=n_threads)
+                if not native.supports_dtype(xp, F.dtype):
+                    _flush_tiny(F)  # the native assembly does this on the fly
                 box_threads = (
                     n_threads > 1 and cls.n_front < DENSE_BOX_THREADS_MAX_FRONT
                     and single_threaded_blas_available()
