@@ -638,6 +638,7 @@ def plot_results(results: dict, path: str) -> None:
         print("matplotlib not installed: no plot")
         return
     problems = results["problems"]
+    colors = {}
     fig, axes = plt.subplots(1, len(problems), figsize=(5 * len(problems), 4.2), squeeze=False)
     for ax, (name, data) in zip(axes[0], problems.items()):
         series = {}
@@ -647,12 +648,14 @@ def plot_results(results: dict, path: str) -> None:
         for label, pts in series.items():
             pts.sort()
             style = "-o" if label.startswith("ssi") else "--s"
-            ax.loglog([p[0] for p in pts], [p[1] for p in pts], style, label=label, ms=4)
+            color = colors.setdefault(label, f"C{len(colors)}")  # one colour per solver
+            ax.loglog([p[0] for p in pts], [p[1] for p in pts], style, label=label, ms=4, color=color)
         ax.set_title(name)
         ax.set_xlabel("unknowns")
         ax.set_ylabel("factorize + solve, s")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    for ax in axes[0]:
+        ax.legend(fontsize=6)
     fig.suptitle(f"bench_cpu.py on {results['machine'].get('cpu_model', 'this machine')}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
