@@ -84,6 +84,15 @@ class FactoredBlocks:
     def _shape(self):
         return self.w.shape
 
+    def _addresses(self, k, a, b):
+        """Bytes per box of an (s, k), (r, k), (s, s) and (r, s) block, and the addresses of
+        the right-hand-side arrays ``a``, ``b`` and of the stored factor, ``w`` and ``x``."""
+        P, s, r = self._shape
+        item = self.w.itemsize
+        steps = (s * k * item, r * k * item, s * s * item, r * s * item)
+        x = None if self.x is None else self.x.ctypes.data
+        return steps, (a.ctypes.data, b.ctypes.data, self.factor.ctypes.data, self.w.ctypes.data, x)
+
     def up(self, xp, f_S, trans):
         """Condense one class's right-hand side: returns ``(kept, update)``, ``update``
         (P, r, k) to be subtracted from the boundary part, ``kept`` for :meth:`down`."""
@@ -97,10 +106,7 @@ class FactoredBlocks:
         upd = np.zeros((P, r, k), dtype=kept.dtype)
         if s == 0:
             return kept, upd
-        item = kept.itemsize
-        sk, rk, ss, rs = s * k * item, r * k * item, s * s * item, r * s * item
-        kp, up_, fp, wp = kept.ctypes.data, upd.ctypes.data, self.factor.ctypes.data, self.w.ctypes.data
-        xp_ = None if self.x is None else self.x.ctypes.data
+        (sk, rk, ss, rs), (kp, up_, fp, wp, xp_) = self._addresses(k, kept, upd)
         for p in range(P):
             if trans == "N":
                 # kept^T = f_S^T U^-1 ; upd^T = kept^T X
@@ -125,10 +131,7 @@ class FactoredBlocks:
         lap = lapack_for(self.factor.dtype)
         t = kept  # consumed: the up sweep's copy
         u_R = np.ascontiguousarray(u_R, dtype=t.dtype)
-        item = t.itemsize
-        sk, rk, ss, rs = s * k * item, r * k * item, s * s * item, r * s * item
-        tp, ur, fp, wp = t.ctypes.data, u_R.ctypes.data, self.factor.ctypes.data, self.w.ctypes.data
-        xp_ = None if self.x is None else self.x.ctypes.data
+        (sk, rk, ss, rs), (tp, ur, fp, wp, xp_) = self._addresses(k, t, u_R)
         for p in range(P):
             if trans == "N":
                 # t^T = kept^T - u_R^T W ; u_S = P L^-T t

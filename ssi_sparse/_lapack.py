@@ -35,9 +35,9 @@ _get_pointer.restype, _get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object
 _FN = ctypes.CFUNCTYPE(None)  # every Fortran argument is a pointer: no argtypes needed
 
 
-def _routine(module, name):
+def _routine(module, name, prototype=_FN):
     capsule = module.__pyx_capi__[name]
-    return ctypes.cast(_get_pointer(capsule, _get_name(capsule)), _FN)
+    return ctypes.cast(_get_pointer(capsule, _get_name(capsule)), prototype)
 
 
 def _char(c: str):
@@ -73,8 +73,7 @@ class Lapack:
             for name in ("gemm", "trsm", "getrf", "potrf", "gecon", "pocon", "laswp")
         }
         # lange returns the norm in the real type: its own prototype
-        ret = ctypes.CFUNCTYPE(scalar)
-        self._lange = ctypes.cast(_get_pointer(lapack.__pyx_capi__[p + "lange"], _get_name(lapack.__pyx_capi__[p + "lange"])), ret)
+        self._lange = _routine(lapack, p + "lange", ctypes.CFUNCTYPE(scalar))
         rk = "herk" if self.complex else "syrk"
         self._fn["rank_k"] = _routine(blas, p + rk)
 
