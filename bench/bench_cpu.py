@@ -51,6 +51,7 @@ BASELINES = {
     "cholmod": 6.5,
     "cholmod_cvxopt": 6.5,
     "pardiso": 6.5,
+    "ssi_mixed": 6.5,
 }
 BASELINE_LABEL = {
     "spsolve": "scipy spsolve (COLAMD)",
@@ -58,6 +59,7 @@ BASELINE_LABEL = {
     "cholmod": "CHOLMOD (sksparse)",
     "cholmod_cvxopt": "CHOLMOD (cvxopt)",
     "pardiso": "PARDISO (pypardiso)",
+    "ssi_mixed": "ssi_sparse float32 factor",
 }
 
 RHS_SEED = 12345
@@ -480,6 +482,16 @@ def _child_pardiso(A, b, B8, res):
     _time_factor_and_solves(A, b, B8, res, factor, lambda p, rhs: p.solve(A, rhs))
 
 
+def _child_ssi_mixed(A, b, B8, res):
+    """ssi_sparse with a float32 factorization refined to float64 accuracy (first call)."""
+    import ssi_sparse
+
+    f = _time_factor_and_solves(A, b, B8, res, lambda: ssi_sparse.factorize(A, factor_dtype=np.float32),
+                                lambda f, rhs: f.solve(rhs))  # fmt: skip
+    res["nbytes"] = int(f.nbytes)
+    res["factor_dtype"] = str(f.factor_dtype)
+
+
 CHILD_FUNCS = {
     "ssi_sparse": _child_ssi,
     "spsolve": _child_spsolve,
@@ -487,6 +499,7 @@ CHILD_FUNCS = {
     "cholmod": _child_cholmod,
     "cholmod_cvxopt": _child_cholmod_cvxopt,
     "pardiso": _child_pardiso,
+    "ssi_mixed": _child_ssi_mixed,
 }
 
 
@@ -508,7 +521,7 @@ def _blas_in_use() -> str:
 
 def child_main(spec_json: str) -> None:
     spec = json.loads(spec_json)
-    if spec["solver"] == "ssi_sparse":  # import before the baseline RSS is taken
+    if spec["solver"] in ("ssi_sparse", "ssi_mixed"):  # import before the baseline RSS is taken
         import ssi_sparse  # noqa: F401
         from ssi_sparse._plan import build_plan  # noqa: F401
     A = sp.load_npz(spec["matrix"]).tocsr()
