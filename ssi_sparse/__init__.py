@@ -10,6 +10,7 @@ from ._errors import NotGridStructuredError, SingularMatrixError
 from ._factor import GridFactor, factorize
 from ._frontend import factorized, spsolve
 from ._grid import GridSpec, detect_grid
+from ._patch import patch_scipy
 
 __all__ = [
     "GridFactor",
@@ -19,6 +20,7 @@ __all__ = [
     "detect_grid",
     "factorize",
     "factorized",
+    "patch_scipy",
     "solve_backward",
     "spsolve",
 ]

@@ -109,8 +109,14 @@ class GridFactor:
         self._requested_factor_dtype = factor_dtype
         self.backend = backend or Backend("cpu")
         self._xp = self.backend.xp
-        n = V.shape[0]
+        n = V.shape[0] if spec.pixels is None else len(spec.pixels)
         self.shape = (n, n)
+        self._absent = None
+        if spec.pixels is not None:
+            absent = np.ones(spec.n_pixels, dtype=bool)
+            absent[spec.pixels] = False
+            self._absent = self.backend.to_device(np.flatnonzero(absent))
+            self._pixels = self.backend.to_device(spec.pixels)
         self._factorize_stencil(V)
 
     def _factorize_stencil(self, V, full_precision=False):
@@ -121,6 +127,7 @@ class GridFactor:
         V = self.backend.to_device(V)
         if not bool(xp.all(xp.isfinite(V))):
             raise ValueError("matrix contains NaN or Inf")
+        V = self._with_absent_pixels(V)
         shape = self.grid.engine_shape
         Vs, scale = equilibrate(xp, V, shape)
         if scale is None:
@@ -150,6 +157,29 @@ class GridFactor:
         self.factor_dtype = factor_dtype
         self.hermitian = numeric.hermitian
 
+    def _with_absent_pixels(self, V):
+        """Masked grids: absent pixels become decoupled unknowns ``d x = 0``, ``d`` the
+        largest entry of ``A`` (keeps ``A``'s norm, so the refinement's tests are unchanged)."""
+        if self._absent is None or self._absent.size == 0:
+            return V
+        xp = self._xp
+        V = xp.asarray(V, copy=True)
+        d = float(xp.max(xp.abs(V)))
+        V[self._absent, 4] = d if d > 0 else 1.0
+        return V
+
+    def _embed(self, B):
+        """(n, k) values of the unknowns -> (H*W, k) on the engine grid (zero elsewhere)."""
+        if self._absent is None:
+            return B
+        xp = self._xp
+        full = xp.zeros((self.grid.n_pixels, B.shape[1]), dtype=B.dtype)
+        full[self._pixels, ...] = B
+        return full
+
+    def _extract(self, X):
+        return X if self._absent is None else self._xp.take(X, self._pixels, axis=0)
+
     def refactorize(self, A):
         """Factorize new values with the same grid, reusing detection and the plan.
 
@@ -170,7 +200,7 @@ class GridFactor:
         dtype = _engine_dtype(A.dtype)
         V = self._pattern.stencil(A) if self._pattern is not None and self._pattern.matches(A) else None
         if V is None:
-            spec, V = grid_stencil(A, grid=self.grid.shape, order=self.grid.order)
+            spec, V = grid_stencil(A, grid=self.grid.shape, order=self.grid.order, pixels=self.grid.pixels)
             if sp.issparse(A) and A.format in ("csr", "csc"):
                 self._pattern = StencilPattern(A, spec)
         self._factorize_stencil(V.astype(dtype, copy=False))
@@ -247,10 +277,10 @@ class GridFactor:
             # real factor, complex data: solve real and imaginary parts as extra columns
             k = B.shape[1]
             both = xp.concat([xp.real(B), xp.imag(B)], axis=1)
-            X = self._solve_refined(xp.astype(both, self.dtype), trans)
+            X = self._extract(self._solve_refined(self._embed(xp.astype(both, self.dtype)), trans))
             X = X[:, :k] + 1j * X[:, k:]
         else:
-            X = self._solve_refined(xp.astype(B, self.dtype), trans)
+            X = self._extract(self._solve_refined(self._embed(xp.astype(B, self.dtype)), trans))
         X = xp.reshape(xp.astype(X, out_dtype), b.shape)
         return self.backend.to_host(X) if on_host else X
 
@@ -332,7 +362,7 @@ class GridFactor:
         return X
 
 
-def factorize(A, *, grid=None, order=None, backend=None, factor_dtype=None):
+def factorize(A, *, grid=None, order=None, pixels=None, mask=None, backend=None, factor_dtype=None):
     """Factorize a grid-structured sparse matrix with the Schwarz-Schur engine.
 
     Parameters
@@ -343,6 +373,15 @@ def factorize(A, *, grid=None, order=None, backend=None, factor_dtype=None):
         ``(H, W)``; inferred when omitted.
     order : {'C', 'F'}, optional
         Pixel numbering, row-major (default) or column-major.
+    pixels : array_like of int, optional
+        A masked domain: unknown ``i`` sits on pixel ``pixels[i]`` of ``grid`` (pixels
+        numbered in ``order``); the other pixels are not unknowns.  Any numbering of the
+        unknowns.  Without ``grid``/``pixels``/``mask``, a masked grid whose unknowns are
+        numbered in row-major or column-major order of their pixels (``np.flatnonzero(mask)``)
+        is recognized from the sparsity pattern.
+    mask : array_like of bool, shape (H, W), optional
+        Instead of ``grid`` and ``pixels``: the unknowns are the ``True`` pixels, numbered in
+        ``order``.
     backend : {'cpu', 'gpu'}, optional
         Where the numeric work runs: NumPy on the CPU or CuPy on a CUDA GPU (extra ``gpu``).
         Default: the ``SSI_SPARSE_BACKEND`` environment variable, else the GPU for a
@@ -389,7 +428,7 @@ def factorize(A, *, grid=None, order=None, backend=None, factor_dtype=None):
     if is_cupy_array(A):  # detection and the plan are host work; values go to the device
         A = A.get()
     dtype = _engine_dtype(A.dtype)
-    spec, V = grid_stencil(A, grid=grid, order=order)
+    spec, V = grid_stencil(A, grid=grid, order=order, pixels=pixels, mask=mask)
     pattern = StencilPattern(A, spec) if A.format in ("csr", "csc") else None
     return GridFactor(spec, V.astype(dtype, copy=False), pattern, chosen, factor_dtype)
 

@@ -15,6 +15,11 @@ import scipy.sparse.linalg as spla
 
 __all__ = ["is_pydata", "spsolve", "factorized", "checked_spsolve", "checked_factorized"]
 
+# SciPy's functions themselves, bound once: under ``patch_scipy`` the names in
+# ``scipy.sparse.linalg`` resolve to ours, and the fallback must not call itself
+scipy_spsolve = spla.spsolve
+scipy_factorized = spla.factorized
+
 
 def is_pydata(x) -> bool:
     """A pydata/sparse array (SciPy converts these itself)."""
@@ -22,11 +27,11 @@ def is_pydata(x) -> bool:
 
 
 def spsolve(A, b, permc_spec=None, use_umfpack=True):
-    return spla.spsolve(A, b, permc_spec=permc_spec, use_umfpack=use_umfpack)
+    return scipy_spsolve(A, b, permc_spec=permc_spec, use_umfpack=use_umfpack)
 
 
 def factorized(A):
-    return spla.factorized(A)
+    return scipy_factorized(A)
 
 
 def residual_ok(A, x, b) -> bool:

@@ -194,12 +194,14 @@ class _FactorizedSolve:
     def __call__(self, b):
         if not isinstance(b, np.ndarray):
             raise TypeError(f"argument 1 must be numpy.ndarray, not {type(b).__name__}")
-        n = self.factor.shape[0]
-        if b.ndim not in (1, 2) or b.shape[0] != n:
-            raise ValueError("b is of incompatible size")
+        # SciPy's checks in SciPy's order, with its messages
         if not np.can_cast(b.dtype, self.factor.dtype, casting="safe"):
             raise TypeError(
                 f"Cannot cast array data from {b.dtype!r} to {self.factor.dtype!r} "
                 "according to the rule 'safe'"
             )
+        if b.ndim > 2:
+            raise ValueError("object too deep for desired array")
+        if b.ndim not in (1, 2) or b.shape[0] != self.factor.shape[0]:
+            raise ValueError("b is of incompatible size")
         return _solve_or_nan(self.factor, b.astype(self.factor.dtype), stacklevel=3)

@@ -1,22 +1,28 @@
-"""Grid structure: is a sparse matrix a 3x3-stencil operator on an H x W grid?
+"""Grid structure: is a sparse matrix a 3x3-stencil operator on (some pixels of) a grid?
 
 A column-major (``order='F'``) H x W grid is the row-major W x H grid with the two axes swapped,
 so everything downstream (plan, engine) only knows row-major grids: :class:`GridSpec` keeps the
 user's description and the engine's ``(height, width)``.
 
-The stencil array ``V`` (n x 9) holds ``A[i, j]`` for pixel ``i`` and its neighbour ``j`` in slot
-``(dr + 1) * 3 + (dc + 1)`` of the engine's grid; duplicate entries are summed, explicit zeros
-are ignored.
+A *masked* grid has unknowns on a subset of the pixels only (an irregular domain, the pixels a
+segmentation left unseeded): ``GridSpec.pixels`` gives the engine-grid pixel of each unknown
+(:mod:`._mask` finds it from the pattern when no one says).  The engine solves the whole grid,
+absent pixels being decoupled unknowns with zero right-hand side.
+
+The stencil array ``V`` (H*W x 9) holds ``A[i, j]`` for pixel ``i`` and its neighbour ``j`` in
+slot ``(dr + 1) * 3 + (dc + 1)`` of the engine's grid; duplicate entries are summed, explicit
+zeros are ignored, rows of absent pixels are zero.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 
 from ._errors import NotGridStructuredError
+from ._mask import embedding_fits, find_embedding
 
 __all__ = ["GridSpec", "StencilPattern", "detect_grid", "grid_stencil"]
 
@@ -30,14 +36,18 @@ class GridSpec:
     shape : tuple of int
         ``(H, W)``: the grid has H rows and W columns of pixels.
     order : {'C', 'F'}
-        ``'C'``: pixel (r, c) is unknown ``r * W + c``; ``'F'``: unknown ``c * H + r``.
+        ``'C'``: pixel (r, c) is number ``r * W + c``; ``'F'``: number ``c * H + r``.
     stencil : {'5-point', '9-point'}
         Whether any diagonal neighbour is coupled.
+    pixels : ndarray of int or None
+        Masked grids: the pixel number (in ``order``) of each unknown; None when every pixel
+        is an unknown, numbered as its pixel.
     """
 
     shape: tuple
     order: str = "C"
     stencil: str = "9-point"
+    pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def engine_shape(self) -> tuple:
@@ -45,8 +55,27 @@ class GridSpec:
         h, w = self.shape
         return (h, w) if self.order == "C" else (w, h)
 
+    @property
+    def n_pixels(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def masked(self) -> bool:
+        return self.pixels is not None
+
+    def __eq__(self, other):
+        if not isinstance(other, GridSpec):
+            return NotImplemented
+        same_mask = (self.pixels is None) == (other.pixels is None) and (
+            self.pixels is None or np.array_equal(self.pixels, other.pixels)
+        )
+        return (self.shape, self.order, self.stencil) == (other.shape, other.order, other.stencil) and same_mask
+
     def __str__(self) -> str:
-        return f"{self.shape[0]}x{self.shape[1]} grid, order={self.order!r}, {self.stencil} stencil"
+        where = f"{self.shape[0]}x{self.shape[1]} grid"
+        if self.masked:
+            where = f"{len(self.pixels)} pixels of a {where}"
+        return f"{where}, order={self.order!r}, {self.stencil} stencil"
 
 
 def _coo_parts(A):
@@ -96,7 +125,7 @@ def _offsets(A, width):
     return rows, fit, vals
 
 
-def detect_grid(A, grid=None, order=None):
+def detect_grid(A, grid=None, order=None, *, pixels=None, mask=None):
     """Find the H x W grid on which ``A`` is a 3x3-stencil operator.
 
     Parameters
@@ -107,12 +136,19 @@ def detect_grid(A, grid=None, order=None):
         ``(H, W)`` to check instead of inferring one.
     order : {'C', 'F'}, optional
         Numbering of the pixels; ``'C'`` (row-major) unless given.
+    pixels : array_like of int, optional
+        With ``grid``: unknown ``i`` sits on pixel ``pixels[i]`` (numbered in ``order``); the
+        others are not unknowns (a masked domain).
+    mask : array_like of bool, shape (H, W), optional
+        Instead of ``grid`` and ``pixels``: the unknowns are the ``True`` pixels, numbered in
+        ``order`` (``np.flatnonzero(mask)`` for ``'C'``).
 
     Returns
     -------
     GridSpec or None
         The grid, or ``None`` when ``A`` does not couple only 3x3 neighbourhoods on any grid
-        (or on the one given).
+        (or on the one given).  Without ``grid``, a masked grid numbered in row-major or
+        column-major order of its pixels is found from the pattern alone (``pixels`` set).
 
     Examples
     --------
@@ -124,21 +160,21 @@ def detect_grid(A, grid=None, order=None):
     (4, 4)
     """
     try:
-        return _detect(A, grid, order)[0]
+        return _detect(A, grid, order, pixels, mask)[0]
     except NotGridStructuredError:
         return None
 
 
-def _detect(A, grid, order):
-    """(GridSpec, rows, dr, dc, vals) or raise NotGridStructuredError saying why."""
+def _detect(A, grid, order, pixels=None, mask=None):
+    """(GridSpec, pixel of each entry's row, dr, dc, vals) or raise NotGridStructuredError."""
     try:
-        return _detect_entries(A, grid, order)
+        return _detect_entries(A, grid, order, pixels, mask)
     except NotGridStructuredError:
         if not _may_hold_duplicates(A):
             raise
         # duplicates that cancel are a stored zero, wherever they sit: sum them and retry
         # (only on this rare path, since summing duplicates sorts every entry)
-        return _detect_entries(sp.csr_array(A.tocoo().tocsr()), grid, order)
+        return _detect_entries(sp.csr_array(A.tocoo().tocsr()), grid, order, pixels, mask)
 
 
 def _may_hold_duplicates(A) -> bool:
@@ -147,7 +183,24 @@ def _may_hold_duplicates(A) -> bool:
     return A.format in ("coo", "bsr")
 
 
-def _detect_entries(A, grid, order):
+def _given_pixels(n, grid, order, pixels, mask):
+    """``(grid, pixels)`` from the caller's ``pixels`` or ``mask`` (validated)."""
+    if mask is not None:
+        if grid is not None or pixels is not None:
+            raise ValueError("give either mask, or grid with pixels, not both")
+        mask = np.asarray(mask)
+        if mask.ndim != 2 or mask.dtype != bool:
+            raise ValueError(f"mask must be a 2-D boolean array, got {mask.dtype} {mask.shape}")
+        return mask.shape, np.flatnonzero(mask.ravel(order=order or "C"))
+    if grid is None:
+        raise ValueError("pixels needs grid=(H, W)")
+    pixels = np.asarray(pixels)
+    if pixels.shape != (n,) or pixels.dtype.kind not in "iu":
+        raise ValueError(f"pixels must be {n} integer pixel numbers, got {pixels.dtype} {pixels.shape}")
+    return grid, pixels.astype(np.int64)
+
+
+def _detect_entries(A, grid, order, pixels, mask):
     if order not in (None, "C", "F"):
         raise ValueError(f"order must be 'C' or 'F', got {order!r}")
     rows, cols, vals = _coo_parts(A)
@@ -156,6 +209,19 @@ def _detect_entries(A, grid, order):
     n = A.shape[0]
     if n == 0:
         raise NotGridStructuredError("an empty matrix has no grid")
+    if pixels is not None or mask is not None:
+        grid, pixels = _given_pixels(n, grid, order, pixels, mask)
+        if len(pixels) != n:
+            raise ValueError(f"mask has {len(pixels)} pixels set, but A has {n} unknowns")
+        order = order or "C"
+        h, w = (int(v) for v in grid)
+        eh, ew = (h, w) if order == "C" else (w, h)  # a column-major number is row-major on W x H
+        if not embedding_fits(rows, cols, eh, ew, pixels):
+            raise NotGridStructuredError(
+                f"the pixels given are not distinct pixels of the {h}x{w} grid with every "
+                f"coupling of A between 3x3 neighbours (order={order!r})"
+            )
+        return _masked_spec((h, w), order, pixels, rows, cols, vals)
     if grid is not None:
         h, w = (int(v) for v in grid)
         if h < 1 or w < 1 or h * w != n:
@@ -176,37 +242,61 @@ def _detect_entries(A, grid, order):
             if fit is not None:
                 break
         if fit is None:
-            raise NotGridStructuredError(
-                "A is not a 3x3-stencil operator on any grid: some stored nonzero couples "
-                "unknowns that are not neighbours"
-            )
+            return _found_mask(rows, cols, vals, n)
         # column-major numbering of H x W is row-major W x H: report the user's order
         spec_shape = (n // width, width) if order != "F" else (width, n // width)
         order = order or "C"
     dr, dc = fit
+    return _spec(spec_shape, order, None, dr, dc), rows, dr, dc, vals
+
+
+def _spec(shape, order, pixels, dr, dc):
     diagonal = bool(np.any((dr != 0) & (dc != 0)))
-    spec = GridSpec(spec_shape, order, "9-point" if diagonal else "5-point")
-    return spec, rows, dr, dc, vals
+    return GridSpec(tuple(shape), order, "9-point" if diagonal else "5-point", pixels)
 
 
-def grid_stencil(A, grid=None, order=None):
-    """Detect (or check) the grid and return ``(GridSpec, V)`` with ``V`` of shape (n, 9).
+def _masked_spec(shape, order, pixels, rows, cols, vals):
+    h, w = shape
+    width = w if order == "C" else h
+    pr, pc = np.divmod(pixels, width)
+    dr = pr[cols] - pr[rows]
+    dc = pc[cols] - pc[rows]
+    return _spec(shape, order, pixels, dr, dc), pixels[rows], dr, dc, vals
+
+
+def _found_mask(rows, cols, vals, n):
+    """Detection of a masked grid from the pattern (no full grid holds ``A``)."""
+    found = find_embedding(rows, cols, n)
+    if found is None or not embedding_fits(rows, cols, *found):
+        raise NotGridStructuredError(
+            "A is not a 3x3-stencil operator on any grid or masked grid: some stored nonzero "
+            "couples unknowns that are not neighbours"
+        )
+    h, w, pixels = found
+    return _masked_spec((h, w), "C", pixels, rows, cols, vals)
+
+
+def grid_stencil(A, grid=None, order=None, *, pixels=None, mask=None):
+    """Detect (or check) the grid and return ``(GridSpec, V)`` with ``V`` of shape (H*W, 9).
 
     Raises
     ------
     NotGridStructuredError
         If ``A`` is not a 3x3-stencil operator on the grid (given or any).
     """
-    spec, rows, dr, dc, vals = _detect(A, grid, order)
-    n = A.shape[0]
+    spec, pixel_rows, dr, dc, vals = _detect(A, grid, order, pixels, mask)
     slot = (dr + 1) * 3 + (dc + 1)
-    flat = rows * 9 + slot
+    return spec, _bincount_stencil(pixel_rows * 9 + slot, vals, spec.n_pixels)
+
+
+def _bincount_stencil(flat, vals, n_pixels):
+    """Sum ``vals`` into the flat stencil slots ``flat``: one vectorized pass (in float64,
+    then rounded once), duplicates summed."""
     dtype = np.result_type(vals.dtype, np.float32)
-    # bincount sums duplicates in one vectorized pass (in float64, then rounded once)
-    V = np.bincount(flat, weights=vals.real, minlength=n * 9)
+    V = np.bincount(flat, weights=vals.real, minlength=n_pixels * 9)
     if np.iscomplexobj(vals):
-        V = V + 1j * np.bincount(flat, weights=vals.imag, minlength=n * 9)
-    return spec, V.astype(dtype, copy=False).reshape(n, 9)
+        V = V + 1j * np.bincount(flat, weights=vals.imag, minlength=n_pixels * 9)
+    return V.astype(dtype, copy=False).reshape(n_pixels, 9)
 
 
 class StencilPattern:
@@ -222,6 +312,8 @@ class StencilPattern:
         self.indptr = A.indptr.copy()
         self.indices = A.indices.copy()
         self.width = spec.engine_shape[1]
+        self.n_pixels = spec.n_pixels
+        self.pixels = spec.pixels
         self._flat = None  # computed on the first refactorization, not at factorize time
 
     @property
@@ -231,6 +323,8 @@ class StencilPattern:
             major = np.repeat(np.arange(self.shape[0], dtype=np.int64), np.diff(self.indptr))
             minor = self.indices.astype(np.int64)
             rows, cols = (major, minor) if self.format == "csr" else (minor, major)
+            if self.pixels is not None:
+                rows, cols = self.pixels[rows], self.pixels[cols]
             ri, rj = _grid_row(rows, self.width), _grid_row(cols, self.width)
             dr, dc = rj - ri, (cols - rj * self.width) - (rows - ri * self.width)
             ok = (np.abs(dr) <= 1) & (np.abs(dc) <= 1)
@@ -252,9 +346,4 @@ class StencilPattern:
         off = self.flat < 0
         if off.any() and np.any(data[off] != 0):
             return None
-        flat, vals = self.flat[~off], data[~off]
-        n = self.shape[0]
-        V = np.bincount(flat, weights=vals.real, minlength=n * 9)
-        if np.iscomplexobj(vals):
-            V = V + 1j * np.bincount(flat, weights=vals.imag, minlength=n * 9)
-        return V.reshape(n, 9)
+        return _bincount_stencil(self.flat[~off], data[~off], self.n_pixels)

@@ -38,6 +38,13 @@ DENSE_MIN_FRONT = 257
 #: ones run box after box on BLAS's threads.  Never both at once.
 DENSE_BOX_THREADS_MAX_FRONT = 1024
 
+#: A masked grid (unknowns on some pixels of a grid) goes to the engine only if its unknowns
+#: cover at least this share of the embedding grid: absent pixels cost like present ones.
+MASK_MIN_COVERAGE = 0.25
+
+#: ... and has at most this many separate components (each is placed on the grid by a loop).
+MASK_MAX_COMPONENTS = 4096
+
 KERNELS = ("dense", "native", "portable")
 
 
