@@ -57,7 +57,13 @@ class GridSpec:
 
     @property
     def n_pixels(self) -> int:
+        """Pixels of the whole grid (present or not)."""
         return self.shape[0] * self.shape[1]
+
+    @property
+    def n_unknowns(self) -> int:
+        """Unknowns of the matrix: the present pixels."""
+        return self.n_pixels if self.pixels is None else len(self.pixels)
 
     @property
     def masked(self) -> bool:
@@ -74,7 +80,7 @@ class GridSpec:
     def __str__(self) -> str:
         where = f"{self.shape[0]}x{self.shape[1]} grid"
         if self.masked:
-            where = f"{len(self.pixels)} pixels of a {where}"
+            where = f"{self.n_unknowns} of the {self.n_pixels} pixels of a {where}"
         return f"{where}, order={self.order!r}, {self.stencil} stencil"
 
 

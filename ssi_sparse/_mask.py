@@ -37,15 +37,13 @@ def _runs(lo, hi, n):
 
 
 def _run_edges(lo, hi, run_of, offset, n_runs):
-    """Unique run pairs (a < b) coupled by non-consecutive unknowns, with the column shift
-    ``start(b) - start(a)`` that holds every one of their couplings, or None."""
+    """Unique run pairs (a < b) coupled by non-consecutive unknowns, with the range
+    ``[low, high]`` of ``offset(i) - offset(j)`` over their couplings, or None."""
     cross = hi != lo + 1
     i, j = lo[cross], hi[cross]
     a, b = run_of[i], run_of[j]
     if np.any(a == b):
         return None  # two unknowns of one grid row coupled across a gap
-    # a vertical coupling keeps the column: start(b) - start(a) = off(i) - off(j) (+/- 1
-    # for a diagonal one): the shift lies in [max - 1, min + 1] over the pair's couplings
     base = offset[i] - offset[j]
     key = a * n_runs + b
     order = np.argsort(key, kind="stable")
@@ -55,15 +53,46 @@ def _run_edges(lo, hi, run_of, offset, n_runs):
     high = np.maximum.reduceat(base, first) if first.size else base[:0]
     if np.any(high - low > 2):
         return None
-    # middle of the feasible shifts: exact for 5-point couplings (all bases equal)
-    return key[first], (low + high) // 2
+    return key[first], low, high
 
 
-def _place_runs(keys, shift, n_runs):
-    """Row and column of every run's start, and its component, from a spanning forest."""
+def _shifts(keys, low, high, run_len, n_runs):
+    """Column shift ``start(b) - start(a)`` of every coupled run pair.
+
+    A coupling of unknown i (run a, one row up) with j (run b) has ``start(b) - start(a) =
+    base + col(j) - col(i)``, ``base = off(i) - off(j)``: vertical couplings give the shift
+    exactly, so a 5-point matrix (one base per pair) is placed exactly.  With diagonals a
+    pair's bases can span 2 (the shift is the middle) or less, when the runs only touch at an
+    end; assuming every geometric neighbour is coupled, the touching configurations then tell
+    the shift from the run lengths.  Returns ``(shift, sure)``: ``sure`` is False where the
+    contact is symmetric (a two-pixel run over a one-pixel run: under either end), so the
+    spanning forest avoids those pairs where it can.  A wrong guess is caught by the embedding
+    check.
+    """
+    if not np.any(high > low):
+        return low, None  # no diagonal coupling anywhere: all couplings are vertical
     a, b = np.divmod(keys, n_runs)
-    graph = sp.coo_array((np.ones(len(a)), (a, b)), shape=(n_runs, n_runs)).tocsr()
+    la, lb = run_len[a], run_len[b]
+    shift = (low + high) // 2
+    one = high - low == 1  # vertical + one diagonal side: b starts at a's end, or ends at its start
+    shift = np.where(one & (high == la - 1), high, np.where(one & (low == 1 - lb), low, shift))
+    zero = high == low  # a single corner contact (or two one-pixel runs, taken as vertical)
+    corner = zero & ~((la == 1) & (lb == 1))
+    shift = np.where(corner & (low == la - 1), la, np.where(corner & (low == 1 - lb), -lb, shift))
+    sure = (high - low == 2) | (one & (la + lb != 3)) | corner
+    return shift, sure
+
+
+def _place_runs(keys, shift, sure, n_runs):
+    """Row and column of every run's start, and its component, from a spanning forest
+    (of the pairs whose shift is ``sure`` where they suffice)."""
+    a, b = np.divmod(keys, n_runs)
+    weight = np.ones(len(a)) if sure is None else np.where(sure, 1.0, 2.0)
+    graph = sp.coo_array((weight, (a, b)), shape=(n_runs, n_runs)).tocsr()
     n_comp, label = csgraph.connected_components(graph, directed=False)
+    if sure is not None and not sure.all():
+        tree = csgraph.minimum_spanning_tree(graph).tocoo()
+        a, b = np.minimum(tree.row, tree.col), np.maximum(tree.row, tree.col)
     roots = np.unique(label, return_index=True)[1]
     # one virtual root above every component's first run: a single BFS spans the forest
     top = n_runs
@@ -132,7 +161,10 @@ def find_embedding(rows, cols, n):
     edges = _run_edges(lo, hi, run_of, offset, n_runs)
     if edges is None:
         return None
-    d_row, d_col, label, n_comp = _place_runs(*edges, n_runs)
+    keys, low, high = edges
+    run_len = np.bincount(run_of, minlength=n_runs)
+    shift, sure = _shifts(keys, low, high, run_len, n_runs)
+    d_row, d_col, label, n_comp = _place_runs(keys, shift, sure, n_runs)
     if n_comp > MASK_MAX_COMPONENTS:
         return None
     r = d_row[run_of]
