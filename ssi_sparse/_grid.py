@@ -23,6 +23,7 @@ import scipy.sparse as sp
 
 from ._errors import NotGridStructuredError
 from ._mask import embedding_fits, find_embedding
+from ._tuning import MASK_MIN_COVERAGE
 
 __all__ = ["GridSpec", "StencilPattern", "detect_grid", "grid_stencil"]
 
@@ -275,8 +276,9 @@ def _found_mask(rows, cols, vals, n):
     found = find_embedding(rows, cols, n)
     if found is None or not embedding_fits(rows, cols, *found):
         raise NotGridStructuredError(
-            "A is not a 3x3-stencil operator on any grid or masked grid: some stored nonzero "
-            "couples unknowns that are not neighbours"
+            "A is not a 3x3-stencil operator on any grid, nor on a masked grid found from its "
+            f"pattern that its unknowns cover at least {MASK_MIN_COVERAGE:.0%} of (pass grid= "
+            "with pixels= or mask= to use a sparser embedding)"
         )
     h, w, pixels = found
     return _masked_spec((h, w), "C", pixels, rows, cols, vals)

@@ -16,7 +16,10 @@ import scipy.sparse as sp
 from ._plan import STENCIL_OFFSETS
 from ._stencil import stencil_to_csr
 
-__all__ = ["diffusion_2d", "random_spd_9pt", "convection_diffusion_2d", "helmholtz_2d"]
+__all__ = [
+    "diffusion_2d", "random_spd_9pt", "convection_diffusion_2d", "helmholtz_2d",
+    "blob_mask", "ring_mask", "masked_laplacian",
+]
 
 
 def _edge_matrix(h, w, weight_right, weight_down, weight_diag=None, weight_anti=None, dirichlet=1.0):
@@ -102,3 +105,46 @@ def helmholtz_2d(h, w, kh=0.5, dtype=np.float64):
     """``L - (kh)^2 I`` with the 5-point Dirichlet Laplacian: symmetric indefinite."""
     A = diffusion_2d(h, w) - (kh**2) * sp.identity(h * w, format="csr")
     return A.astype(dtype).tocsr()
+
+
+def blob_mask(h, w, *, fill=0.42, lobes=5, wobble=0.15):
+    """An irregular star-shaped region (a wobbly disc) covering about ``fill`` of h x w."""
+    y, x = np.mgrid[:h, :w]
+    dy, dx = y - (h - 1) / 2, x - (w - 1) / 2
+    theta = np.arctan2(dy, dx)
+    radius = np.sqrt(fill * h * w / (np.pi * (1 + wobble**2 / 2)))
+    return np.hypot(dy, dx) <= radius * (1 + wobble * np.sin(lobes * theta))
+
+
+def ring_mask(h, w, *, fill=0.25):
+    """An annulus touching the sides of h x w that covers about ``fill`` of it."""
+    y, x = np.mgrid[:h, :w]
+    outer = min(h, w) / 2 - 0.5
+    inner = outer * np.sqrt(max(0.0, 1 - 4 * fill * h * w / (np.pi * 4 * outer**2)))
+    d = np.hypot(y - (h - 1) / 2, x - (w - 1) / 2)
+    return (d <= outer) & (d > inner)
+
+
+def masked_laplacian(mask):
+    """5-point Dirichlet Laplacian on the pixels set in ``mask`` (numbered as
+    ``np.flatnonzero(mask)``): 4 on the diagonal, -1 between present neighbours, what Poisson
+    image editing and PDEs on irregular domains assemble.
+
+    >>> import numpy as np
+    >>> from ssi_sparse.problems import masked_laplacian, ring_mask
+    >>> A = masked_laplacian(ring_mask(64, 64))
+    >>> A.shape[0] < 64 * 64
+    True
+    """
+    mask = np.asarray(mask, dtype=bool)
+    ids = np.full(mask.shape, -1, dtype=np.int64)
+    ids[mask] = np.arange(int(mask.sum()))
+    rows, cols = [], []
+    for a, b in ((ids[:, :-1], ids[:, 1:]), (ids[:-1, :], ids[1:, :])):
+        both = (a >= 0) & (b >= 0)
+        rows += [a[both], b[both]]
+        cols += [b[both], a[both]]
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    n = int(mask.sum())
+    off = sp.coo_array((-np.ones(rows.size), (rows, cols)), shape=(n, n))
+    return sp.csr_matrix(off + 4.0 * sp.eye_array(n))

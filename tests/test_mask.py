@@ -321,7 +321,7 @@ def test_masked_torch_layer():
     torch = pytest.importorskip("torch")
     import ssi_sparse.torch as sst
 
-    mask = SHAPES["two blobs"]()[:16, :30]
+    mask = SHAPES["annulus"]()[:20, :]  # a horseshoe
     A, _ = masked_matrix(mask, np.random.default_rng(2), "nonsym", np.float64, "C", True)
     n = A.shape[0]
     coo = sp.coo_array(A)

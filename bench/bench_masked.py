@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""Masked-domain benchmark: what unmodified programs see, next to what they would use instead.
+
+Run from the repository root::
+
+    PYTHONPATH=. python bench/bench_masked.py [--repeats 3] [--json out.json] [--with-3d]
+
+Cases (each solver of each case in its own fresh process, so the first call is what a user
+sees; then ``--repeats`` more calls in that process for the cached figures):
+
+* ``random_walker``: scikit-image's ``random_walker(mode='bf')`` on its 512 x 512 camera
+  photo with scribble seeds, end to end, plain (SciPy) and under ``ssi_sparse.patch_scipy()``;
+  the labels must be identical.
+* ``poisson``: 5-point Laplacian on an irregular mask of ~110k pixels in a 512 x 512 image,
+  numbered by ``np.flatnonzero`` (seamless cloning); SciPy spsolve, SuperLU with MMD,
+  CHOLMOD (cvxopt), PARDISO, ssi_sparse.spsolve (found from the pattern).
+* ``coverage``: a ring covering 25 % of 512 x 512, against the full 512 x 512 system.
+* ``not_a_grid``: matrices that are not masked grids (grid + long links, a random banded
+  matrix, optionally a 3-D 7-point Laplacian): the time detection spends before handing the
+  matrix to SciPy, against SciPy's solve.
+
+Like bench_cpu.py it unsets OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for every solver of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for path in (REPO_ROOT, os.path.dirname(os.path.abspath(__file__))):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from bench_cpu import _blas_in_use, machine_info, print_machine  # noqa: E402
+
+from ssi_sparse.problems import blob_mask, masked_laplacian, ring_mask  # noqa: E402
+
+SEED = 0
+
+
+# --- problems (rebuilt identically in every child) -------------------------------------------
+
+
+def camera_and_scribbles():
+    """The camera photo and ordinary scribbles: a stroke down the photographer's coat and the
+    tripod (label 1), strokes across the sky and the grass (label 2)."""
+    from skimage import data
+
+    img = data.camera().astype(float) / 255
+    markers = np.zeros(img.shape, dtype=np.int32)
+    markers[150:380, 228:234] = 1  # coat
+    markers[300:330, 160:300] = 1  # arm and camera
+    markers[30:36, 20:490] = 2  # sky
+    markers[120:126, 330:500] = 2  # sky, right
+    markers[470:476, 20:500] = 2  # grass
+    return img, markers
+
+
+def poisson_system(mask):
+    """Seamless cloning: the Laplacian on ``mask`` with a guidance-field right-hand side."""
+    A = masked_laplacian(mask)
+    rng = np.random.default_rng(SEED)
+    return A, rng.standard_normal(A.shape[0])
+
+
+def not_a_grid(kind):
+    rng = np.random.default_rng(SEED)
+    if kind == "grid+links":  # a 350^2 grid Laplacian plus 50 long-range couplings
+        A = masked_laplacian(np.ones((350, 350), bool))
+        n = A.shape[0]
+        i, j = rng.integers(0, n, 50), rng.integers(0, n, 50)
+        L = sp.coo_array((np.full(50, -0.1), (i, j)), shape=(n, n))
+        A = sp.csr_matrix(A + L + L.T)
+    elif kind == "banded":  # random band of width 30, 100k unknowns
+        n, band = 100_000, 30
+        offs = rng.choice(np.arange(1, band), 6, replace=False)
+        diags = [np.full(n - k, -1.0) for k in offs]
+        A = sp.diags(diags + diags + [np.full(n, 14.0)], list(offs) + list(-offs) + [0], format="csr")
+    elif kind == "3d":  # 47^3 7-point Laplacian (103823 unknowns)
+        m = 47
+        T = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(m, m))
+        I = sp.eye(m)
+        A = sp.csr_matrix(sp.kron(sp.kron(T, I), I) + sp.kron(sp.kron(I, T), I) + sp.kron(sp.kron(I, I), T))
+    else:
+        raise ValueError(kind)
+    return A, rng.standard_normal(A.shape[0])
+
+
+def system(case):
+    if case == "poisson":
+        return poisson_system(blob_mask(512, 512))
+    if case == "ring25":
+        return poisson_system(ring_mask(512, 512, fill=0.25))
+    if case == "full512":
+        return poisson_system(np.ones((512, 512), bool))
+    if case.startswith("nongrid:"):
+        return not_a_grid(case.split(":", 1)[1])
+    raise ValueError(case)
+
+
+# --- solvers ---------------------------------------------------------------------------------
+
+
+def _cholmod_cvxopt(A, b):
+    import cvxopt
+    import cvxopt.cholmod
+
+    low = sp.tril(A, format="coo")
+    M = cvxopt.spmatrix(cvxopt.matrix(low.data.astype(np.float64)),
+                        cvxopt.matrix(low.row.astype(np.int64)),
+                        cvxopt.matrix(low.col.astype(np.int64)), size=A.shape)
+    F = cvxopt.cholmod.symbolic(M)
+    cvxopt.cholmod.numeric(M, F)
+    X = cvxopt.matrix(np.asarray(b, dtype=np.float64).reshape(-1, 1))
+    cvxopt.cholmod.solve(F, X)
+    return np.array(X).ravel()
+
+
+def _pardiso(A, b):
+    import pypardiso
+
+    return pypardiso.spsolve(sp.csr_matrix(A), b)
+
+
+def _splu_mmd(A, b):
+    from scipy.sparse.linalg import splu
+
+    return splu(sp.csc_matrix(A), permc_spec="MMD_AT_PLUS_A").solve(b)
+
+
+def _spsolve(A, b):
+    from scipy.sparse.linalg import spsolve
+
+    return spsolve(sp.csc_matrix(A), b)
+
+
+def _ssi(A, b):
+    import ssi_sparse
+
+    return ssi_sparse.spsolve(A, b)
+
+
+SOLVERS = {"spsolve": _spsolve, "splu_mmd": _splu_mmd, "cholmod_cvxopt": _cholmod_cvxopt,
+           "pardiso": _pardiso, "ssi_sparse": _ssi}
+
+
+def child(spec):
+    """One (case, solver): the first call, then ``repeats`` more, in this fresh process."""
+    import ssi_sparse
+
+    res = {"case": spec["case"], "solver": spec["solver"]}
+    repeats = spec["repeats"]
+    times = []
+    if spec["case"] == "random_walker":
+        from skimage.segmentation import random_walker
+
+        img, markers = camera_and_scribbles()
+        for _ in range(1 + repeats):
+            t = time.perf_counter()
+            if spec["solver"] == "ssi_sparse":
+                with ssi_sparse.patch_scipy():
+                    labels = random_walker(img, markers, beta=130, mode="bf")
+            else:
+                labels = random_walker(img, markers, beta=130, mode="bf")
+            times.append(time.perf_counter() - t)
+        np.save(spec["out"] + ".labels.npy", labels)
+        res["unknowns"] = int((markers == 0).sum())
+    elif spec["solver"] == "detect":
+        A, b = system(spec["case"])
+        for _ in range(1 + repeats):
+            t = time.perf_counter()
+            found = ssi_sparse.detect_grid(A)
+            times.append(time.perf_counter() - t)
+        res["found"] = None if found is None else str(found)
+        res["unknowns"] = A.shape[0]
+    else:
+        A, b = system(spec["case"])
+        for _ in range(1 + repeats):
+            t = time.perf_counter()
+            x = SOLVERS[spec["solver"]](A, b)
+            times.append(time.perf_counter() - t)
+        res["residual"] = float(np.linalg.norm(A @ x - b) / np.linalg.norm(b))
+        res["unknowns"] = A.shape[0]
+        if spec["solver"] == "ssi_sparse":
+            found = ssi_sparse.detect_grid(A)
+            res["grid"] = None if found is None else str(found)
+    res["first_s"] = times[0]
+    res["min_s"] = min(times)
+    res["median_s"] = statistics.median(times)
+    res["blas"] = _blas_in_use()
+    with open(spec["out"], "w") as fh:
+        json.dump(res, fh)
+
+
+def run_child(case, solver, repeats, workdir, timeout):
+    out = os.path.join(workdir, f"{case.replace(':', '_')}_{solver}.json")
+    spec = json.dumps({"case": case, "solver": solver, "repeats": repeats, "out": out})
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", spec],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"case": case, "solver": solver, "error": f"timed out after {timeout} s"}
+    if proc.returncode != 0 or not os.path.exists(out):
+        tail = " | ".join((proc.stderr or "").strip().splitlines()[-3:])
+        return {"case": case, "solver": solver, "error": f"rc={proc.returncode}: {tail}"}
+    with open(out) as fh:
+        res = json.load(fh)
+    if os.path.exists(out + ".labels.npy"):
+        res["labels_file"] = out + ".labels.npy"
+    return res
+
+
+def table(title, rows, reference):
+    ref = next((r for r in rows if r["solver"] == reference and "error" not in r), None)
+    print(f"\n{title}")
+    print(f"  {'solver':<16}{'first s':>9}{'min s':>9}{'median s':>10}{'vs ' + reference:>14}"
+          f"  {'residual':>9}  BLAS")
+    for r in rows:
+        if "error" in r:
+            print(f"  {r['solver']:<16}  {r['error']}")
+            continue
+        ratio = f"{ref['first_s'] / r['first_s']:.2f}x" if ref else "-"
+        res = f"{r['residual']:.1e}" if "residual" in r else "-"
+        print(f"  {r['solver']:<16}{r['first_s']:9.3f}{r['min_s']:9.3f}{r['median_s']:10.3f}"
+              f"{ratio:>14}  {res:>9}  {r.get('blas', '')}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--with-3d", action="store_true",
+                    help="add the 47^3 3-D Laplacian to not_a_grid (SciPy takes minutes on it)")
+    ap.add_argument("--cases", nargs="+", default=["random_walker", "poisson", "coverage", "not_a_grid"])
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._child:
+        child(json.loads(args._child))
+        return 0
+    pinned = [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if v in os.environ]
+    if pinned:  # every solver of the run gets OpenBLAS's own kernel choice (see bench_cpu.py)
+        for v in pinned:
+            os.environ.pop(v)
+        os.environ["SSI_BENCH_UNPINNED"] = ",".join(pinned)
+        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:])
+    if os.environ.get("SSI_BENCH_UNPINNED"):
+        print(f"note: unset {os.environ['SSI_BENCH_UNPINNED']} for every solver of this run")
+    print_machine(machine_info())
+    print(f"each row: a fresh process; 'first' is its first call, min/median over 1 + "
+          f"{args.repeats} calls; ratios from first calls of this run")
+    results = {}
+    with tempfile.TemporaryDirectory() as work:
+        run = lambda case, solver: run_child(case, solver, args.repeats, work, args.timeout)  # noqa: E731
+        if "random_walker" in args.cases:
+            rows = [run("random_walker", s) for s in ("spsolve", "ssi_sparse")]
+            table("random_walker(mode='bf'), skimage camera 512x512, scribbles "
+                  f"({rows[0].get('unknowns')} unknowns), end to end; spsolve = unpatched, "
+                  "ssi_sparse = under patch_scipy()", rows, "spsolve")
+            files = [r.get("labels_file") for r in rows]
+            if all(files):
+                same = np.array_equal(np.load(files[0]), np.load(files[1]))
+                print(f"  labels identical: {same}")
+                rows[1]["labels_identical"] = bool(same)
+            results["random_walker"] = rows
+        if "poisson" in args.cases:
+            rows = [run("poisson", s) for s in SOLVERS]
+            grid = next((r.get("grid") for r in rows if r.get("grid")), None)
+            table(f"masked Poisson (seamless cloning), irregular mask in 512x512, "
+                  f"{rows[0].get('unknowns')} unknowns, float64; ssi_sparse found: {grid}",
+                  rows, "spsolve")
+            results["poisson"] = rows
+        if "coverage" in args.cases:
+            rows = [dict(run(c, s), solver=f"{s} [{c}]")
+                    for c in ("ring25", "full512") for s in ("ssi_sparse", "spsolve")]
+            table("25 % mask (ring in 512x512) against the full 512x512 system", rows,
+                  "ssi_sparse [full512]")
+            ok = [r for r in rows if "error" not in r]
+            if len(ok) == 4:
+                print(f"  ssi_sparse masked / full: {rows[0]['first_s'] / rows[2]['first_s']:.2f} "
+                      f"(first call), {rows[0]['min_s'] / rows[2]['min_s']:.2f} (min)")
+            results["coverage"] = rows
+        if "not_a_grid" in args.cases:
+            kinds = ["grid+links", "banded"] + (["3d"] if args.with_3d else [])
+            out = []
+            for kind in kinds:
+                rows = [run(f"nongrid:{kind}", s) for s in ("detect", "spsolve", "ssi_sparse")]
+                table(f"not a masked grid: {kind} ({rows[0].get('unknowns')} unknowns); detect = "
+                      f"time detection spends before handing over (found: {rows[0].get('found')})",
+                      rows, "spsolve")
+                if all("error" not in r for r in rows[:2]):
+                    print(f"  detection / SciPy's solve: {rows[0]['first_s'] / rows[1]['first_s']:.1%}"
+                          f" (first calls)")
+                out += rows
+            results["not_a_grid"] = out
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
