@@ -141,7 +141,7 @@ def _splu_mmd(A, b):
 def _spsolve(A, b):
     from scipy.sparse.linalg import spsolve
 
-    return spsolve(sp.csc_matrix(A), b)
+    return spsolve(A, b)  # the matrix as the program built it (CSR), as ssi_sparse gets it
 
 
 def _ssi(A, b):

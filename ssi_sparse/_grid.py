@@ -207,9 +207,22 @@ def _given_pixels(n, grid, order, pixels, mask):
     return grid, pixels.astype(np.int64)
 
 
+def _more_than_9_per_line(A) -> bool:
+    """Some row (CSR) or column (CSC) stores more than 9 nonzeros: no 3x3 stencil holds it.
+    A quick answer from ``indptr`` for the many matrices that are plainly not grids."""
+    if A.format not in ("csr", "csc") or not A.has_canonical_format:
+        return False
+    if np.diff(A.indptr).max(initial=0) <= 9:
+        return False
+    return bool(A.data.all())  # (stored zeros are dropped by detection: count them out)
+
+
 def _detect_entries(A, grid, order, pixels, mask):
     if order not in (None, "C", "F"):
         raise ValueError(f"order must be 'C' or 'F', got {order!r}")
+    if sp.issparse(A) and A.ndim == 2 and A.shape[0] == A.shape[1] and _more_than_9_per_line(A):
+        raise NotGridStructuredError(
+            "A is not a 3x3-stencil operator: some row or column couples more than 9 unknowns")
     rows, cols, vals = _coo_parts(A)
     rows = rows.astype(np.int64, copy=False)
     cols = cols.astype(np.int64, copy=False)
