@@ -56,7 +56,7 @@ def _run_edges(lo, hi, run_of, offset, n_runs):
     return key[first], low, high
 
 
-def _shifts(keys, low, high, run_len, n_runs):
+def _shifts(a, b, low, high, run_len):
     """Column shift ``start(b) - start(a)`` of every coupled run pair.
 
     A coupling of unknown i (run a, one row up) with j (run b) has ``start(b) - start(a) =
@@ -71,7 +71,6 @@ def _shifts(keys, low, high, run_len, n_runs):
     """
     if not np.any(high > low):
         return low, None  # no diagonal coupling anywhere: all couplings are vertical
-    a, b = np.divmod(keys, n_runs)
     la, lb = run_len[a], run_len[b]
     shift = (low + high) // 2
     one = high - low == 1  # vertical + one diagonal side: b starts at a's end, or ends at its start
@@ -83,10 +82,11 @@ def _shifts(keys, low, high, run_len, n_runs):
     return shift, sure
 
 
-def _place_runs(keys, shift, sure, n_runs):
+def _place_runs(a, b, shift, sure, n_runs):
     """Row and column of every run's start, and its component, from a spanning forest
-    (of the pairs whose shift is ``sure`` where they suffice)."""
-    a, b = np.divmod(keys, n_runs)
+    (of the pairs whose shift is ``sure`` where they suffice).  ``a < b``: the coupled run
+    pairs, sorted by ``a * n_runs + b``."""
+    keys = a * n_runs + b
     weight = np.ones(len(a)) if sure is None else np.where(sure, 1.0, 2.0)
     graph = sp.coo_array((weight, (a, b)), shape=(n_runs, n_runs)).tocsr()
     n_comp, label = csgraph.connected_components(graph, directed=False)
@@ -163,8 +163,9 @@ def find_embedding(rows, cols, n):
         return None
     keys, low, high = edges
     run_len = np.bincount(run_of, minlength=n_runs)
-    shift, sure = _shifts(keys, low, high, run_len, n_runs)
-    d_row, d_col, label, n_comp = _place_runs(keys, shift, sure, n_runs)
+    a, b = np.divmod(keys, n_runs)
+    shift, sure = _shifts(a, b, low, high, run_len)
+    d_row, d_col, label, n_comp = _place_runs(a, b, shift, sure, n_runs)
     if n_comp > MASK_MAX_COMPONENTS:
         return None
     r = d_row[run_of]

@@ -76,13 +76,19 @@ KIND_DTYPE = st.sampled_from(
 )
 
 
-@settings(max_examples=60, deadline=None)
-@given(
+#: A random masked problem: mask, matrix kind and dtype, stencil, numbering, columns of b.
+masked_problems = dict(
     mask=masks(),
     case=KIND_DTYPE,
     nine_point=st.booleans(),
     order=st.sampled_from(["C", "F"]),
     k=st.one_of(st.none(), st.integers(1, 3)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    **masked_problems,
     trans=st.sampled_from(["N", "T", "H"]),
     seed=st.integers(0, 2**32 - 1),
 )
@@ -112,11 +118,7 @@ def test_found_or_refused_never_wrong(mask, case, nine_point, order, k, trans, s
 
 @settings(max_examples=40, deadline=None)
 @given(
-    mask=masks(),
-    case=KIND_DTYPE,
-    nine_point=st.booleans(),
-    order=st.sampled_from(["C", "F"]),
-    k=st.one_of(st.none(), st.integers(1, 3)),
+    **masked_problems,
     numbering=st.sampled_from(["raster", "shuffled"]),
     seed=st.integers(0, 2**32 - 1),
 )
