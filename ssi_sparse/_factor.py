@@ -16,6 +16,7 @@ from ._stencil import (
     is_hermitian,
     stencil_matvec,
     stencil_norm_inf,
+    stencil_row_sums,
     transpose_stencil,
 )
 
@@ -109,14 +110,16 @@ class GridFactor:
         self._requested_factor_dtype = factor_dtype
         self.backend = backend or Backend("cpu")
         self._xp = self.backend.xp
-        n = V.shape[0] if spec.pixels is None else len(spec.pixels)
+        n = spec.n_unknowns
         self.shape = (n, n)
-        self._absent = None
-        if spec.pixels is not None:
-            absent = np.ones(spec.n_pixels, dtype=bool)
-            absent[spec.pixels] = False
-            self._absent = self.backend.to_device(np.flatnonzero(absent))
-            self._pixels = self.backend.to_device(spec.pixels)
+        self._nodes = self._absent = None
+        if spec.nodes is not None:
+            absent = np.ones(spec.n_nodes, dtype=bool)
+            absent[spec.nodes] = False
+            node, a = np.divmod(np.flatnonzero(absent), spec.engine_components)
+            # the diagonal entry of each absent node: stencil row (p k + a) k + a
+            self._absent = self.backend.to_device((node * spec.engine_components + a) * spec.engine_components + a)
+            self._nodes = self.backend.to_device(spec.nodes)
         self._factorize_stencil(V)
 
     def _factorize_stencil(self, V, full_precision=False):
@@ -127,16 +130,16 @@ class GridFactor:
         V = self.backend.to_device(V)
         if not bool(xp.all(xp.isfinite(V))):
             raise ValueError("matrix contains NaN or Inf")
-        V = self._with_absent_pixels(V)
-        shape = self.grid.engine_shape
-        Vs, scale = equilibrate(xp, V, shape)
+        V = self._with_absent_nodes(V)
+        dims = self.grid.engine_dims
+        Vs, scale = equilibrate(xp, V, dims)
         if scale is None:
             raise SingularMatrixError(
                 "matrix is exactly singular: it has an all-zero row", exact=True
             )
-        plan = build_plan(*shape, DEFAULT_LEAF_CELLS)
-        a_norm = stencil_norm_inf(xp, Vs)
-        hermitian = is_hermitian(xp, Vs, shape)
+        plan = build_plan(*self.grid.engine_shape, DEFAULT_LEAF_CELLS, self.grid.engine_components)
+        a_norm = stencil_norm_inf(xp, Vs, dims)
+        hermitian = is_hermitian(xp, Vs, dims)
         check_memory(
             plan.memory_bytes(factor_dtype.itemsize, hermitian), f"a {self.grid}", self.backend.free_memory()
         )
@@ -152,14 +155,15 @@ class GridFactor:
         self._V, self._numeric, self._scale = V, numeric, scale
         self._Vt = None  # transposed stencil, built on the first transposed solve
         self._row_scale = {}  # reciprocal row norms of op(A), built on the first solve
-        self._norm_inf = stencil_norm_inf(xp, V)
+        self._norm_inf = stencil_norm_inf(xp, V, dims)
         self.dtype = dtype
         self.factor_dtype = factor_dtype
         self.hermitian = numeric.hermitian
 
-    def _with_absent_pixels(self, V):
-        """Masked grids: absent pixels become decoupled unknowns ``d x = 0``, ``d`` the
-        largest entry of ``A`` (keeps ``A``'s norm, so the refinement's tests are unchanged)."""
+    def _with_absent_nodes(self, V):
+        """Nodes that are not unknowns (masked pixels, the empty half of an odd side's 2x2
+        cells) become decoupled unknowns ``d x = 0``, ``d`` the largest entry of ``A`` (keeps
+        ``A``'s norm, so the refinement's tests are unchanged)."""
         if self._absent is None or self._absent.size == 0:
             return V
         xp = self._xp
@@ -169,16 +173,16 @@ class GridFactor:
         return V
 
     def _embed(self, B):
-        """(n, k) values of the unknowns -> (H*W, k) on the engine grid (zero elsewhere)."""
-        if self._absent is None:
+        """(n, m) values of the unknowns -> (nodes, m) on the engine grid (zero elsewhere)."""
+        if self._nodes is None:
             return B
         xp = self._xp
-        full = xp.zeros((self.grid.n_pixels, B.shape[1]), dtype=B.dtype)
-        full[self._pixels, ...] = B
+        full = xp.zeros((self.grid.n_nodes, B.shape[1]), dtype=B.dtype)
+        full[self._nodes, ...] = B
         return full
 
     def _extract(self, X):
-        return X if self._absent is None else self._xp.take(X, self._pixels, axis=0)
+        return X if self._nodes is None else self._xp.take(X, self._nodes, axis=0)
 
     def refactorize(self, A):
         """Factorize new values with the same grid, reusing detection and the plan.
@@ -200,7 +204,9 @@ class GridFactor:
         dtype = _engine_dtype(A.dtype)
         V = self._pattern.stencil(A) if self._pattern is not None and self._pattern.matches(A) else None
         if V is None:
-            spec, V = grid_stencil(A, grid=self.grid.shape, order=self.grid.order, pixels=self.grid.pixels)
+            g = self.grid
+            spec, V = grid_stencil(A, grid=g.shape, order=g.order, pixels=g.pixels, components=g.components,
+                                   numbering=g.numbering, radius=g.radius)  # fmt: skip
             if sp.issparse(A) and A.format in ("csr", "csc"):
                 self._pattern = StencilPattern(A, spec)
         self._factorize_stencil(V.astype(dtype, copy=False))
@@ -300,10 +306,10 @@ class GridFactor:
     def _op_matvec(self, x, trans):
         xp = self._xp
         if trans == "N":
-            return stencil_matvec(xp, self._V, self.grid.engine_shape, x)
+            return stencil_matvec(xp, self._V, self.grid.engine_dims, x)
         # op(A) x = (A^T x) or (A^H x): conj trick: A^H x = conj(A^T conj(x))
         Vt = self._transposed_stencil()
-        y = stencil_matvec(xp, Vt, self.grid.engine_shape, xp.conj(x) if trans == "H" else x)
+        y = stencil_matvec(xp, Vt, self.grid.engine_dims, xp.conj(x) if trans == "H" else x)
         return xp.conj(y) if trans == "H" else y
 
     def _inverse_row_norms(self, trans):
@@ -312,12 +318,12 @@ class GridFactor:
         if key not in self._row_scale:
             xp = self._xp
             V = self._V if key == "N" else self._transposed_stencil()
-            self._row_scale[key] = 1.0 / xp.reshape(xp.sum(xp.abs(V), axis=1), (-1, 1))
+            self._row_scale[key] = 1.0 / xp.reshape(stencil_row_sums(xp, V, self.grid.engine_dims), (-1, 1))
         return self._row_scale[key]
 
     def _transposed_stencil(self):
         if self._Vt is None:
-            self._Vt = transpose_stencil(self._xp, self._V, self.grid.engine_shape)
+            self._Vt = transpose_stencil(self._xp, self._V, self.grid.engine_dims)
         return self._Vt
 
     def _solve_refined(self, B, trans):
@@ -362,13 +368,15 @@ class GridFactor:
         return X
 
 
-def factorize(A, *, grid=None, order=None, pixels=None, mask=None, backend=None, factor_dtype=None):
+def factorize(A, *, grid=None, order=None, pixels=None, mask=None, components=None, numbering=None,
+              radius=None, backend=None, factor_dtype=None):
     """Factorize a grid-structured sparse matrix with the Schwarz-Schur engine.
 
     Parameters
     ----------
     A : sparse matrix or array, shape (n, n)
-        A 3x3-stencil operator on an H x W grid (5- or 9-point, any values).
+        A stencil operator on an H x W grid (3x3: 5- or 9-point, 5x5: 13- or 25-point, any
+        values; 1 to 4 unknowns per pixel found from the pattern, more when given).
     grid : tuple of int, optional
         ``(H, W)``; inferred when omitted.
     order : {'C', 'F'}, optional
@@ -382,6 +390,14 @@ def factorize(A, *, grid=None, order=None, pixels=None, mask=None, backend=None,
     mask : array_like of bool, shape (H, W), optional
         Instead of ``grid`` and ``pixels``: the unknowns are the ``True`` pixels, numbered in
         ``order``.
+    components : int, optional
+        Unknowns per pixel (optical flow's ``u, v``; a displacement field).
+    numbering : {'pixel', 'component'}, optional
+        With several components: ``'pixel'``-major ``[u0, v0, u1, v1, ...]`` or
+        ``'component'``-major ``[u0, u1, ..., v0, v1, ...]``.
+    radius : {1, 2}, optional
+        Stencil radius: 3x3 neighbourhoods, or 5x5 (biharmonic, fourth-order differences;
+        solved as a 3x3 stencil of 2x2 cells).
     backend : {'cpu', 'gpu'}, optional
         Where the numeric work runs: NumPy on the CPU or CuPy on a CUDA GPU (extra ``gpu``).
         Default: the ``SSI_SPARSE_BACKEND`` environment variable, else the GPU for a
@@ -428,7 +444,8 @@ def factorize(A, *, grid=None, order=None, pixels=None, mask=None, backend=None,
     if is_cupy_array(A):  # detection and the plan are host work; values go to the device
         A = A.get()
     dtype = _engine_dtype(A.dtype)
-    spec, V = grid_stencil(A, grid=grid, order=order, pixels=pixels, mask=mask)
+    spec, V = grid_stencil(A, grid=grid, order=order, pixels=pixels, mask=mask, components=components,
+                           numbering=numbering, radius=radius)  # fmt: skip
     pattern = StencilPattern(A, spec) if A.format in ("csr", "csc") else None
     return GridFactor(spec, V.astype(dtype, copy=False), pattern, chosen, factor_dtype)
 

@@ -1,21 +1,27 @@
-"""Grid structure: is a sparse matrix a 3x3-stencil operator on (some pixels of) a grid?
+"""Grid structure: is a sparse matrix a stencil operator on (some pixels of) a grid?
 
-A column-major (``order='F'``) H x W grid is the row-major W x H grid with the two axes swapped,
-so everything downstream (plan, engine) only knows row-major grids: :class:`GridSpec` keeps the
-user's description and the engine's ``(height, width)``.
+The engine knows one kind of matrix: a row-major grid whose nodes (``k`` per pixel) couple
+only to the nodes of the 3x3 neighbourhood of their pixel.  Everything else users bring is
+mapped onto it here, by a permutation of the unknowns (:attr:`GridSpec.nodes`) and nodes
+that are not unknowns (decoupled in the engine):
 
-A *masked* grid has unknowns on a subset of the pixels only (an irregular domain, the pixels a
-segmentation left unseeded): ``GridSpec.pixels`` gives the engine-grid pixel of each unknown
-(:mod:`._mask` finds it from the pattern when no one says).  The engine solves the whole grid,
-absent pixels being decoupled unknowns with zero right-hand side.
+* a column-major (``order='F'``) H x W grid is the row-major W x H grid;
+* a *masked* grid has unknowns on a subset of the pixels only (an irregular domain, the
+  pixels a segmentation left unseeded): ``GridSpec.pixels`` (:mod:`._mask` finds it from
+  the pattern when no one says);
+* ``components=k`` unknowns per pixel (optical flow's u and v, elasticity's displacement)
+  numbered pixel-major ``[u0, v0, u1, v1, ...]`` or component-major ``[u0, u1, ..., v0, ...]``;
+* a 5x5 stencil (``radius=2``: biharmonic, fourth-order differences) is a 3x3 stencil of
+  2x2 cells with 4 unknowns each, on a grid of half the size (odd sides: a half-empty cell).
 
-The stencil array ``V`` (H*W x 9) holds ``A[i, j]`` for pixel ``i`` and its neighbour ``j`` in
-slot ``(dr + 1) * 3 + (dc + 1)`` of the engine's grid; duplicate entries are summed, explicit
-zeros are ignored, rows of absent pixels are zero.
+The stencil array ``V`` (``H*W*k*k`` rows of 9 slots, see :mod:`._stencil`) holds the
+couplings on the engine's grid; duplicate entries are summed, explicit zeros are ignored,
+rows of nodes that are not unknowns are zero.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,9 +29,11 @@ import scipy.sparse as sp
 
 from ._errors import NotGridStructuredError
 from ._mask import embedding_fits, find_embedding
-from ._tuning import MASK_MIN_COVERAGE
+from ._tuning import DETECT_MAX_COMPONENTS, MASK_MIN_COVERAGE
 
 __all__ = ["GridSpec", "StencilPattern", "detect_grid", "grid_stencil"]
+
+NUMBERINGS = ("pixel", "component")
 
 
 @dataclass(frozen=True)
@@ -38,23 +46,50 @@ class GridSpec:
         ``(H, W)``: the grid has H rows and W columns of pixels.
     order : {'C', 'F'}
         ``'C'``: pixel (r, c) is number ``r * W + c``; ``'F'``: number ``c * H + r``.
-    stencil : {'5-point', '9-point'}
-        Whether any diagonal neighbour is coupled.
+    stencil : str
+        ``'5-point'`` or ``'9-point'`` (3x3), ``'13-point'`` or ``'25-point'`` (5x5): which
+        neighbours of a pixel are coupled.
     pixels : ndarray of int or None
-        Masked grids: the pixel number (in ``order``) of each unknown; None when every pixel
-        is an unknown, numbered as its pixel.
+        Masked grids: the pixel number (in ``order``) of each unknown pixel; None when every
+        pixel holds unknowns, numbered as its pixel.
+    components : int
+        Unknowns per pixel.
+    numbering : {'pixel', 'component'}
+        With several components: ``'pixel'``-major (the unknowns of a pixel are consecutive)
+        or ``'component'``-major (all pixels' first component, then the second, ...).
+    radius : {1, 2}
+        Stencil radius: 3x3 or 5x5 neighbourhoods.
     """
 
     shape: tuple
     order: str = "C"
     stencil: str = "9-point"
     pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
+    components: int = 1
+    numbering: str = "pixel"
+    radius: int = 1
 
     @property
     def engine_shape(self) -> tuple:
-        """Row-major ``(height, width)`` seen by the engine."""
-        h, w = self.shape
-        return (h, w) if self.order == "C" else (w, h)
+        """Row-major ``(height, width)`` of the engine's grid (of 2x2 cells for radius 2)."""
+        h, w = self.shape if self.order == "C" else self.shape[::-1]
+        return (h, w) if self.radius == 1 else (-(-h // 2), -(-w // 2))
+
+    @property
+    def engine_components(self) -> int:
+        """Nodes per pixel of the engine's grid."""
+        return self.components * (1 if self.radius == 1 else 4)
+
+    @property
+    def engine_dims(self) -> tuple:
+        """``(height, width, k)`` of the engine's grid, as :mod:`._stencil` takes it."""
+        return (*self.engine_shape, self.engine_components)
+
+    @property
+    def n_nodes(self) -> int:
+        """Nodes of the engine's grid (unknowns, and the absent ones it carries)."""
+        h, w, k = self.engine_dims
+        return h * w * k
 
     @property
     def n_pixels(self) -> int:
@@ -63,12 +98,27 @@ class GridSpec:
 
     @property
     def n_unknowns(self) -> int:
-        """Unknowns of the matrix: the present pixels."""
-        return self.n_pixels if self.pixels is None else len(self.pixels)
+        """Unknowns of the matrix."""
+        return self.components * (self.n_pixels if self.pixels is None else len(self.pixels))
 
     @property
     def masked(self) -> bool:
         return self.pixels is not None
+
+    @functools.cached_property
+    def nodes(self) -> np.ndarray | None:
+        """Engine node of every unknown, or None when unknown ``i`` is node ``i``."""
+        k = self.components
+        if not self.masked and self.radius == 1 and (k == 1 or self.numbering == "pixel"):
+            return None
+        q = np.arange(self.n_pixels) if self.pixels is None else self.pixels
+        if self.radius == 2:
+            width = self.shape[1] if self.order == "C" else self.shape[0]
+            r, c = np.divmod(q, width)
+            q = ((r // 2) * self.engine_shape[1] + c // 2) * 4 + (r % 2) * 2 + c % 2
+        comp = np.arange(k)
+        pairs = q[:, None] * k + comp[None, :] if self.numbering == "pixel" else q[None, :] * k + comp[:, None]
+        return pairs.reshape(-1)
 
     def __eq__(self, other):
         if not isinstance(other, GridSpec):
@@ -76,13 +126,30 @@ class GridSpec:
         same_mask = (self.pixels is None) == (other.pixels is None) and (
             self.pixels is None or np.array_equal(self.pixels, other.pixels)
         )
-        return (self.shape, self.order, self.stencil) == (other.shape, other.order, other.stencil) and same_mask
+        mine = (self.shape, self.order, self.stencil, self.components, self.numbering, self.radius)
+        theirs = (other.shape, other.order, other.stencil, other.components, other.numbering, other.radius)
+        return mine == theirs and same_mask
 
     def __str__(self) -> str:
         where = f"{self.shape[0]}x{self.shape[1]} grid"
         if self.masked:
-            where = f"{self.n_unknowns} of the {self.n_pixels} pixels of a {where}"
+            where = f"{len(self.pixels)} of the {self.n_pixels} pixels of a {where}"
+        if self.components > 1:
+            where = f"{where} with {self.components} unknowns per pixel ({self.numbering}-major)"
         return f"{where}, order={self.order!r}, {self.stencil} stencil"
+
+    def entry_slots(self, rows, cols):
+        """Row of ``V`` times 9 plus slot for every coupling ``(rows, cols)`` of unknowns, or
+        -1 where the two are not stencil neighbours on the engine's grid."""
+        nodes = self.nodes
+        if nodes is not None:
+            rows, cols = nodes[rows], nodes[cols]
+        h, w, k = self.engine_dims
+        (pr, a), (pc, b) = np.divmod(rows, k), np.divmod(cols, k)
+        ri, rj = _grid_row(pr, w), _grid_row(pc, w)
+        dr, dc = rj - ri, (pc - rj * w) - (pr - ri * w)
+        ok = (np.abs(dr) <= 1) & (np.abs(dc) <= 1)
+        return np.where(ok, ((pr * k + a) * k + b) * 9 + (dr + 1) * 3 + (dc + 1), -1)
 
 
 def _coo_parts(A):
@@ -103,37 +170,36 @@ def _grid_row(ids, width):
     return np.floor((ids + 0.5) / width).astype(np.int64)
 
 
-def _fits(rows, cols, width):
-    """Row/column offsets on a row-major grid of the given width, or None if not 3x3."""
+def _fits(rows, cols, width, radius=1):
+    """Row/column offsets on a row-major grid of the given width, or None if one exceeds
+    ``radius``."""
     ri = _grid_row(rows, width)
     rj = _grid_row(cols, width)
     dr = rj - ri
     dc = (cols - rj * width) - (rows - ri * width)
-    if dr.size and (np.abs(dr).max() > 1 or np.abs(dc).max() > 1):
+    if dr.size and (np.abs(dr).max() > radius or np.abs(dc).max() > radius):
         return None
     return dr, dc
 
 
-def _candidate_widths(rows, cols, n):
+def _candidate_widths(rows, cols, n, radius=1):
     """Row-major widths that could hold every coupling, cheapest grid first."""
     if rows.size == 0:
         return [n]
     reach = int(np.abs(cols - rows).max())
-    if reach <= 1:
-        return [n]  # a 1 x n strip holds any tridiagonal matrix and costs O(n)
-    widths = {w for w in (reach - 1, reach, reach + 1) if w >= 2 and n % w == 0}
+    if reach <= radius:
+        return [n]  # a 1 x n strip holds any band matrix of this half-width
+    # the farthest coupling is dr = 1 .. radius rows down and dc = -radius .. radius columns
+    # across: reach = dr * W + dc
+    widths = {(reach - dc) // dr for dr in range(1, radius + 1) for dc in range(-radius, radius + 1)
+              if (reach - dc) % dr == 0}  # fmt: skip
+    widths = {w for w in widths if w >= 2 and n % w == 0}
     # a thin grid is cheap to solve: cost grows like n * min(H, W)^2
     return sorted(widths, key=lambda w: (min(w, n // w), w))
 
 
-def _offsets(A, width):
-    rows, cols, vals = _coo_parts(A)
-    fit = _fits(rows.astype(np.int64), cols.astype(np.int64), width)
-    return rows, fit, vals
-
-
-def detect_grid(A, grid=None, order=None, *, pixels=None, mask=None):
-    """Find the H x W grid on which ``A`` is a 3x3-stencil operator.
+def detect_grid(A, grid=None, order=None, *, pixels=None, mask=None, components=None, numbering=None, radius=None):
+    """Find the H x W grid on which ``A`` is a stencil operator.
 
     Parameters
     ----------
@@ -144,18 +210,26 @@ def detect_grid(A, grid=None, order=None, *, pixels=None, mask=None):
     order : {'C', 'F'}, optional
         Numbering of the pixels; ``'C'`` (row-major) unless given.
     pixels : array_like of int, optional
-        With ``grid``: unknown ``i`` sits on pixel ``pixels[i]`` (numbered in ``order``); the
+        With ``grid``: unknown pixel ``i`` is pixel ``pixels[i]`` (numbered in ``order``); the
         others are not unknowns (a masked domain).
     mask : array_like of bool, shape (H, W), optional
         Instead of ``grid`` and ``pixels``: the unknowns are the ``True`` pixels, numbered in
         ``order`` (``np.flatnonzero(mask)`` for ``'C'``).
+    components : int, optional
+        Unknowns per pixel (found when omitted: 1, else 2 to 4).
+    numbering : {'pixel', 'component'}, optional
+        With several components: pixel-major or component-major numbering (found when
+        omitted).
+    radius : {1, 2}, optional
+        Stencil radius, 3x3 or 5x5 (found when omitted).
 
     Returns
     -------
     GridSpec or None
-        The grid, or ``None`` when ``A`` does not couple only 3x3 neighbourhoods on any grid
-        (or on the one given).  Without ``grid``, a masked grid numbered in row-major or
-        column-major order of its pixels is found from the pattern alone (``pixels`` set).
+        The grid, or ``None`` when ``A`` is not such an operator on any grid (or on the one
+        given).  Found from the pattern alone: full grids numbered row- or column-major (3x3
+        and 5x5 stencils, 1 to 4 unknowns per pixel in either numbering) and masked grids
+        numbered in raster order of their pixels (3x3 stencils, ``pixels`` set).
 
     Examples
     --------
@@ -165,23 +239,67 @@ def detect_grid(A, grid=None, order=None, *, pixels=None, mask=None):
     >>> L = sp.kronsum(T, T)          # 5-point Laplacian of a 4 x 4 grid
     >>> detect_grid(L).shape
     (4, 4)
+    >>> T = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(8, 8))
+    >>> L = sp.kronsum(T, T)
+    >>> detect_grid(L @ L).stencil              # the biharmonic: a 5x5 stencil
+    '13-point'
+    >>> detect_grid(sp.kron(L, [[2.0, 1.0], [1.0, 2.0]])).components   # 2 unknowns per pixel
+    2
     """
     try:
-        return _detect(A, grid, order, pixels, mask)[0]
+        return _detect(A, _Hints(grid, order, pixels, mask, components, numbering, radius))[0]
     except NotGridStructuredError:
         return None
 
 
-def _detect(A, grid, order, pixels=None, mask=None):
-    """(GridSpec, pixel of each entry's row, dr, dc, vals) or raise NotGridStructuredError."""
+@dataclass(frozen=True)
+class _Hints:
+    """What the caller said about the layout (None: find it)."""
+
+    grid: tuple | None = None
+    order: str | None = None
+    pixels: object = None
+    mask: object = None
+    components: int | None = None
+    numbering: str | None = None
+    radius: int | None = None
+
+    def check(self):
+        if self.order not in (None, "C", "F"):
+            raise ValueError(f"order must be 'C' or 'F', got {self.order!r}")
+        if self.numbering not in (None, *NUMBERINGS):
+            raise ValueError(f"numbering must be 'pixel' or 'component', got {self.numbering!r}")
+        if self.radius not in (None, 1, 2):
+            raise ValueError(f"radius must be 1 or 2, got {self.radius!r}")
+        if self.components is not None and (int(self.components) != self.components or self.components < 1):
+            raise ValueError(f"components must be a positive integer, got {self.components!r}")
+
+    def kinds(self, n):
+        """(components, numbering, radius) candidates in the order detection tries them."""
+        ks = [self.components] if self.components else [1, *range(2, DETECT_MAX_COMPONENTS + 1)]
+        out = []
+        for k in ks:
+            if n % k:
+                continue
+            numberings = ["pixel"] if k == 1 else ([self.numbering] if self.numbering else list(NUMBERINGS))
+            radii = [self.radius] if self.radius else ([1, 2] if k == 1 else [1])
+            out += [(k, nb, r) for r in radii for nb in numberings]
+        if self.components is None and self.radius is None:  # radius 2 after every 3x3 kind
+            out.sort(key=lambda kind: kind[2])
+        return out
+
+
+def _detect(A, hints):
+    """``(GridSpec, flat stencil index per entry, values)`` or raise NotGridStructuredError."""
+    hints.check()
     try:
-        return _detect_entries(A, grid, order, pixels, mask)
+        return _detect_entries(A, hints)
     except NotGridStructuredError:
         if not _may_hold_duplicates(A):
             raise
         # duplicates that cancel are a stored zero, wherever they sit: sum them and retry
         # (only on this rare path, since summing duplicates sorts every entry)
-        return _detect_entries(sp.csr_array(A.tocoo().tocsr()), grid, order, pixels, mask)
+        return _detect_entries(sp.csr_array(A.tocoo().tocsr()), hints)
 
 
 def _may_hold_duplicates(A) -> bool:
@@ -190,134 +308,182 @@ def _may_hold_duplicates(A) -> bool:
     return A.format in ("coo", "bsr")
 
 
-def _given_pixels(n, grid, order, pixels, mask):
+def _given_pixels(n, hints):
     """``(grid, pixels)`` from the caller's ``pixels`` or ``mask`` (validated)."""
-    if mask is not None:
-        if grid is not None or pixels is not None:
+    if hints.mask is not None:
+        if hints.grid is not None or hints.pixels is not None:
             raise ValueError("give either mask, or grid with pixels, not both")
-        mask = np.asarray(mask)
+        mask = np.asarray(hints.mask)
         if mask.ndim != 2 or mask.dtype != bool:
             raise ValueError(f"mask must be a 2-D boolean array, got {mask.dtype} {mask.shape}")
-        return mask.shape, np.flatnonzero(mask.ravel(order=order or "C"))
-    if grid is None:
+        return mask.shape, np.flatnonzero(mask.ravel(order=hints.order or "C"))
+    if hints.grid is None:
         raise ValueError("pixels needs grid=(H, W)")
-    pixels = np.asarray(pixels)
-    if pixels.shape != (n,) or pixels.dtype.kind not in "iu":
-        raise ValueError(f"pixels must be {n} integer pixel numbers, got {pixels.dtype} {pixels.shape}")
-    return grid, pixels.astype(np.int64)
+    pixels = np.asarray(hints.pixels)
+    if pixels.ndim != 1 or pixels.dtype.kind not in "iu" or n % max(len(pixels), 1):
+        raise ValueError(f"pixels must be {n} integer pixel numbers (or {n} / components), "
+                         f"got {pixels.dtype} {pixels.shape}")  # fmt: skip
+    return hints.grid, pixels.astype(np.int64)
 
 
-def _more_than_9_per_line(A) -> bool:
-    """Some row (CSR) or column (CSC) stores more than 9 nonzeros: no 3x3 stencil holds it.
-    A quick answer from ``indptr`` for the many matrices that are plainly not grids."""
+def _more_than_per_line(A, limit) -> bool:
+    """Some row (CSR) or column (CSC) stores more than ``limit`` nonzeros: no stencil of that
+    size holds it.  A quick answer from ``indptr`` for the many matrices that are plainly not
+    grids."""
     if A.format not in ("csr", "csc") or not A.has_canonical_format:
         return False
-    if np.diff(A.indptr).max(initial=0) <= 9:
+    if np.diff(A.indptr).max(initial=0) <= limit:
         return False
     return bool(A.data.all())  # (stored zeros are dropped by detection: count them out)
 
 
-def _detect_entries(A, grid, order, pixels, mask):
-    if order not in (None, "C", "F"):
-        raise ValueError(f"order must be 'C' or 'F', got {order!r}")
-    if sp.issparse(A) and A.ndim == 2 and A.shape[0] == A.shape[1] and _more_than_9_per_line(A):
-        raise NotGridStructuredError(
-            "A is not a 3x3-stencil operator: some row or column couples more than 9 unknowns")
+def _line_limit(kinds):
+    return max(9 * k if r == 1 else 25 for k, _, r in kinds)
+
+
+def _detect_entries(A, hints):
     rows, cols, vals = _coo_parts(A)
     rows = rows.astype(np.int64, copy=False)
     cols = cols.astype(np.int64, copy=False)
     n = A.shape[0]
     if n == 0:
         raise NotGridStructuredError("an empty matrix has no grid")
-    if pixels is not None or mask is not None:
-        grid, pixels = _given_pixels(n, grid, order, pixels, mask)
-        if len(pixels) != n:
+    given = hints.pixels is not None or hints.mask is not None
+    if given:
+        grid, pixels = _given_pixels(n, hints)
+        hints = _Hints(grid, hints.order, pixels, None, hints.components or n // max(len(pixels), 1),
+                       hints.numbering, hints.radius)  # fmt: skip
+        if hints.components * len(pixels) != n:
             raise ValueError(f"mask has {len(pixels)} pixels set, but A has {n} unknowns")
-        order = order or "C"
-        h, w = (int(v) for v in grid)
+    kinds = hints.kinds(n)
+    if hints.grid is not None and not given:
+        h, w = (int(v) for v in hints.grid)
+        kinds = [kind for kind in kinds if h >= 1 and w >= 1 and h * w * kind[0] == n]
+        if not kinds:
+            raise ValueError(f"grid {hints.grid} does not have {n} pixels (A has shape {A.shape})"
+                             + (f" with {hints.components} unknowns each" if hints.components else ""))
+    if not kinds:
+        raise ValueError(f"{n} unknowns are not a multiple of components={hints.components}")
+    if sp.issparse(A) and _more_than_per_line(A, _line_limit(kinds)):
+        raise NotGridStructuredError(
+            "A is not a stencil operator on a grid: some row or column couples more unknowns "
+            "than any stencil we solve holds")  # fmt: skip
+    failure = None
+    for k, numbering, radius in kinds:
+        try:
+            return _detect_kind(rows, cols, vals, n, hints, k, numbering, radius)
+        except NotGridStructuredError as exc:
+            failure = failure or exc  # the plainest kind's reason is the clearest
+    raise failure
+
+
+def _pixel_couplings(rows, cols, n, k, numbering):
+    """The pixels each coupling joins, for ``k`` unknowns per pixel in ``numbering``."""
+    if k == 1:
+        return rows, cols
+    if numbering == "pixel":
+        return rows // k, cols // k
+    m = n // k
+    return rows % m, cols % m
+
+
+def _stencil_name(dr, dc, radius):
+    if radius == 1:
+        return "9-point" if bool(np.any((dr != 0) & (dc != 0))) else "5-point"
+    return "25-point" if bool(np.any(np.abs(dr) + np.abs(dc) > 2)) else "13-point"
+
+
+def _detect_kind(rows, cols, vals, n, hints, k, numbering, radius):
+    """Detection for one kind of layout: raise NotGridStructuredError if it does not fit."""
+    pr, pc = _pixel_couplings(rows, cols, n, k, numbering)
+    m = n // k
+    what = "a 3x3-stencil" if radius == 1 else "a 5x5-stencil"
+    if k > 1:
+        what += f" ({k} unknowns per pixel, {numbering}-major)"
+    if hints.pixels is not None:
+        order = hints.order or "C"
+        h, w = (int(v) for v in hints.grid)
         eh, ew = (h, w) if order == "C" else (w, h)  # a column-major number is row-major on W x H
-        if not embedding_fits(rows, cols, eh, ew, pixels):
+        if not embedding_fits(pr, pc, eh, ew, hints.pixels, radius):
             raise NotGridStructuredError(
                 f"the pixels given are not distinct pixels of the {h}x{w} grid with every "
-                f"coupling of A between 3x3 neighbours (order={order!r})"
+                f"coupling of A between {'3x3' if radius == 1 else '5x5'} neighbours (order={order!r})"
             )
-        return _masked_spec((h, w), order, pixels, rows, cols, vals)
-    if grid is not None:
-        h, w = (int(v) for v in grid)
-        if h < 1 or w < 1 or h * w != n:
-            raise ValueError(f"grid {grid} does not have {n} pixels (A has shape {A.shape})")
-        order = order or "C"
-        width = w if order == "C" else h
-        fit = _fits(rows, cols, width)
-        if fit is None:
+        return _finish((h, w), order, hints.pixels, k, numbering, radius, rows, cols, vals, pr, pc)
+    if hints.grid is not None:
+        h, w = (int(v) for v in hints.grid)
+        order = hints.order or "C"
+        if _fits(pr, pc, w if order == "C" else h, radius) is None:
             raise NotGridStructuredError(
-                f"A couples pixels that are not 3x3 neighbours on the {h}x{w} grid "
-                f"(order={order!r})"
+                f"A is not {what} operator on the {h}x{w} grid (order={order!r})"
             )
-        spec_shape = (h, w)
-    else:
-        fit = None
-        for width in _candidate_widths(rows, cols, n):
-            fit = _fits(rows, cols, width)
-            if fit is not None:
-                break
+        return _finish((h, w), order, None, k, numbering, radius, rows, cols, vals, pr, pc)
+    for width in _candidate_widths(pr, pc, m, radius):
+        fit = _fits(pr, pc, width, radius)
         if fit is None:
-            return _found_mask(rows, cols, vals, n)
+            continue
         # column-major numbering of H x W is row-major W x H: report the user's order
-        spec_shape = (n // width, width) if order != "F" else (width, n // width)
-        order = order or "C"
-    dr, dc = fit
-    return _spec(spec_shape, order, None, dr, dc), rows, dr, dc, vals
+        shape = (m // width, width) if hints.order != "F" else (width, m // width)
+        order = hints.order or "C"
+        if k == 1 and radius == 1:  # the common case: the offsets are at hand
+            dr, dc = fit
+            spec = GridSpec(shape, order, _stencil_name(dr, dc, 1))
+            return spec, rows * 9 + (dr + 1) * 3 + (dc + 1), vals
+        return _finish(shape, order, None, k, numbering, radius, rows, cols, vals, pr, pc)
+    if radius == 1 and (k == 1 or hints.components):
+        # masked grids (3x3, found for one unknown per pixel; several when the caller says)
+        found = find_embedding(*_unique_pairs(pr, pc, m, k), m)
+        if found is not None and embedding_fits(pr, pc, *found):
+            h, w, pixels = found
+            return _finish((h, w), "C", pixels, k, numbering, 1, rows, cols, vals, pr, pc)
+    raise NotGridStructuredError(
+        f"A is not {what} operator on any grid, nor on a masked grid found from its pattern "
+        f"that its unknowns cover at least {MASK_MIN_COVERAGE:.0%} of (pass grid= with "
+        "pixels= or mask= to use a sparser embedding)"
+    )
 
 
-def _spec(shape, order, pixels, dr, dc):
-    diagonal = bool(np.any((dr != 0) & (dc != 0)))
-    return GridSpec(tuple(shape), order, "9-point" if diagonal else "5-point", pixels)
+def _unique_pairs(pr, pc, m, k):
+    if k == 1:
+        return pr, pc
+    key = np.unique(pr * m + pc)
+    return np.divmod(key, m)
 
 
-def _masked_spec(shape, order, pixels, rows, cols, vals):
-    h, w = shape
-    width = w if order == "C" else h
-    pr, pc = np.divmod(pixels, width)
-    dr = pr[cols] - pr[rows]
-    dc = pc[cols] - pc[rows]
-    return _spec(shape, order, pixels, dr, dc), pixels[rows], dr, dc, vals
+def _finish(shape, order, pixels, k, numbering, radius, rows, cols, vals, pr, pc):
+    """GridSpec of a layout that fits, with every entry's stencil index."""
+    width = shape[1] if order == "C" else shape[0]
+    a, b = (pr, pc) if pixels is None else (pixels[pr], pixels[pc])
+    ra, rb = _grid_row(a, width), _grid_row(b, width)
+    dr, dc = rb - ra, (b - rb * width) - (a - ra * width)
+    spec = GridSpec(tuple(shape), order, _stencil_name(dr, dc, radius), pixels, k, numbering, radius)
+    flat = spec.entry_slots(rows, cols)
+    if np.any(flat < 0):  # a planning bug, never user input: the layout was checked
+        raise AssertionError("a checked coupling is not a stencil neighbour")
+    return spec, flat, vals
 
 
-def _found_mask(rows, cols, vals, n):
-    """Detection of a masked grid from the pattern (no full grid holds ``A``)."""
-    found = find_embedding(rows, cols, n)
-    if found is None or not embedding_fits(rows, cols, *found):
-        raise NotGridStructuredError(
-            "A is not a 3x3-stencil operator on any grid, nor on a masked grid found from its "
-            f"pattern that its unknowns cover at least {MASK_MIN_COVERAGE:.0%} of (pass grid= "
-            "with pixels= or mask= to use a sparser embedding)"
-        )
-    h, w, pixels = found
-    return _masked_spec((h, w), "C", pixels, rows, cols, vals)
-
-
-def grid_stencil(A, grid=None, order=None, *, pixels=None, mask=None):
-    """Detect (or check) the grid and return ``(GridSpec, V)`` with ``V`` of shape (H*W, 9).
+def grid_stencil(A, grid=None, order=None, *, pixels=None, mask=None, components=None, numbering=None, radius=None):
+    """Detect (or check) the grid and return ``(GridSpec, V)``, ``V`` the engine's stencil
+    array (see :mod:`._stencil`).
 
     Raises
     ------
     NotGridStructuredError
-        If ``A`` is not a 3x3-stencil operator on the grid (given or any).
+        If ``A`` is not a stencil operator on the grid (given or any).
     """
-    spec, pixel_rows, dr, dc, vals = _detect(A, grid, order, pixels, mask)
-    slot = (dr + 1) * 3 + (dc + 1)
-    return spec, _bincount_stencil(pixel_rows * 9 + slot, vals, spec.n_pixels)
+    spec, flat, vals = _detect(A, _Hints(grid, order, pixels, mask, components, numbering, radius))
+    return spec, _bincount_stencil(flat, vals, spec.n_nodes * spec.engine_components)
 
 
-def _bincount_stencil(flat, vals, n_pixels):
+def _bincount_stencil(flat, vals, n_rows):
     """Sum ``vals`` into the flat stencil slots ``flat``: one vectorized pass (in float64,
     then rounded once), duplicates summed."""
     dtype = np.result_type(vals.dtype, np.float32)
-    V = np.bincount(flat, weights=vals.real, minlength=n_pixels * 9)
+    V = np.bincount(flat, weights=vals.real, minlength=n_rows * 9)
     if np.iscomplexobj(vals):
-        V = V + 1j * np.bincount(flat, weights=vals.imag, minlength=n_pixels * 9)
-    return V.astype(dtype, copy=False).reshape(n_pixels, 9)
+        V = V + 1j * np.bincount(flat, weights=vals.imag, minlength=n_rows * 9)
+    return V.astype(dtype, copy=False).reshape(n_rows, 9)
 
 
 class StencilPattern:
@@ -332,9 +498,7 @@ class StencilPattern:
         self.shape = A.shape
         self.indptr = A.indptr.copy()
         self.indices = A.indices.copy()
-        self.width = spec.engine_shape[1]
-        self.n_pixels = spec.n_pixels
-        self.pixels = spec.pixels
+        self.spec = spec
         self._flat = None  # computed on the first refactorization, not at factorize time
 
     @property
@@ -344,12 +508,7 @@ class StencilPattern:
             major = np.repeat(np.arange(self.shape[0], dtype=np.int64), np.diff(self.indptr))
             minor = self.indices.astype(np.int64)
             rows, cols = (major, minor) if self.format == "csr" else (minor, major)
-            if self.pixels is not None:
-                rows, cols = self.pixels[rows], self.pixels[cols]
-            ri, rj = _grid_row(rows, self.width), _grid_row(cols, self.width)
-            dr, dc = rj - ri, (cols - rj * self.width) - (rows - ri * self.width)
-            ok = (np.abs(dr) <= 1) & (np.abs(dc) <= 1)
-            self._flat = np.where(ok, rows * 9 + (dr + 1) * 3 + (dc + 1), -1)
+            self._flat = self.spec.entry_slots(rows, cols)
         return self._flat
 
     def matches(self, A) -> bool:
@@ -367,4 +526,4 @@ class StencilPattern:
         off = self.flat < 0
         if off.any() and np.any(data[off] != 0):
             return None
-        return _bincount_stencil(self.flat[~off], data[~off], self.n_pixels)
+        return _bincount_stencil(self.flat[~off], data[~off], self.spec.n_nodes * self.spec.engine_components)

@@ -176,14 +176,15 @@ def find_embedding(rows, cols, n):
     return height, width, r * width + c
 
 
-def embedding_fits(rows, cols, height, width, pixels) -> bool:
-    """No two unknowns on one pixel, and every coupling joins 3x3 neighbours."""
+def embedding_fits(rows, cols, height, width, pixels, radius=1) -> bool:
+    """No two unknowns on one pixel, and every coupling joins neighbours at most ``radius``
+    rows and columns apart."""
     if pixels.min() < 0 or pixels.max() >= height * width:
         return False
     if np.bincount(pixels, minlength=height * width).max() > 1:
         return False
     pr, pc = np.divmod(pixels, width)
     return bool(
-        np.abs(pr[cols] - pr[rows]).max(initial=0) <= 1
-        and np.abs(pc[cols] - pc[rows]).max(initial=0) <= 1
+        np.abs(pr[cols] - pr[rows]).max(initial=0) <= radius
+        and np.abs(pc[cols] - pc[rows]).max(initial=0) <= radius
     )

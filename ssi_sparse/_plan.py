@@ -11,7 +11,9 @@ numeric engine.  Arbitrary H, W are handled by halving cell ranges unevenly (siz
 most one cell per axis within a level), so there is no padding and no wasted work; a level has
 at most 2 x 2 sizes x 9 positions = 36 classes, in practice far fewer.
 
-All node ids here are row-major (``r * W + c``) on the engine's grid.
+All node ids here are row-major (``r * W + c``) on the engine's grid.  A grid with ``k``
+unknowns per pixel (a block stencil) has the same tree with every pixel expanded into ``k``
+consecutive nodes (``pixel * k + component``): :func:`build_plan` with ``components=k``.
 """
 
 from __future__ import annotations
@@ -98,11 +100,14 @@ class Plan:
     order: np.ndarray
     #: inverse of ``order``: x = take(u_in_elimination_order, inverse_order).
     inverse_order: np.ndarray
+    #: Unknowns per pixel: node ``pixel * components + c``.
+    components: int = 1
     _device_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def n(self) -> int:
-        return self.height * self.width
+        """Nodes (unknowns) of the grid."""
+        return self.height * self.width * self.components
 
     def device(self, xp):
         """``to_xp(array)``: the plan's index arrays in namespace ``xp``, converted once.
@@ -335,8 +340,15 @@ def _box_order(seg_levels, axes, classified):
 
 
 @functools.lru_cache(maxsize=16)
-def build_plan(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS) -> Plan:
-    """Build (once per shape, cached) the box tree and index maps of a row-major grid."""
+def build_plan(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS, components: int = 1) -> Plan:
+    """Build (once per shape, cached) the box tree and index maps of a row-major grid.
+
+    ``components``: unknowns per pixel (block stencils); the scalar plan's maps expanded.
+    """
+    if components < 1:
+        raise ValueError(f"components must be positive, got {components}")
+    if components > 1:
+        return _expand_plan(build_plan(height, width, leaf_cells), components)
     if height < 1 or width < 1:
         raise ValueError(f"grid shape must be positive, got {height}x{width}")
     if leaf_cells < 2:
@@ -456,3 +468,77 @@ def _link_down_sweep(child_level: Level, parent_level: Level) -> None:
         if sum(parent_level.classes[pi].n_boxes for _, pi, _ in sources) != cls.n_boxes:
             raise AssertionError("a box has no parent in plan")
         child_level.boundary_sources.append([(pi, role) for _, pi, role in sources])
+
+
+def _expand_nodes(ids: np.ndarray, k: int) -> np.ndarray:
+    """Ids (any shape, last axis a list) of pixels -> their ``k`` nodes each, pixel-major."""
+    out = ids[..., :, None] * k + np.arange(k)
+    return out.reshape(ids.shape[:-1] + (ids.shape[-1] * k,))
+
+
+def _expand_runs(runs: np.ndarray, k: int) -> np.ndarray:
+    return runs * k  # a run of pixels is a run of their nodes: starts and lengths scale
+
+
+def _expand_flat(flat: np.ndarray, f: int, child_f: int, k: int) -> np.ndarray | None:
+    """Flat gather (f x f entries into the child's f_c x f_c frontal, 0 = no contribution)
+    for the expanded frontals, or None where the expanded frontal is too wide for it."""
+    if f * k > FLAT_GATHER_MAX_FRONT:
+        return None
+    g1, g2 = np.divmod(flat.reshape(f, f), child_f)
+    a = np.arange(k)
+    rows = (g1[:, None, :, None] * k + a[None, :, None, None]) * (child_f * k)
+    cols = g2[:, None, :, None] * k + a[None, None, None, :]
+    out = np.where((flat.reshape(f, f) != 0)[:, None, :, None], rows + cols, 0)
+    return out.reshape(-1)
+
+
+def _expand_template(template: np.ndarray, n_local: int, k: int) -> np.ndarray:
+    """Leaf template into ``(n_local + 1) * 9`` -> into the expanded closed nodes' rows:
+    entry (i k + a, j k + b) reads row ``local * k^2 + a k + b`` (slot unchanged)."""
+    f = template.shape[0]
+    local, slot = np.divmod(template, 9)
+    a = np.arange(k)
+    row = local[:, None, :, None] * (k * k) + a[None, :, None, None] * k + a[None, None, None, :]
+    out = np.where((template == n_local * 9)[:, None, :, None], n_local * k * k * 9, row * 9 + slot[:, None, :, None])
+    return out.reshape(f * k, f * k)
+
+
+def _expand_plan(plan: Plan, k: int) -> Plan:
+    """The plan of the same grid with ``k`` nodes per pixel.
+
+    The engine's stencil rows become ``pixel * k^2 + a * k + b`` (the coupling of component
+    ``a`` of a pixel to component ``b`` of its neighbour, 9 slots each), so leaves gather
+    ``k^2`` rows per closed node; the zero node stays one row, the last.
+    """
+    n_pixels = plan.height * plan.width
+    levels = []
+    for k_level, level in enumerate(plan.levels):
+        classes = []
+        for c in level.classes:
+            new = BoxClass(n_elim=c.n_elim * k, n_boundary=c.n_boundary * k,
+                           eliminated=_expand_nodes(c.eliminated, k))  # fmt: skip
+            if c.closed_nodes is not None:
+                n_local = c.closed_nodes.shape[1] - 1
+                rows = _expand_nodes(c.closed_nodes, k * k)
+                new.closed_nodes = np.where(rows >= n_pixels * k * k, n_pixels * k * k, rows)
+                new.leaf_template = _expand_template(c.leaf_template, n_local, k)
+            if c.children:
+                child_classes = plan.levels[k_level - 1].classes
+                new.children = tuple(
+                    ChildLink(
+                        link.cls,
+                        link.rows,
+                        _expand_runs(link.runs, k),
+                        _expand_nodes(link.boundary_pos, k),
+                        None if link.flat is None
+                        else _expand_flat(link.flat, c.n_front, child_classes[link.cls].n_front, k),
+                    )
+                    for link in c.children
+                )
+            classes.append(new)
+        levels.append(Level(classes, level.boundary_sources))
+    order = _expand_nodes(plan.order, k)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return Plan(plan.height, plan.width, plan.leaf_cells, levels, order, inverse, components=k)

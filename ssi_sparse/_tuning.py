@@ -47,6 +47,9 @@ MASK_MIN_COVERAGE = 0.5
 #: ... and has at most this many separate components (each is placed on the grid by a loop).
 MASK_MAX_COMPONENTS = 4096
 
+#: Detection without a hint tries 1, then 2 .. this many unknowns per pixel (both numberings).
+DETECT_MAX_COMPONENTS = 4
+
 KERNELS = ("dense", "native", "portable")
 
 

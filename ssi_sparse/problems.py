@@ -19,6 +19,7 @@ from ._stencil import stencil_to_csr
 __all__ = [
     "diffusion_2d", "random_spd_9pt", "convection_diffusion_2d", "helmholtz_2d",
     "blob_mask", "ring_mask", "masked_laplacian",
+    "horn_schunck", "elasticity_2d", "biharmonic_2d", "block_stencil_random",
 ]
 
 
@@ -148,3 +149,188 @@ def masked_laplacian(mask):
     n = int(mask.sum())
     off = sp.coo_array((-np.ones(rows.size), (rows, cols)), shape=(n, n))
     return sp.csr_matrix(off + 4.0 * sp.eye_array(n))
+
+
+# --- several unknowns per pixel -------------------------------------------------------------
+#
+# "pixel" numbering: node ``p * k + a`` is component ``a`` of pixel ``p = r * w + c`` (the
+# components of a pixel are consecutive); "component" numbering: node ``a * h * w + p`` (all of
+# component 0, then all of component 1, ...).  The second is the symmetric permutation
+# ``A[perm][:, perm]`` of the first, with ``perm`` from :func:`_component_order`.
+
+
+def _component_order(n_pixels, k):
+    """``perm[a * n_pixels + p] = p * k + a``: the pixel-numbered node of each component one."""
+    return np.arange(n_pixels * k).reshape(n_pixels, k).T.ravel()
+
+
+def _renumber(A, k, numbering):
+    """``A`` (pixel numbering, k unknowns per pixel) in ``numbering``, as canonical CSR."""
+    if numbering not in ("pixel", "component"):
+        raise ValueError(f"numbering must be 'pixel' or 'component', got {numbering!r}")
+    A = sp.csr_array(A)
+    if numbering == "component":
+        perm = _component_order(A.shape[0] // k, k)
+        A = A[perm][:, perm]
+    A.sum_duplicates()  # sorted indices, no duplicates
+    return A
+
+
+def _block_stencil_csr(B):
+    """Pixel-numbered CSR of the block stencil ``B`` (h, w, k, k, 9): ``B[r, c, a, b, slot]``
+    couples component ``a`` of pixel (r, c) to component ``b`` of its neighbour at
+    ``STENCIL_OFFSETS[slot]``; couplings that leave the grid are dropped (Dirichlet)."""
+    h, w, k = B.shape[:3]
+    return stencil_to_csr(np.reshape(B, (h * w * k * k, 9)), (h, w, k))
+
+
+def _derivative(I, axis):
+    """Central differences along ``axis`` (one-sided at the ends), zero on an axis of length 1."""
+    return np.gradient(I, axis=axis) if I.shape[axis] > 1 else np.zeros_like(I)
+
+
+def horn_schunck(I0, I1, alpha=0.05, numbering="pixel"):
+    """Horn-Schunck optical flow: the normal equations ``A x = b`` for the flow (u, v) from
+    grey image ``I0`` to ``I1``, two unknowns per pixel.
+
+    Minimises ``sum (Ix u + Iy v + It)^2 + alpha^2 (u^T L u + v^T L v)`` with ``L`` the 5-point
+    Neumann graph Laplacian (``diffusion_2d(h, w, neumann=True)``), ``Ix``, ``Iy`` the central
+    differences (:func:`numpy.gradient`, x along columns, y along rows) averaged over the two
+    frames and ``It = I1 - I0``.  Per pixel ``A`` holds ``[[Ix^2 + alpha^2 L, Ix Iy],
+    [Ix Iy, Iy^2 + alpha^2 L]]``; ``1e-6 alpha^2 I`` is added so that it is symmetric positive
+    definite even where the images are flat.  ``b = -(Ix It, Iy It)``.
+
+    Parameters
+    ----------
+    I0, I1 : array (h, w)
+        The two frames (grey levels; ``alpha`` is in their units, so for images in [0, 1]
+        values of 0.01 to 0.1 are usual).
+    alpha : float
+        Smoothness weight, positive.
+    numbering : {"pixel", "component"}
+        ``"pixel"``: unknowns ``[u0, v0, u1, v1, ...]`` (pixels row-major);
+        ``"component"``: ``[u0, u1, ..., v0, v1, ...]``.  Applies to ``A`` and ``b``.
+
+    Returns
+    -------
+    A : csr_array (2 h w, 2 h w), float64
+    b : ndarray (2 h w,)
+
+    >>> import numpy as np
+    >>> from scipy.sparse.linalg import spsolve
+    >>> from ssi_sparse.problems import horn_schunck
+    >>> y, x = np.mgrid[:32, :40] / 8.0
+    >>> I0 = np.sin(x) * np.cos(y)
+    >>> I1 = np.sin(x - 0.1) * np.cos(y)         # the pattern moved 0.8 pixel right
+    >>> A, b = horn_schunck(I0, I1, alpha=0.1)
+    >>> u, v = spsolve(A, b).reshape(32, 40, 2).transpose(2, 0, 1)
+    >>> bool(abs(np.median(u) - 0.8) < 0.1)
+    True
+    """
+    I0 = np.asarray(I0, dtype=np.float64)
+    I1 = np.asarray(I1, dtype=np.float64)
+    if I0.ndim != 2 or I0.shape != I1.shape:
+        raise ValueError(f"I0 and I1 must be 2-D of one shape, got {I0.shape} and {I1.shape}")
+    if not alpha > 0:
+        raise ValueError(f"alpha must be positive, got {alpha}")
+    h, w = I0.shape
+    Ix = 0.5 * (_derivative(I0, 1) + _derivative(I1, 1))
+    Iy = 0.5 * (_derivative(I0, 0) + _derivative(I1, 0))
+    It = I1 - I0
+    a2 = float(alpha) ** 2
+    B = np.zeros((h, w, 2, 2, 9))
+    B[..., 4] = np.stack([Ix * Ix, Ix * Iy, Ix * Iy, Iy * Iy], axis=-1).reshape(h, w, 2, 2)
+    B[..., 4] += 1e-6 * a2 * np.eye(2)
+    smooth = sp.kron(diffusion_2d(h, w, neumann=True), a2 * sp.identity(2))
+    A = _block_stencil_csr(B) + smooth
+    b = -np.stack([Ix * It, Iy * It], axis=-1).reshape(h * w, 2)
+    b = (b.T if numbering == "component" else b).ravel()
+    return _renumber(A, 2, numbering), b
+
+
+def elasticity_2d(h, w, lam=1.0, mu=1.0, numbering="pixel"):
+    """2-D linear elasticity (plane strain), ``-div sigma(u)`` for the displacement
+    (ux, uy) at every pixel of an h x w grid, unit spacing, ``u = 0`` outside the grid.
+
+    ``sigma = lam tr(eps) I + 2 mu eps``: ``-(lam + 2 mu) ux_xx - mu ux_yy - (lam + mu) uy_xy``
+    and the same with x and y swapped, collocated second differences, the mixed derivative
+    ``d^2/dxdy`` from the 4 diagonal neighbours (``/4``); x runs along columns, y along rows.
+    A 3 x 3 stencil of 2 x 2 blocks, symmetric positive definite for ``mu > 0`` and
+    ``lam + mu >= 0``.
+
+    ``numbering`` as for :func:`horn_schunck` (``"pixel"``: ``[ux0, uy0, ux1, ...]``).
+
+    >>> from ssi_sparse.problems import elasticity_2d
+    >>> A = elasticity_2d(5, 7, lam=2.0)
+    >>> A.shape, bool(abs(A - A.T).max() == 0)
+    ((70, 70), True)
+    """
+    c = lam + 2 * mu
+    S = np.zeros((2, 2, 9))
+    for slot, (dr, dc) in enumerate(STENCIL_OFFSETS.tolist()):
+        if dr == dc == 0:
+            S[..., slot] = 2 * (c + mu) * np.eye(2)
+        elif dr == 0:  # x neighbours: ux_xx weighs lam + 2 mu, uy_xx mu
+            S[..., slot] = -np.diag([c, mu])
+        elif dc == 0:  # y neighbours
+            S[..., slot] = -np.diag([mu, c])
+        else:  # -(lam + mu) d^2/dxdy couples ux to uy: -1/4 on the (1, 1) diagonal, +1/4 across
+            S[..., slot] = -dr * dc * (lam + mu) / 4 * (1 - np.eye(2))
+    B = np.broadcast_to(S, (h, w, 2, 2, 9))
+    return _renumber(_block_stencil_csr(B), 2, numbering)
+
+
+def biharmonic_2d(h, w, dirichlet=True):
+    """13-point biharmonic operator on an h x w grid (row-major): ``L @ L`` with ``L`` the
+    5-point Laplacian of :func:`diffusion_2d`.
+
+    In the interior the stencil is 20 at the centre, -8 at the 4 axis neighbours, 2 at the
+    4 diagonal ones and 1 two pixels away along the axes.  With ``dirichlet`` (``L`` with
+    ``u = 0`` outside, the "simply supported plate" boundary ``u = lap u = 0``) it is
+    symmetric positive definite; otherwise ``L`` is the Neumann Laplacian and the result is
+    symmetric positive semidefinite with the constants as null space (singular).
+
+    >>> from ssi_sparse.problems import biharmonic_2d
+    >>> A = biharmonic_2d(9, 9)
+    >>> int(A[40, 40]), int(A[40].nnz)
+    (20, 13)
+    """
+    L = diffusion_2d(h, w, neumann=not dirichlet)
+    return _renumber(L @ L, 1, "pixel")
+
+
+def block_stencil_random(h, w, k, seed=0, hermitian=True, dtype=np.float64, numbering="pixel"):
+    """Random operator with k unknowns per pixel coupled to the 9 neighbours by full k x k blocks.
+
+    Entries are standard normal (real and imaginary parts for complex ``dtype``); with
+    ``hermitian`` the matrix is replaced by ``(A + A^H) / 2``.  The diagonal is then set to
+    1 + the row's off-diagonal absolute sum: strictly diagonally dominant, hence nonsingular,
+    and (Hermitian) positive definite when ``hermitian``; general nonsymmetric otherwise.
+
+    Parameters
+    ----------
+    dtype : float32, float64, complex64 or complex128
+        Built in double precision, rounded at the end (a Hermitian matrix stays exactly so).
+    numbering : {"pixel", "component"}
+        As for :func:`horn_schunck`: node ``p * k + a`` or ``a * h * w + p``.
+
+    >>> import numpy as np
+    >>> from ssi_sparse.problems import block_stencil_random
+    >>> A = block_stencil_random(6, 5, 3, dtype=np.complex64)
+    >>> A.shape, A.dtype, bool(abs(A - A.conj().T).max() == 0)
+    ((90, 90), dtype('complex64'), True)
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "fc":
+        raise ValueError(f"dtype must be a real or complex floating type, got {dtype}")
+    rng = np.random.default_rng(seed)
+    B = rng.standard_normal((h, w, k, k, 9))
+    if dtype.kind == "c":
+        B = B + 1j * rng.standard_normal(B.shape)
+    A = _block_stencil_csr(B)
+    if hermitian:
+        A = (A + A.conj().T) / 2
+    A = sp.csr_array(A)
+    diagonal = A.diagonal()
+    A.setdiag(1 + abs(A).sum(axis=1) - abs(diagonal))
+    return _renumber(A.astype(dtype), k, numbering)

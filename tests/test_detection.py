@@ -96,7 +96,8 @@ def test_invalid_order_argument():
 @pytest.mark.parametrize("nine_point", [False, True])
 @pytest.mark.parametrize("H,W", [(6, 7), (8, 5), (20, 20)])
 @pytest.mark.parametrize("where", ["row+2", "row-2", "col+2", "col-2", "knight"])
-def test_one_entry_two_pixels_away_is_rejected(H, W, nine_point, where):
+def test_one_entry_two_pixels_away_makes_a_5x5_stencil(H, W, nine_point, where):
+    """Not a 3x3 operator any more, but a 5x5 one: found as such and solved."""
     rng = np.random.default_rng(0)
     A = stencil_matrix(H, W, rng, "nonsym", "d", nine_point=nine_point)
     assert detect_grid(A, grid=(H, W)) is not None
@@ -105,25 +106,60 @@ def test_one_entry_two_pixels_away_is_rejected(H, W, nine_point, where):
               "knight": (2, 1)}[where]
     i, j = grid_index(r, c, H, W), grid_index(r + dr, c + dc, H, W)
     B = _with_entry(A, i, j)
-    assert detect_grid(B) is None
+    # (components=1: a small grid can also be read as a few pixels of 4 unknowns each)
+    assert detect_grid(B, radius=1, components=1) is None
+    assert detect_grid(B, grid=(H, W), radius=1) is None
+    with pytest.raises(NotGridStructuredError):
+        factorize(B, radius=1, components=1)
+    with pytest.raises(NotGridStructuredError):
+        factorize(B, grid=(H, W), radius=1)
+    spec = detect_grid(B, components=1)
+    assert spec is not None and spec.radius == 2 and spec.shape == (H, W)
+    assert spec.stencil == ("25-point" if where == "knight" else "13-point")
+    b = random_rhs(rng, H * W, None, "d")
+    for lu in (factorize(B, components=1), factorize(B)):  # (unhinted: maybe pixel pairs)
+        np.testing.assert_allclose(lu.solve(b), reference_solve(B, b), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("H,W", [(6, 7), (8, 5), (20, 20)])
+@pytest.mark.parametrize("dr,dc", [(0, 3), (3, 0), (0, -3), (3, 1), (1, 3), (-3, -3)])
+def test_one_entry_three_pixels_away_is_rejected(H, W, dr, dc):
+    rng = np.random.default_rng(0)
+    A = stencil_matrix(H, W, rng, "nonsym", "d", nine_point=True)
+    r, c = max(0, -dr), max(0, -dc)  # both pixels on the grid
+    i, j = grid_index(r, c, H, W), grid_index(r + dr, c + dc, H, W)
+    B = _with_entry(A, i, j)
+    assert detect_grid(B, components=1) is None
     assert detect_grid(B, grid=(H, W)) is None
     with pytest.raises(NotGridStructuredError):
-        factorize(B)
+        factorize(B, components=1)
     with pytest.raises(NotGridStructuredError):
         factorize(B, grid=(H, W))
     # NotGridStructuredError is a ValueError
     with pytest.raises(ValueError):
-        factorize(B)
+        factorize(B, components=1)
+    _found_or_refused_never_wrong(B, rng)
 
 
-def test_coupling_two_grid_rows_away_is_rejected():
+def _found_or_refused_never_wrong(B, rng):
+    """Without hints a small matrix may fit a layout of several unknowns per pixel (pixels
+    pairs hold one far coupling): then it must be a true layout and solve right."""
+    spec = detect_grid(B)
+    if spec is not None:
+        assert spec.components > 1
+        b = random_rhs(rng, B.shape[0], None, "d")
+        np.testing.assert_allclose(factorize(B).solve(b), reference_solve(B, b), rtol=1e-9, atol=1e-12)
+
+
+def test_coupling_three_grid_rows_away_is_rejected():
     H, W = 9, 6
     A = laplacian_5pt(H, W)
     i = 3 * W + 2
-    B = _with_entry(A, i, i + 2 * W)
-    assert detect_grid(B) is None
+    B = _with_entry(A, i, i + 3 * W)
+    assert detect_grid(B, components=1) is None
     with pytest.raises(NotGridStructuredError):
-        factorize(B)
+        factorize(B, components=1)
+    _found_or_refused_never_wrong(B, np.random.default_rng(0))
 
 
 def test_random_permutation_is_not_detected():

@@ -37,19 +37,25 @@ def masked_matrix(mask, rng, kind, dtype, order="C", nine_point=False):
 
 
 def assert_embedding_is_valid(A, spec):
-    """Independent check of an accepted embedding: distinct pixels inside the grid, every
-    stored coupling between 3x3 neighbours (so ``A`` really is a masked-grid operator)."""
+    """Independent check of an accepted layout: distinct (pixel, component) pairs inside the
+    grid, every stored coupling between pixels at most ``spec.radius`` apart (so ``A`` really
+    is a stencil operator on that layout)."""
     H, W = spec.shape
     width = W if spec.order == "C" else H
+    n, k = A.shape[0], spec.components
+    m = n // k
+    i = np.arange(n)
+    pixel_no, comp = (i // k, i % k) if spec.numbering == "pixel" else (i % m, i // m)
     # a full grid (no pixel list) numbers its pixels in its own order
-    pixels = np.arange(A.shape[0]) if spec.pixels is None else np.asarray(spec.pixels)
-    assert pixels.shape == (A.shape[0],)
+    pixels = np.arange(m) if spec.pixels is None else np.asarray(spec.pixels)
+    assert pixels.shape == (m,) and m * k == n
+    pixels = pixels[pixel_no]
     assert pixels.min() >= 0 and pixels.max() < H * W
-    assert np.unique(pixels).size == pixels.size
+    assert np.unique(pixels * k + comp).size == n
     coo = sp.coo_array(A)
     r, c = np.divmod(pixels, width)
-    assert np.all(np.abs(r[coo.row] - r[coo.col]) <= 1)
-    assert np.all(np.abs(c[coo.row] - c[coo.col]) <= 1)
+    assert np.all(np.abs(r[coo.row] - r[coo.col]) <= spec.radius)
+    assert np.all(np.abs(c[coo.row] - c[coo.col]) <= spec.radius)
 
 
 @st.composite
@@ -171,7 +177,7 @@ def test_non_grid_couplings_never_accepted(mask, nine_point, order, n_links, see
     links = sp.csr_array((np.full(int(far.sum()), 0.1), (i[far], j[far])), shape=(n, n))
     B = sp.csr_array(A + links)
     with pytest.raises(NotGridStructuredError):
-        ssi_sparse.factorize(B, grid=mask.shape, order=order, pixels=idx)
+        ssi_sparse.factorize(B, grid=mask.shape, order=order, pixels=idx, radius=1)
     try:
         lu = ssi_sparse.factorize(B)
     except NotGridStructuredError:
