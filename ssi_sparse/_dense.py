@@ -59,6 +59,20 @@ def _perm_from_ipiv(ipiv) -> np.ndarray:
     return np.asarray(perm, dtype=np.intp)
 
 
+def _permutation_signs(perm) -> np.ndarray:
+    """Sign (+1/-1) of each row of ``perm`` (P, s), from its number of cycles: each element
+    learns the smallest element of its cycle by pointer doubling (log2 s steps)."""
+    P, s = perm.shape
+    ids = np.arange(s)
+    label = np.broadcast_to(ids, (P, s)).copy()
+    jump = np.asarray(perm, dtype=np.int64)
+    for _ in range(max(1, int(s).bit_length())):
+        label = np.minimum(label, np.take_along_axis(label, jump, axis=1))
+        jump = np.take_along_axis(jump, jump, axis=1)
+    cycles = (label == ids).sum(axis=1)
+    return np.where((s - cycles) % 2 == 0, 1.0, -1.0)
+
+
 @dataclass(eq=False)
 class FactoredBlocks:
     """One class's stored factors (column-major views of C-ordered arrays, see module doc).
@@ -121,6 +135,16 @@ class FactoredBlocks:
                 lap.trsm("R", "L", "T", "U", k, s, 1.0, fp + p * ss, s, kp + p * sk, k)
                 lap.gemm("N", "T", k, r, s, 1.0, kp + p * sk, k, wp + p * rs, r, 0.0, up_ + p * rk, k)
         return kept, upd
+
+    def slogdet(self, xp):
+        """``(sign, log|det|)`` of the product of this class's eliminated blocks ``G_SS``,
+        from the diagonals of their factors (and the pivoting's parity for LU)."""
+        diag = np.diagonal(self.factor, axis1=1, axis2=2)
+        logabs = float(np.sum(np.log(np.abs(diag))))
+        if self.kind == "cholesky":
+            return 1.0, 2.0 * logabs  # det = |prod diag L|^2
+        sign = np.prod(diag / np.abs(diag)) * np.prod(_permutation_signs(self.perm))
+        return complex(sign), logabs
 
     def down(self, xp, kept, u_R, trans):
         """Back-substitute one class's eliminated unknowns from their boundary values."""

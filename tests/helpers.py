@@ -194,3 +194,25 @@ def reference_solve(A, b, trans="N"):
     M = sp.csc_array(op(sp.csr_array(A), trans)).astype(dt)
     x = spla.spsolve(M, np.asarray(b).astype(dt))
     return np.asarray(x).reshape(np.shape(b))
+
+
+def assert_embedding_is_valid(A, spec):
+    """Independent check of an accepted layout: distinct (pixel, component) pairs inside the
+    grid, every stored coupling between pixels at most ``spec.radius`` apart (so ``A`` really
+    is a stencil operator on that layout)."""
+    H, W = spec.shape
+    width = W if spec.order == "C" else H
+    n, k = A.shape[0], spec.components
+    m = n // k
+    i = np.arange(n)
+    pixel_no, comp = (i // k, i % k) if spec.numbering == "pixel" else (i % m, i // m)
+    # a full grid (no pixel list) numbers its pixels in its own order
+    pixels = np.arange(m) if spec.pixels is None else np.asarray(spec.pixels)
+    assert pixels.shape == (m,) and m * k == n
+    pixels = pixels[pixel_no]
+    assert pixels.min() >= 0 and pixels.max() < H * W
+    assert np.unique(pixels * k + comp).size == n
+    coo = sp.coo_array(A)
+    r, c = np.divmod(pixels, width)
+    assert np.all(np.abs(r[coo.row] - r[coo.col]) <= spec.radius)
+    assert np.all(np.abs(c[coo.row] - c[coo.col]) <= spec.radius)

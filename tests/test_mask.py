@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import ssi_sparse
 from ssi_sparse import NotGridStructuredError, SingularMatrixError
-from helpers import op, random_rhs, reference_solve, rel_residual, stencil_matrix
+from helpers import assert_embedding_is_valid, op, random_rhs, reference_solve, rel_residual, stencil_matrix
 
 DTYPES = [np.dtype(c) for c in (np.float32, np.float64, np.complex64, np.complex128)]
 RESIDUAL_TOL = {4: 1e-4, 8: 1e-12}
@@ -34,28 +34,6 @@ def masked_matrix(mask, rng, kind, dtype, order="C", nine_point=False):
     A = stencil_matrix(H, W, rng, kind, dtype, order=order, nine_point=nine_point)
     idx = np.flatnonzero(mask.ravel(order=order))
     return sp.csr_array(A[idx][:, idx]), idx
-
-
-def assert_embedding_is_valid(A, spec):
-    """Independent check of an accepted layout: distinct (pixel, component) pairs inside the
-    grid, every stored coupling between pixels at most ``spec.radius`` apart (so ``A`` really
-    is a stencil operator on that layout)."""
-    H, W = spec.shape
-    width = W if spec.order == "C" else H
-    n, k = A.shape[0], spec.components
-    m = n // k
-    i = np.arange(n)
-    pixel_no, comp = (i // k, i % k) if spec.numbering == "pixel" else (i % m, i // m)
-    # a full grid (no pixel list) numbers its pixels in its own order
-    pixels = np.arange(m) if spec.pixels is None else np.asarray(spec.pixels)
-    assert pixels.shape == (m,) and m * k == n
-    pixels = pixels[pixel_no]
-    assert pixels.min() >= 0 and pixels.max() < H * W
-    assert np.unique(pixels * k + comp).size == n
-    coo = sp.coo_array(A)
-    r, c = np.divmod(pixels, width)
-    assert np.all(np.abs(r[coo.row] - r[coo.col]) <= spec.radius)
-    assert np.all(np.abs(c[coo.row] - c[coo.col]) <= spec.radius)
 
 
 @st.composite

@@ -1,0 +1,269 @@
+"""More problem kinds: several unknowns per pixel, 5x5 stencils, log-determinants.
+
+Every kind is compared with SciPy (solves) or a dense NumPy computation (slogdet), on random
+shapes including 1 x n strips and odd sides, all four dtypes, both numberings, vector and
+matrix right-hand sides, and plain, transposed and adjoint solves.
+"""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ssi_sparse
+from ssi_sparse import NotGridStructuredError, detect_grid, factorize
+from ssi_sparse.problems import biharmonic_2d, block_stencil_random, elasticity_2d, horn_schunck
+from helpers import assert_embedding_is_valid, op, random_rhs, reference_solve, rel_residual
+
+DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
+TOL = {np.dtype(np.float32): 2e-3, np.dtype(np.complex64): 2e-3,
+       np.dtype(np.float64): 1e-9, np.dtype(np.complex128): 1e-9}  # fmt: skip
+
+
+def radius2_matrix(H, W, rng, dtype, full=True, hermitian=False, order="C"):
+    """A random, diagonally dominant 5x5-stencil matrix (13-point unless ``full``)."""
+    n = H * W
+    r, c = np.divmod(np.arange(n), W)
+    number = (lambda rr, cc: rr * W + cc) if order == "C" else (lambda rr, cc: cc * H + rr)
+    rows, cols = [], []
+    for dr in range(-2, 3):
+        for dc in range(-2, 3):
+            if (dr, dc) == (0, 0) or (not full and abs(dr) + abs(dc) > 2):
+                continue
+            ok = (r + dr >= 0) & (r + dr < H) & (c + dc >= 0) & (c + dc < W)
+            rows.append(number(r[ok], c[ok]))
+            cols.append(number(r[ok] + dr, c[ok] + dc))
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    vals = rng.uniform(-1, 1, rows.size)
+    if np.dtype(dtype).kind == "c":
+        vals = vals + 1j * rng.uniform(-1, 1, rows.size)
+    A = sp.csr_array((vals, (rows, cols)), shape=(n, n))
+    if hermitian:
+        A = (A + A.conj().T) / 2
+    dominance = np.asarray(abs(A).sum(axis=1)).ravel() + 1.0
+    return sp.csr_array(A + sp.diags_array(dominance)).astype(dtype)
+
+
+def _check_solves(A, lu, rng, dtype, k_rhs):
+    tol = TOL[np.dtype(dtype)]
+    for trans in ("N", "T", "H"):
+        b = random_rhs(rng, A.shape[0], k_rhs, dtype)
+        x = lu.solve(b, trans=trans)
+        assert x.shape == b.shape and x.dtype == np.dtype(dtype)
+        assert rel_residual(op(A, trans), x, b) <= tol
+        np.testing.assert_allclose(x, reference_solve(A, b, trans), rtol=50 * tol, atol=50 * tol)
+
+
+# --- several unknowns per pixel ------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    H=st.integers(1, 9), W=st.integers(1, 9), k=st.integers(1, 4),
+    numbering=st.sampled_from(["pixel", "component"]), dtype=st.sampled_from(DTYPES),
+    hermitian=st.booleans(), k_rhs=st.sampled_from([None, 1, 3]), seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_block_stencils_given_and_found(H, W, k, numbering, dtype, hermitian, k_rhs, seed):
+    rng = np.random.default_rng(seed)
+    A = block_stencil_random(H, W, k, seed=seed, hermitian=hermitian, dtype=dtype, numbering=numbering)
+    lu = factorize(A, grid=(H, W), components=k, numbering=numbering)
+    assert lu.grid.components == k and lu.shape == A.shape
+    assert lu.hermitian == (abs(A - A.conj().T).max() == 0)
+    assert lu.hermitian or not hermitian
+    _check_solves(A, lu, rng, dtype, k_rhs)
+    # found from the pattern alone: a true layout (small grids may fit several), solved right
+    spec = detect_grid(A)
+    assert spec is not None
+    assert_embedding_is_valid(A, spec)
+    _check_solves(A, factorize(A), rng, dtype, k_rhs)
+
+
+@pytest.mark.parametrize("numbering", ["pixel", "component"])
+@pytest.mark.parametrize("H,W", [(24, 17), (17, 24), (1, 40), (33, 2)])
+def test_found_with_the_right_components(H, W, numbering):
+    """Realistic sizes: the layout found is the one the matrix was built on."""
+    A = elasticity_2d(H, W, numbering=numbering)
+    spec = detect_grid(A)
+    assert_embedding_is_valid(A, spec)
+    if min(H, W) > 2:  # (a strip of pixel pairs is also a plain grid of width 2)
+        assert (spec.shape, spec.components, spec.numbering) == ((H, W), 2, numbering)
+    b = random_rhs(np.random.default_rng(0), A.shape[0], 2, np.float64)
+    assert rel_residual(A, factorize(A).solve(b), b) <= 1e-10
+
+
+@pytest.mark.parametrize("numbering", ["pixel", "component"])
+def test_horn_schunck_flow_matches_scipy(numbering):
+    rng = np.random.default_rng(3)
+    from scipy import ndimage
+
+    I0 = ndimage.gaussian_filter(rng.uniform(size=(40, 48)), 2.0)
+    I1 = ndimage.shift(I0, (0.3, -0.2), mode="nearest")
+    A, b = horn_schunck(I0, I1, alpha=0.02, numbering=numbering)
+    lu = factorize(A)
+    assert lu.grid.components == 2 and lu.grid.numbering == numbering and lu.hermitian
+    np.testing.assert_allclose(lu.solve(b), reference_solve(A, b), rtol=1e-8, atol=1e-10)
+    # new images, same pattern: refactorize reuses the layout
+    A2, b2 = horn_schunck(I1, I0, alpha=0.02, numbering=numbering)
+    if A2.nnz == A.nnz and np.array_equal(A2.indices, A.indices):
+        lu.refactorize(A2)
+        np.testing.assert_allclose(lu.solve(b2), reference_solve(A2, b2), rtol=1e-8, atol=1e-10)
+
+
+def test_refactorize_block_stencil_same_and_new_pattern():
+    rng = np.random.default_rng(1)
+    A = block_stencil_random(9, 8, 3, seed=1, hermitian=False)
+    lu = factorize(A)
+    B = A.copy()
+    B.data = B.data * rng.uniform(0.5, 1.5, B.nnz)
+    B = sp.csr_array(B + 5 * sp.eye_array(B.shape[0]))
+    lu.refactorize(B)
+    _check_solves(B, lu, rng, np.float64, 2)
+
+
+def test_masked_block_stencil_given():
+    rng = np.random.default_rng(2)
+    H, W, k = 11, 13, 2
+    mask = np.ones((H, W), bool)
+    mask[3:7, 4:9] = False
+    mask[0, :3] = False
+    full = block_stencil_random(H, W, k, seed=2, hermitian=True)
+    keep = (np.flatnonzero(mask)[:, None] * k + np.arange(k)).ravel()
+    A = sp.csr_array(full[keep][:, keep])
+    lu = factorize(A, mask=mask, components=k)
+    assert lu.grid.masked and lu.grid.components == k
+    _check_solves(A, lu, rng, np.float64, None)
+    assert lu.slogdet()[1] == pytest.approx(np.linalg.slogdet(A.toarray())[1], rel=1e-10)
+
+
+def test_bad_components_are_refused():
+    A = block_stencil_random(5, 4, 2, seed=0)
+    with pytest.raises(ValueError, match="components"):
+        factorize(A, components=0)
+    with pytest.raises(ValueError, match="multiple of components"):
+        factorize(A, components=3)
+    with pytest.raises(ValueError, match="does not have"):
+        factorize(A, grid=(5, 5), components=2)
+    with pytest.raises(ValueError, match="numbering"):
+        factorize(A, numbering="planar")
+    with pytest.raises(NotGridStructuredError):
+        factorize(A, grid=(4, 5), components=2)  # the transposed grid
+
+
+# --- 5x5 stencils ---------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    H=st.integers(1, 12), W=st.integers(1, 12), full=st.booleans(), order=st.sampled_from(["C", "F"]),
+    dtype=st.sampled_from(DTYPES), hermitian=st.booleans(), k_rhs=st.sampled_from([None, 2]),
+    seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_radius2_given_and_found(H, W, full, order, dtype, hermitian, k_rhs, seed):
+    rng = np.random.default_rng(seed)
+    A = radius2_matrix(H, W, rng, dtype, full, hermitian, order)
+    lu = factorize(A, grid=(H, W), order=order, radius=2)
+    assert lu.grid.radius == 2 and lu.grid.shape == (H, W)
+    _check_solves(A, lu, rng, dtype, k_rhs)
+    spec = detect_grid(A, order=order)
+    assert spec is not None
+    assert_embedding_is_valid(A, spec)
+    _check_solves(A, factorize(A, order=order), rng, dtype, k_rhs)
+
+
+@pytest.mark.parametrize("H,W", [(30, 30), (31, 27), (27, 31), (5, 64), (3, 3)])
+def test_biharmonic_found_as_13_point(H, W):
+    A = biharmonic_2d(H, W)
+    spec = detect_grid(A)
+    assert (spec.shape, spec.radius, spec.stencil, spec.components) == ((H, W), 2, "13-point", 1)
+    assert spec.engine_shape == (-(-H // 2), -(-W // 2)) and spec.engine_components == 4
+    b = random_rhs(np.random.default_rng(0), H * W, None, np.float64)
+    x = factorize(A).solve(b)
+    np.testing.assert_allclose(x, reference_solve(A, b), rtol=1e-8, atol=1e-12)
+
+
+def test_masked_radius2_given():
+    """Biharmonic inpainting: the 13-point operator on the pixels of a mask."""
+    rng = np.random.default_rng(4)
+    H, W = 21, 18
+    mask = np.zeros((H, W), bool)
+    mask[4:15, 3:12] = True
+    mask[8:10, 6:8] = False
+    idx = np.flatnonzero(mask)
+    A = sp.csr_array(biharmonic_2d(H, W)[idx][:, idx])
+    lu = factorize(A, mask=mask, radius=2)
+    assert lu.grid.radius == 2 and lu.grid.masked
+    _check_solves(A, lu, rng, np.float64, 2)
+
+
+# --- log-determinants ------------------------------------------------------------------------
+
+
+def _dense_slogdet(A):
+    return np.linalg.slogdet(A.toarray().astype(np.complex128 if np.iscomplexobj(A.data) else np.float64))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    kind=st.sampled_from(["block", "radius2", "helmholtz"]), H=st.integers(1, 8), W=st.integers(1, 8),
+    k=st.integers(1, 3), dtype=st.sampled_from([np.float64, np.complex128]), hermitian=st.booleans(),
+    seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_slogdet_matches_dense(kind, H, W, k, dtype, hermitian, seed):
+    rng = np.random.default_rng(seed)
+    if kind == "block":
+        A = block_stencil_random(H, W, k, seed=seed, hermitian=hermitian, dtype=dtype)
+    elif kind == "radius2":
+        A = radius2_matrix(H, W, rng, dtype, hermitian=hermitian)
+    else:  # symmetric indefinite: negative determinants occur
+        from ssi_sparse.problems import helmholtz_2d
+
+        A = helmholtz_2d(H, W, kh=rng.uniform(0.5, 2.0), dtype=dtype)
+    try:
+        lu = factorize(A)
+    except ssi_sparse.SingularMatrixError:
+        return  # (Helmholtz: a resonance)
+    sign, logdet = lu.slogdet()
+    sign0, logdet0 = _dense_slogdet(A)
+    assert isinstance(logdet, float) and np.asarray(sign).dtype == A.dtype
+    assert logdet == pytest.approx(logdet0, rel=1e-10, abs=1e-10)
+    assert sign == pytest.approx(sign0, abs=1e-9)
+
+
+def test_slogdet_large_spd_against_cholesky_of_a_strip():
+    """A 2 x n strip's determinant from a banded Cholesky (independent of the engine)."""
+    from scipy.linalg import cholesky_banded
+
+    from ssi_sparse.problems import diffusion_2d
+
+    A = diffusion_2d(2, 3000)
+    ab = np.zeros((3, A.shape[0]))  # upper form, bandwidth 2 (row-major 2 x n: offsets 1, n)
+    lu = factorize(A)
+    A_t = diffusion_2d(3000, 2)  # column-major numbering of the same grid: bandwidth 2
+    dense_bands = A_t.todia()
+    for off, data in zip(dense_bands.offsets, dense_bands.data):
+        if off >= 0:
+            ab[2 - off, off:] = data[off:]
+    logdet0 = 2 * np.sum(np.log(cholesky_banded(ab)[-1]))
+    assert lu.slogdet() == (1.0, pytest.approx(logdet0, rel=1e-12))
+
+
+def test_slogdet_mixed_precision_is_full_precision():
+    from ssi_sparse.problems import diffusion_2d
+
+    A = diffusion_2d(40, 37)
+    lu = factorize(A, factor_dtype=np.float32)
+    assert lu.factor_dtype == np.float32
+    assert lu.slogdet()[1] == pytest.approx(_dense_slogdet(A)[1], rel=1e-12)
+    assert lu.factor_dtype == np.float32  # the single-precision factor is kept
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_slogdet_dtypes(dtype):
+    A = block_stencil_random(6, 7, 2, seed=5, hermitian=False, dtype=dtype)
+    sign, logdet = factorize(A).slogdet()
+    sign0, logdet0 = _dense_slogdet(A)
+    rel = 1e-4 if np.dtype(dtype).itemsize in (4, 8) and np.dtype(dtype) != np.float64 else 1e-10
+    assert np.asarray(sign).dtype == np.dtype(dtype)
+    assert logdet == pytest.approx(logdet0, rel=rel)
+    assert complex(sign) == pytest.approx(complex(sign0), abs=1e-3)
