@@ -60,6 +60,9 @@ class CupyNamespace:
     def concat(self, arrays, axis=0):
         return self._cp.concatenate(arrays, axis=axis)
 
+    def permute_dims(self, x, axes):
+        return self._cp.transpose(x, axes)
+
     def astype(self, x, dtype, copy=True):
         return x.astype(dtype, copy=copy)
 

@@ -137,14 +137,14 @@ class FactoredBlocks:
         return kept, upd
 
     def slogdet(self, xp):
-        """``(sign, log|det|)`` of the product of this class's eliminated blocks ``G_SS``,
-        from the diagonals of their factors (and the pivoting's parity for LU)."""
+        """``(sign, log|det|)`` (one per box) of this class's eliminated blocks ``G_SS``, from
+        the diagonals of their factors (and the pivoting's parity for LU)."""
         diag = np.diagonal(self.factor, axis1=1, axis2=2)
-        logabs = float(np.sum(np.log(np.abs(diag))))
+        logabs = np.sum(np.log(np.abs(diag)), axis=1, dtype=np.float64)
         if self.kind == "cholesky":
-            return 1.0, 2.0 * logabs  # det = |prod diag L|^2
-        sign = np.prod(diag / np.abs(diag)) * np.prod(_permutation_signs(self.perm))
-        return complex(sign), logabs
+            return np.ones(len(diag)), 2.0 * logabs  # det = |prod diag L|^2
+        sign = np.prod(diag / np.abs(diag), axis=1) * _permutation_signs(self.perm)
+        return sign, logabs
 
     def down(self, xp, kept, u_R, trans):
         """Back-substitute one class's eliminated unknowns from their boundary values."""

@@ -59,14 +59,16 @@ class NumericFactor:
         return min(b.min_rcond for level in self.blocks for b in level)
 
     def slogdet(self, xp=np):
-        """``(sign, log|det|)`` of the factored matrix: det A = prod of every eliminated
-        block's determinant (each elimination is a Schur complement)."""
-        sign, logabs = 1.0 + 0j, 0.0
+        """``(sign, log|det|)`` of the factored matrix, one per system of a batch (arrays of
+        ``plan.batch``): det A = product of every eliminated block's determinant (each
+        elimination is a Schur complement).  Box ``j * batch + t`` belongs to system ``t``."""
+        B = self.plan.batch
+        sign, logabs = np.ones(B, dtype=np.complex128), np.zeros(B)
         for level in self.blocks:
             for blk in level:
                 s, la = blk.slogdet(xp)
-                sign *= s
-                logabs += la
+                sign *= np.prod(np.reshape(s, (-1, B)), axis=0)
+                logabs += np.sum(np.reshape(la, (-1, B)), axis=0)
         return sign, logabs
 
 

@@ -82,6 +82,13 @@ def _engine_dtype(dtype) -> np.dtype:
     )
 
 
+def _per_system(ids, batch, stride):
+    """``ids`` of one system, repeated for every system of a batch (system t adds t*stride)."""
+    if batch == 1:
+        return ids
+    return (np.arange(batch)[:, None] * stride + ids[None, :]).reshape(-1)
+
+
 class GridFactor:
     """A factorization of a grid-structured matrix, reusable for many right-hand sides.
 
@@ -104,22 +111,28 @@ class GridFactor:
         and a transposed solve is a conjugated plain one).
     """
 
-    def __init__(self, spec: GridSpec, V, pattern=None, backend=None, factor_dtype=None):
+    def __init__(self, spec: GridSpec, V, pattern=None, backend=None, factor_dtype=None, batch=None):
         self.grid = spec
+        self.batch = batch
         self._pattern = pattern
         self._requested_factor_dtype = factor_dtype
         self.backend = backend or Backend("cpu")
         self._xp = self.backend.xp
         n = spec.n_unknowns
         self.shape = (n, n)
+        B = batch or 1
+        h, w, k = spec.engine_dims
+        # the stencil operations see a batch as one grid of B * h rows: nothing couples the
+        # systems (no stencil entry leaves its grid), so products, scaling and tests are exact
+        self._dims = (B * h, w, k)
         self._nodes = self._absent = None
         if spec.nodes is not None:
             absent = np.ones(spec.n_nodes, dtype=bool)
             absent[spec.nodes] = False
-            node, a = np.divmod(np.flatnonzero(absent), spec.engine_components)
-            # the diagonal entry of each absent node: stencil row (p k + a) k + a
-            self._absent = self.backend.to_device((node * spec.engine_components + a) * spec.engine_components + a)
-            self._nodes = self.backend.to_device(spec.nodes)
+            node, a = np.divmod(np.flatnonzero(absent), k)
+            diagonal = (node * k + a) * k + a  # stencil row of each absent node's diagonal
+            self._absent = self.backend.to_device(_per_system(diagonal, B, h * w * k * k))
+            self._nodes = self.backend.to_device(_per_system(spec.nodes, B, spec.n_nodes))
         self._factorize_stencil(V)
 
     def _factorize_stencil(self, V, full_precision=False):
@@ -131,7 +144,7 @@ class GridFactor:
         if not bool(xp.all(xp.isfinite(V))):
             raise ValueError("matrix contains NaN or Inf")
         V = self._with_absent_nodes(V)
-        dims = self.grid.engine_dims
+        dims = self._dims
         Vs, scale = equilibrate(xp, V, dims)
         if scale is None:
             raise SingularMatrixError(
@@ -160,11 +173,11 @@ class GridFactor:
 
     def _plan(self):
         g = self.grid
-        return build_plan(*g.engine_shape, DEFAULT_LEAF_CELLS, g.engine_components)
+        return build_plan(*g.engine_shape, DEFAULT_LEAF_CELLS, g.engine_components, self.batch or 1)
 
     def _eliminate(self, Vs, hermitian) -> NumericFactor:
         """Numeric factorization of the equilibrated stencil ``Vs`` (in its dtype)."""
-        a_norm = stencil_norm_inf(self._xp, Vs, self.grid.engine_dims)
+        a_norm = stencil_norm_inf(self._xp, Vs, self._dims)
         return factorize_values(self._plan(), Vs, hermitian, a_norm, self._xp)
 
     def slogdet(self):
@@ -177,8 +190,8 @@ class GridFactor:
 
         Returns
         -------
-        sign : scalar of the factor's dtype
-        logabsdet : float
+        sign : scalar of the factor's dtype (batches: an array, one per system)
+        logabsdet : float (batches: float64 array)
             In double precision.  A mixed-precision factor (``factor_dtype=``) computes it
             from a full-precision factorization, made for this call and not kept.
 
@@ -195,18 +208,23 @@ class GridFactor:
         xp = self._xp
         numeric = self._numeric
         if self.factor_dtype != self.dtype:
-            Vs, _ = equilibrate(xp, self._V, self.grid.engine_dims)
+            Vs, _ = equilibrate(xp, self._V, self._dims)
             numeric = self._eliminate(Vs, numeric.hermitian)
         sign, logabs = numeric.slogdet(xp)
+        B = self.batch or 1
         # A_engine = S^-1 As S^-1 (S the equilibration), A_engine = A (+) d I on absent nodes
-        logabs -= 2.0 * float(xp.sum(xp.log(xp.astype(self._scale, np.float64))))
+        scale = self.backend.to_host(self._scale).astype(np.float64)
+        logabs = logabs - 2.0 * np.sum(np.log(scale).reshape(B, -1), axis=1)
         if self._absent is not None and self._absent.shape[0]:
-            d = float(xp.abs(self._V[self._absent[0], 4]))  # every absent node's diagonal
-            logabs -= int(self._absent.shape[0]) * float(np.log(d))
-        sign = sign / abs(sign)
+            d = np.abs(self.backend.to_host(self._V[self._absent, 4])).reshape(B, -1)
+            logabs = logabs - np.sum(np.log(d), axis=1)
+        sign = sign / np.abs(sign)
         if self.dtype.kind == "f":
-            sign = 1.0 if sign.real > 0 else -1.0
-        return self.dtype.type(sign), float(logabs)
+            sign = np.where(sign.real > 0, 1.0, -1.0)
+        sign = sign.astype(self.dtype)
+        if self.batch is None:
+            return sign[0], float(logabs[0])
+        return sign, logabs
 
     def _with_absent_nodes(self, V):
         """Nodes that are not unknowns (masked pixels, the empty half of an odd side's 2x2
@@ -225,7 +243,7 @@ class GridFactor:
         if self._nodes is None:
             return B
         xp = self._xp
-        full = xp.zeros((self.grid.n_nodes, B.shape[1]), dtype=B.dtype)
+        full = xp.zeros((self.grid.n_nodes * (self.batch or 1), B.shape[1]), dtype=B.dtype)
         full[self._nodes, ...] = B
         return full
 
@@ -238,13 +256,24 @@ class GridFactor:
         For time stepping and Newton iterations: when ``A`` has the same CSR/CSC sparsity
         pattern (``indptr`` and ``indices``) as the matrix this factor was built from, its
         values go straight into the stencil array; otherwise ``A`` is checked against this
-        factor's grid.  Updates the factor in place and returns it.
+        factor's grid.  ``A`` may also be a stencil array of the grid's shape (see
+        :func:`factorize_stencil`).  Updates the factor in place and returns it.
 
         Raises
         ------
         NotGridStructuredError
             If ``A`` does not fit this factor's grid.
         """
+        if self.batch is not None:
+            raise ValueError("a batch factor takes new values with refactorize_batch")
+        if not sp.issparse(A) and np.ndim(A) in (4, 6):  # a stencil array (factorize_stencil)
+            from ._from_stencil import _engine_rows
+
+            spec, V = _engine_rows(A)
+            if self.grid.nodes is not None or spec.engine_dims != self.grid.engine_dims:
+                raise ValueError(f"stencil array of shape {np.shape(A)} does not fit the factor's {self.grid}")
+            self._factorize_stencil(V.astype(_engine_dtype(V.dtype), copy=False))
+            return self
         if A.shape != self.shape:
             raise ValueError(f"matrix shape {A.shape} differs from the factor's {self.shape}")
         if is_cupy_array(A):
@@ -258,6 +287,20 @@ class GridFactor:
             if sp.issparse(A) and A.format in ("csr", "csc"):
                 self._pattern = StencilPattern(A, spec)
         self._factorize_stencil(V.astype(dtype, copy=False))
+        return self
+
+    def refactorize_batch(self, matrices):
+        """New values for every system of a batch factor (:func:`factorize_batch`): a
+        sequence of ``batch`` matrices, or stencil arrays, on the batch's layout.  Updates the
+        factor in place and returns it."""
+        from ._batch import batch_stencils
+
+        if self.batch is None:
+            raise ValueError("refactorize_batch needs a batch factor (factorize_batch); use refactorize")
+        _, self._pattern, V = batch_stencils(matrices, self.grid, self._pattern)
+        if V.shape[0] != self._V.shape[0]:
+            raise ValueError(f"the factor holds {self.batch} systems, got {len(matrices)}")
+        self._factorize_stencil(V)
         return self
 
     def aslinearoperator(self):
@@ -280,8 +323,9 @@ class GridFactor:
         return self._numeric.min_rcond
 
     def __repr__(self) -> str:
+        batch = "" if self.batch is None else f"batch of {self.batch} "
         return (
-            f"<GridFactor {self.shape[0]}x{self.shape[1]} {self.dtype} on a {self.grid}, "
+            f"<GridFactor {batch}{self.shape[0]}x{self.shape[1]} {self.dtype} on a {self.grid}, "
             f"{self.nbytes / 2**20:.1f} MiB>"
         )
 
@@ -291,7 +335,9 @@ class GridFactor:
         Parameters
         ----------
         b : array_like, shape (n,) or (n, k)
-            Right-hand side(s); all columns are solved in one pass.
+            Right-hand side(s); all columns are solved in one pass.  A batch factor
+            (:func:`factorize_batch`) takes ``(B, n)`` or ``(B, n, k)``: ``b[t]`` for system
+            ``t``.
         trans : {'N', 'T', 'H'}
             ``A x = b``, ``A^T x = b`` or ``A^H x = b``.
 
@@ -313,7 +359,12 @@ class GridFactor:
         on_host = not is_cupy_array(b)  # NumPy in, NumPy out; CuPy stays on the GPU
         b = self.backend.to_device(np.asarray(b) if on_host else b)
         n = self.shape[0]
-        if b.ndim not in (1, 2) or b.shape[0] != n:
+        if self.batch is not None:
+            if b.ndim not in (2, 3) or b.shape[:2] != (self.batch, n):
+                raise ValueError(f"right-hand side of a batch must have shape ({self.batch}, {n}) or "
+                                 f"({self.batch}, {n}, k), got {tuple(b.shape)}")  # fmt: skip
+            n = self.batch * n  # the systems' unknowns, one after another
+        elif b.ndim not in (1, 2) or b.shape[0] != n:
             raise ValueError(
                 f"right-hand side must have shape ({n},) or ({n}, k), got {tuple(b.shape)}"
             )
@@ -354,10 +405,10 @@ class GridFactor:
     def _op_matvec(self, x, trans):
         xp = self._xp
         if trans == "N":
-            return stencil_matvec(xp, self._V, self.grid.engine_dims, x)
+            return stencil_matvec(xp, self._V, self._dims, x)
         # op(A) x = (A^T x) or (A^H x): conj trick: A^H x = conj(A^T conj(x))
         Vt = self._transposed_stencil()
-        y = stencil_matvec(xp, Vt, self.grid.engine_dims, xp.conj(x) if trans == "H" else x)
+        y = stencil_matvec(xp, Vt, self._dims, xp.conj(x) if trans == "H" else x)
         return xp.conj(y) if trans == "H" else y
 
     def _inverse_row_norms(self, trans):
@@ -366,12 +417,12 @@ class GridFactor:
         if key not in self._row_scale:
             xp = self._xp
             V = self._V if key == "N" else self._transposed_stencil()
-            self._row_scale[key] = 1.0 / xp.reshape(stencil_row_sums(xp, V, self.grid.engine_dims), (-1, 1))
+            self._row_scale[key] = 1.0 / xp.reshape(stencil_row_sums(xp, V, self._dims), (-1, 1))
         return self._row_scale[key]
 
     def _transposed_stencil(self):
         if self._Vt is None:
-            self._Vt = transpose_stencil(self._xp, self._V, self.grid.engine_dims)
+            self._Vt = transpose_stencil(self._xp, self._V, self._dims)
         return self._Vt
 
     def _solve_refined(self, B, trans):

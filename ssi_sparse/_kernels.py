@@ -66,10 +66,11 @@ class EliminatedBlocks:
         return f_S, matrix_t(xp, self.x) @ f_S
 
     def slogdet(self, xp):
-        """``(sign, log|det|)`` of the product of this class's eliminated blocks ``S``
-        (from their stored inverses: det S = 1 / det S^-1)."""
+        """``(sign, log|det|)`` (host arrays, one per box) of this class's eliminated blocks
+        ``S``, from their stored inverses: det S = 1 / det S^-1."""
         sign, logabs = xp.linalg.slogdet(self.s_inv)
-        return complex(xp.prod(xp.conj(sign))), -float(xp.sum(logabs))
+        to_host = getattr(xp, "asnumpy", np.asarray)
+        return np.conj(to_host(sign)), -to_host(logabs).astype(np.float64)
 
     def down(self, xp, kept, u_R, trans):
         """Back-substitute the eliminated unknowns from the boundary values ``u_R``."""

@@ -102,12 +102,15 @@ class Plan:
     inverse_order: np.ndarray
     #: Unknowns per pixel: node ``pixel * components + c``.
     components: int = 1
+    #: Independent systems on this grid, factored together: system ``t``'s node ``i`` is
+    #: ``t * (nodes of one grid) + i``, its box ``j`` of a class is row ``j * batch + t``.
+    batch: int = 1
     _device_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def n(self) -> int:
-        """Nodes (unknowns) of the grid."""
-        return self.height * self.width * self.components
+        """Nodes (unknowns) of the grid, of all systems of a batch."""
+        return self.height * self.width * self.components * self.batch
 
     def device(self, xp):
         """``to_xp(array)``: the plan's index arrays in namespace ``xp``, converted once.
@@ -340,13 +343,18 @@ def _box_order(seg_levels, axes, classified):
 
 
 @functools.lru_cache(maxsize=16)
-def build_plan(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS, components: int = 1) -> Plan:
+def build_plan(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS, components: int = 1,
+               batch: int = 1) -> Plan:  # fmt: skip
     """Build (once per shape, cached) the box tree and index maps of a row-major grid.
 
     ``components``: unknowns per pixel (block stencils); the scalar plan's maps expanded.
+    ``batch``: that many systems on the grid, each class's boxes repeated for every system
+    (one batched dense call covers the whole batch).
     """
-    if components < 1:
-        raise ValueError(f"components must be positive, got {components}")
+    if components < 1 or batch < 1:
+        raise ValueError(f"components and batch must be positive, got {components}, {batch}")
+    if batch > 1:
+        return _batch_plan(build_plan(height, width, leaf_cells, components), batch)
     if components > 1:
         return _expand_plan(build_plan(height, width, leaf_cells), components)
     if height < 1 or width < 1:
@@ -542,3 +550,39 @@ def _expand_plan(plan: Plan, k: int) -> Plan:
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
     return Plan(plan.height, plan.width, plan.leaf_cells, levels, order, inverse, components=k)
+
+
+def _batch_plan(plan: Plan, B: int) -> Plan:
+    """``B`` systems on ``plan``'s grid: box ``j`` of a class becomes rows ``j * B + t``, so a
+    parent's children stay one slice of their class (scaled by ``B``), and every map inside a
+    frontal (templates, runs, flat gathers) is shared."""
+    n_nodes = plan.n
+    n_rows = plan.height * plan.width * plan.components**2  # stencil rows of one system
+    shift_nodes = np.arange(B) * n_nodes
+    shift_rows = np.arange(B) * n_rows
+
+    def repeat(ids, shift):
+        return (ids[:, None, :] + shift[None, :, None]).reshape(ids.shape[0] * B, ids.shape[1])
+
+    levels = []
+    for level in plan.levels:
+        classes = []
+        for c in level.classes:
+            new = BoxClass(c.n_elim, c.n_boundary, repeat(c.eliminated, shift_nodes))
+            if c.closed_nodes is not None:
+                rows = repeat(c.closed_nodes, shift_rows)
+                zero = np.repeat(c.closed_nodes == n_rows, B, axis=0)
+                new.closed_nodes = np.where(zero, B * n_rows, rows)  # the one zero row, last
+                new.leaf_template = c.leaf_template
+            new.children = tuple(
+                ChildLink(link.cls, slice(link.rows.start * B, link.rows.stop * B), link.runs,
+                          link.boundary_pos, link.flat)  # fmt: skip
+                for link in c.children
+            )
+            classes.append(new)
+        levels.append(Level(classes, level.boundary_sources))
+    order = np.concatenate([c.eliminated.reshape(-1) for level in levels for c in level.classes])
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return Plan(plan.height, plan.width, plan.leaf_cells, levels, order, inverse,
+                components=plan.components, batch=B)  # fmt: skip

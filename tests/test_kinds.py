@@ -267,3 +267,117 @@ def test_slogdet_dtypes(dtype):
     assert np.asarray(sign).dtype == np.dtype(dtype)
     assert logdet == pytest.approx(logdet0, rel=rel)
     assert complex(sign) == pytest.approx(complex(sign0), abs=1e-3)
+
+
+# --- batches and the stencil front door --------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    B=st.integers(1, 5), H=st.integers(1, 8), W=st.integers(1, 8), k=st.integers(1, 3),
+    dtype=st.sampled_from(DTYPES), hermitian=st.booleans(), k_rhs=st.sampled_from([None, 2]),
+    seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_batch_equals_one_by_one(B, H, W, k, dtype, hermitian, k_rhs, seed):
+    rng = np.random.default_rng(seed)
+    systems = [block_stencil_random(H, W, k, seed=seed + t, hermitian=hermitian, dtype=dtype) for t in range(B)]
+    lu = ssi_sparse.factorize_batch(systems, grid=(H, W), components=k)
+    assert lu.batch == B and lu.shape == systems[0].shape
+    n = systems[0].shape[0]
+    tol = TOL[np.dtype(dtype)]
+    for trans in ("N", "T", "H"):
+        b = random_rhs(rng, B * n, None if k_rhs is None else k_rhs, dtype)
+        b = b.reshape((B, n) if k_rhs is None else (B, n, k_rhs))
+        x = lu.solve(b, trans=trans)
+        assert x.shape == b.shape
+        for A, xt, bt in zip(systems, x, b):
+            assert rel_residual(op(A, trans), xt, bt) <= tol
+    signs, logdets = lu.slogdet()
+    assert signs.shape == logdets.shape == (B,)
+    for A, s, ld in zip(systems, signs, logdets):
+        s0, ld0 = _dense_slogdet(A)
+        assert ld == pytest.approx(ld0, rel=1e-4 if np.dtype(dtype).itemsize <= 8 and dtype != np.float64 else 1e-10)
+
+
+def test_batch_refactorize_reuses_the_pattern_and_checks_it():
+    rng = np.random.default_rng(7)
+    from ssi_sparse.problems import diffusion_2d
+
+    systems = [diffusion_2d(20, 24, rng.uniform(0.5, 2.0, (20, 24))) for _ in range(6)]
+    lu = ssi_sparse.factorize_batch(systems)
+    assert lu.grid.shape == (20, 24) and "batch of 6" in repr(lu)
+    new = [diffusion_2d(20, 24, rng.uniform(0.5, 2.0, (20, 24))) for _ in range(6)]
+    lu.refactorize_batch(new)
+    b = rng.standard_normal((6, 480))
+    for A, xt, bt in zip(new, lu.solve(b), b):
+        assert rel_residual(A, xt, bt) <= 1e-12
+    with pytest.raises(ValueError, match="holds 6 systems"):
+        lu.refactorize_batch(new[:5])
+    with pytest.raises(ValueError, match="refactorize_batch"):
+        lu.refactorize(new[0])
+    with pytest.raises(ValueError, match="shape"):
+        lu.solve(np.ones(480))
+    with pytest.raises(ValueError, match="laid out|not a"):
+        ssi_sparse.factorize_batch([systems[0], diffusion_2d(24, 20)])
+    with pytest.raises(ValueError, match="at least one"):
+        ssi_sparse.factorize_batch([])
+
+
+def test_batch_with_a_singular_system_raises():
+    from ssi_sparse.problems import diffusion_2d
+
+    good = diffusion_2d(10, 10)
+    bad = sp.csr_array(diffusion_2d(10, 10, neumann=True))  # constants in its null space
+    with pytest.raises(ssi_sparse.SingularMatrixError):
+        lu = ssi_sparse.factorize_batch([good, bad, good])
+        lu.solve(np.ones((3, 100)))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_factorize_stencil_and_to_csr(k):
+    rng = np.random.default_rng(k)
+    H, W = 13, 11
+    shape = (H, W, 3, 3) if k == 1 else (H, W, k, k, 3, 3)
+    V = rng.uniform(-1, 1, shape)
+    centre = (Ellipsis, 1, 1)
+    V[centre] += (10 * k) * (np.eye(k) if k > 1 else 1.0)  # diagonally dominant
+    A = ssi_sparse.to_csr(V)
+    assert A.shape == (H * W * k, H * W * k)
+    # independent assembly, coefficients that reach outside the grid left out
+    Vk = V.reshape(H, W, k, k, 3, 3)
+    dense = np.zeros(A.shape)
+    for r in range(H):
+        for c in range(W):
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    if 0 <= r + dr < H and 0 <= c + dc < W:
+                        i, j = (r * W + c) * k, ((r + dr) * W + c + dc) * k
+                        dense[i : i + k, j : j + k] = Vk[r, c, :, :, dr + 1, dc + 1]
+    np.testing.assert_array_equal(A.toarray(), dense)
+    lu = ssi_sparse.factorize_stencil(V)
+    assert lu.grid.components == k and lu.shape == A.shape
+    b = random_rhs(rng, A.shape[0], 2, np.float64)
+    np.testing.assert_allclose(lu.solve(b), reference_solve(A, b), rtol=1e-10, atol=1e-12)
+    # the same matrix through detection gives the same factorization
+    np.testing.assert_allclose(factorize(A, grid=(H, W), components=k).solve(b), lu.solve(b), rtol=1e-12)
+    lu.refactorize(2 * V)
+    np.testing.assert_allclose(lu.solve(b), reference_solve(2 * A, b), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="does not fit"):
+        lu.refactorize(V[:-1])
+    batch = ssi_sparse.factorize_batch(np.stack([V, 2 * V]))
+    x = batch.solve(np.stack([b, b]))
+    np.testing.assert_allclose(x[1], reference_solve(2 * A, b), rtol=1e-10, atol=1e-12)
+
+
+def test_factorize_stencil_refuses_bad_arrays():
+    with pytest.raises(ValueError, match="shape"):
+        ssi_sparse.factorize_stencil(np.ones((4, 4, 3, 4)))
+    with pytest.raises(ValueError, match="shape"):
+        ssi_sparse.factorize_stencil(np.ones((4, 4, 2, 3, 3, 3)))
+    with pytest.raises(TypeError):
+        ssi_sparse.factorize_stencil(np.full((4, 4, 3, 3), "a"))
+    V = np.zeros((4, 4, 3, 3))
+    V[..., 1, 1] = 1.0
+    V[1, 1, 1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        ssi_sparse.factorize_stencil(V)
