@@ -341,6 +341,71 @@ def _line_limit(kinds):
     return max(9 * k if r == 1 else 25 for k, _, r in kinds)
 
 
+def _some_width_fits(line, offset, m, radius):
+    """Whether one grid width divides ``m`` and explains every sampled line's couplings.
+
+    A coupling at offset ``o`` beyond the line's own row of the stencil (``|o| > 2 radius``)
+    is ``dr * W + dc`` with ``1 <= dr <= radius``, ``|dc| <= radius``: each such offset allows
+    a few widths, and the width must be allowed by all of them.
+    """
+    far = np.abs(offset) > 2 * radius
+    if not far.any():
+        return True  # nothing beyond one row: a strip, or no vertical couplings seen
+    widths = None
+    for o in np.unique(np.abs(offset[far])).tolist():
+        allowed = {(o - dc) // dr for dr in range(1, radius + 1) for dc in range(-radius, radius + 1)
+                   if (o - dc) % dr == 0}  # fmt: skip
+        widths = allowed if widths is None else widths & allowed
+        if not widths:
+            return False
+    return any(w >= 2 and m % w == 0 for w in widths)
+
+
+def _plausible_kinds(A, kinds, n_lines=64):
+    """The kinds a sample of ``A``'s rows (CSR) or columns (CSC) does not rule out, and the
+    sample's couplings (or None where ``A`` is not canonical CSR/CSC).
+
+    Detection of a kind costs a few passes over every entry; most matrices that are not
+    grids are plainly not, and a few lines show it.  A line of a stencil operator on a grid
+    of any width couples at most ``(2r + 1)^2`` pixels (radius ``r``), and their offsets from
+    the line's own pixel form at most ``2r + 1`` clusters separated by gaps wider than
+    ``2r`` (one per row of the stencil; rows closer than that merge).  The limits are
+    necessary for every width, so no true layout is ever ruled out.
+    """
+    if not (sp.issparse(A) and A.format in ("csr", "csc") and A.has_canonical_format):
+        return kinds, None
+    n = A.shape[0]
+    lines = np.unique(np.linspace(0, n - 1, min(n, n_lines)).astype(np.int64))
+    start, stop = A.indptr[lines], A.indptr[lines + 1]
+    counts = (stop - start).astype(np.int64)
+    take = np.concatenate([np.arange(a, b) for a, b in zip(start.tolist(), stop.tolist())] or [np.zeros(0, np.int64)])
+    minor = A.indices[take].astype(np.int64)
+    keep = A.data[take] != 0
+    line = np.repeat(lines, counts)[keep]
+    minor = minor[keep]
+    out = []
+    for k, numbering, radius in kinds:
+        if counts.max(initial=0) > (9 * k if radius == 1 else 25):
+            continue
+        pl, pm = _pixel_couplings(line, minor, n, k, numbering)
+        key = np.unique(line * (2 * n + 1) + (pm - pl + n))  # distinct (line, offset), sorted
+        which, offset = np.divmod(key, 2 * n + 1)
+        new_line = np.concatenate([[True], which[1:] != which[:-1]])
+        if np.bincount(np.cumsum(new_line) - 1).max(initial=0) > (2 * radius + 1) ** 2:
+            continue
+        starts_cluster = new_line | (np.diff(offset, prepend=offset[:1]) > 2 * radius)
+        clusters = np.bincount(np.cumsum(new_line) - 1, weights=starts_cluster)
+        if clusters.max(initial=0) > 2 * radius + 1:
+            continue
+        masked_possible = radius == 1 and k == 1  # (a masked grid's width divides nothing)
+        if not masked_possible and not _some_width_fits(which, offset - n, n // k, radius):
+            continue
+        out.append((k, numbering, radius))
+    # the sampled couplings, as (row, column) pairs: a quick first test of candidate grids
+    probe = (line, minor) if A.format == "csr" else (minor, line)
+    return out, probe
+
+
 def _detect_entries(A, hints):
     rows, cols, vals = _coo_parts(A)
     rows = rows.astype(np.int64, copy=False)
@@ -368,10 +433,18 @@ def _detect_entries(A, hints):
         raise NotGridStructuredError(
             "A is not a stencil operator on a grid: some row or column couples more unknowns "
             "than any stencil we solve holds")  # fmt: skip
+    probe = None
+    if not given and hints.grid is None:
+        plausible, probe = _plausible_kinds(A, kinds)
+        if not plausible:
+            raise NotGridStructuredError(
+                "A is not a stencil operator on any grid: its rows couple unknowns farther "
+                "apart than any stencil we solve reaches")  # fmt: skip
+        kinds = plausible
     failure = None
     for k, numbering, radius in kinds:
         try:
-            return _detect_kind(rows, cols, vals, n, hints, k, numbering, radius)
+            return _detect_kind(rows, cols, vals, n, hints, k, numbering, radius, probe)
         except NotGridStructuredError as exc:
             failure = failure or exc  # the plainest kind's reason is the clearest
     raise failure
@@ -393,10 +466,32 @@ def _stencil_name(dr, dc, radius):
     return "25-point" if bool(np.any(np.abs(dr) + np.abs(dc) > 2)) else "13-point"
 
 
-def _detect_kind(rows, cols, vals, n, hints, k, numbering, radius):
-    """Detection for one kind of layout: raise NotGridStructuredError if it does not fit."""
-    pr, pc = _pixel_couplings(rows, cols, n, k, numbering)
+def _could_be_wide_pixel_major(rows, cols, m, k, radius):
+    """False when no grid width fits the reach of pixel-major pairs (no pass over the pairs:
+    their reach lies within one of the unknowns' reach divided by ``k``)."""
+    if k == 1 or rows.size == 0:
+        return True
+    reach = int(np.abs(cols - rows).max())
+    lo, hi = reach // k, -(-reach // k) + 1
+    if lo <= radius:
+        return True  # a strip may hold it
+    return any(m % w == 0 for r in range(lo, hi + 1) for dr in range(1, radius + 1)
+               for dc in range(-radius, radius + 1) if (r - dc) % dr == 0 and (w := (r - dc) // dr) >= 2)
+
+
+def _detect_kind(rows, cols, vals, n, hints, k, numbering, radius, probe=None):
+    """Detection for one kind of layout: raise NotGridStructuredError if it does not fit.
+
+    ``probe``: a sample of the couplings; a candidate grid they do not fit is not tried on
+    every entry."""
     m = n // k
+    if hints.grid is None and hints.pixels is None and numbering == "pixel" and not (
+        _could_be_wide_pixel_major(rows, cols, m, k, radius)
+    ):
+        raise NotGridStructuredError(
+            f"A is not a stencil operator with {k} unknowns per pixel (pixel-major) on any grid")
+    pr, pc = _pixel_couplings(rows, cols, n, k, numbering)
+    probe = None if probe is None else _pixel_couplings(*probe, n, k, numbering)
     what = "a 3x3-stencil" if radius == 1 else "a 5x5-stencil"
     if k > 1:
         what += f" ({k} unknowns per pixel, {numbering}-major)"
@@ -419,6 +514,8 @@ def _detect_kind(rows, cols, vals, n, hints, k, numbering, radius):
             )
         return _finish((h, w), order, None, k, numbering, radius, rows, cols, vals, pr, pc)
     for width in _candidate_widths(pr, pc, m, radius):
+        if probe is not None and _fits(*probe, width, radius) is None:
+            continue
         fit = _fits(pr, pc, width, radius)
         if fit is None:
             continue
