@@ -5,7 +5,7 @@ and the 13-point biharmonic operator, ssi_sparse.spsolve against what people use
 Run from the repository root::
 
     PYTHONPATH=. python bench/bench_kinds.py [--repeats 3] [--json out.json]
-        [--sizes 512] [--cases horn_schunck biharmonic elasticity] [--timeout 900]
+        [--sizes 512] [--cases horn_schunck biharmonic elasticity batch] [--timeout 900]
 
 Cases (N x N grids, N from ``--sizes``, default 512; all three symmetric positive definite):
 
@@ -16,6 +16,9 @@ Cases (N x N grids, N from ``--sizes``, default 512; all three symmetric positiv
 * ``biharmonic``: ``problems.biharmonic_2d(N, N)`` (13-point, ``L @ L``), random b.
 * ``elasticity``: ``problems.elasticity_2d(N, N)`` (plane strain, lam = mu = 1, pixel
   numbering, 2 N^2 unknowns), random b.
+* ``batch``: 256 diffusion systems of 64 x 64 (coefficients uniform in [0.1, 10], one field
+  per system) and their right-hand sides: every baseline in a loop, ssi_sparse's own
+  ``factorize`` in a loop, and ``factorize_batch`` (``--sizes`` does not apply).
 
 Solvers, each of each case in its own fresh process (so the first call is what a user sees;
 then ``--repeats`` more calls in that process for the cached figures): SciPy spsolve, SuperLU
@@ -57,7 +60,36 @@ CASES = {
                     "alpha = 10/255, pixel numbering",
     "biharmonic": "13-point biharmonic biharmonic_2d(N, N) = L @ L",
     "elasticity": "plane-strain elasticity elasticity_2d(N, N), lam = mu = 1, pixel numbering",
+    "batch": "a batch: 256 diffusion systems of 64x64, each with its own random coefficients",
 }
+BATCH, BATCH_SIDE = 256, 64
+
+
+def batch_systems():
+    rng = np.random.default_rng(SEED)
+    As = [problems.diffusion_2d(BATCH_SIDE, BATCH_SIDE, rng.uniform(0.1, 10.0, (BATCH_SIDE, BATCH_SIDE)))
+          for _ in range(BATCH)]  # fmt: skip
+    return As, rng.standard_normal((BATCH, BATCH_SIDE * BATCH_SIDE))
+
+
+def _loop(solve):
+    return lambda As, bs: np.stack([solve(A, b) for A, b in zip(As, bs)])
+
+
+def _ssi_factorize_loop(A, b):
+    import ssi_sparse
+
+    return ssi_sparse.factorize(A).solve(b)
+
+
+def _ssi_batch(As, bs):
+    import ssi_sparse
+
+    return ssi_sparse.factorize_batch(As).solve(bs)
+
+
+BATCH_SOLVERS = {**{name: _loop(fn) for name, fn in SOLVERS.items() if name != "ssi_sparse"},
+                 "ssi_factorize_loop": _loop(_ssi_factorize_loop), "ssi_factorize_batch": _ssi_batch}
 
 
 # --- problems (rebuilt identically in every child) -------------------------------------------
@@ -110,23 +142,33 @@ def child(spec):
     import ssi_sparse  # noqa: F401  (imported before timing, for every solver alike)
 
     res = {"case": spec["case"], "size": spec["size"], "solver": spec["solver"]}
-    A, b = system(spec["case"], spec["size"])
-    res["unknowns"], res["nnz"] = A.shape[0], int(A.nnz)
+    batch = spec["case"] == "batch"
+    if batch:
+        As, bs = batch_systems()
+        res["unknowns"], res["nnz"] = As[0].shape[0] * len(As), int(sum(A.nnz for A in As))
+        solve, A, b = BATCH_SOLVERS[spec["solver"]], As, bs
+    else:
+        A, b = system(spec["case"], spec["size"])
+        res["unknowns"], res["nnz"] = A.shape[0], int(A.nnz)
+        solve = SOLVERS[spec["solver"]]
     times = []
     try:
         for _ in range(1 + spec["repeats"]):
             t = time.perf_counter()
-            x = SOLVERS[spec["solver"]](A, b)
+            x = solve(A, b)
             times.append(time.perf_counter() - t)
     except ImportError as exc:
         res["error"] = f"not installed ({exc})"
     else:
-        res["residual"] = float(np.linalg.norm(A @ x - b) / np.linalg.norm(b))
+        if batch:  # the worst system's
+            res["residual"] = max(float(np.linalg.norm(M @ xt - bt) / np.linalg.norm(bt)) for M, xt, bt in zip(A, x, b))
+        else:
+            res["residual"] = float(np.linalg.norm(A @ x - b) / np.linalg.norm(b))
         res["first_s"] = times[0]
         res["min_s"] = min(times)
         res["median_s"] = statistics.median(times)
         res["blas"] = _blas_in_use()
-        if spec["solver"] == "ssi_sparse":
+        if spec["solver"] == "ssi_sparse" and not batch:
             res["path"] = ssi_path(A)  # after the timed calls, untimed
         if spec["case"] == "horn_schunck":
             u, v = x.reshape(-1, 2).T
@@ -184,6 +226,12 @@ def main(argv=None):
         for case in args.cases:
             if case == "horn_schunck" and importlib.util.find_spec("skimage") is None:
                 print(f"\n{case}: skipped (scikit-image is not installed)")
+                continue
+            if case == "batch":
+                rows = [run_child(case, BATCH_SIDE, s, args.repeats, work, args.timeout) for s in BATCH_SOLVERS]
+                table(f"{CASES[case]}: {rows[0].get('unknowns')} unknowns in all, float64, SPD; every "
+                      "baseline loops over the systems", rows, "spsolve")  # fmt: skip
+                results["cases"]["batch"] = rows
                 continue
             for size in args.sizes:
                 rows = [run_child(case, size, s, args.repeats, work, args.timeout) for s in SOLVERS]

@@ -389,6 +389,9 @@ def _plausible_kinds(A, kinds, n_lines=64):
             continue
         pl, pm = _pixel_couplings(line, minor, n, k, numbering)
         key = np.unique(line * (2 * n + 1) + (pm - pl + n))  # distinct (line, offset), sorted
+        if key.size == 0:  # no couplings sampled: nothing to rule out
+            out.append((k, numbering, radius))
+            continue
         which, offset = np.divmod(key, 2 * n + 1)
         new_line = np.concatenate([[True], which[1:] != which[:-1]])
         if np.bincount(np.cumsum(new_line) - 1).max(initial=0) > (2 * radius + 1) ** 2:
