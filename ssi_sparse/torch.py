@@ -107,6 +107,42 @@ class _Solve(torch.autograd.Function):
         return grad_values, grad_b_t, None, None, None, None
 
 
+class _BatchSolve(torch.autograd.Function):
+    """``x[t] = A_t^-1 b[t]`` for ``B`` matrices on one pattern (values (B, nnz))."""
+
+    @staticmethod
+    def forward(ctx, values, b, rows, cols, shape, factor_source):
+        dtype = torch.promote_types(values.dtype, b.dtype)
+        backend, to_array, to_tensor = _exchange(values, b)
+        data = values.detach().to(dtype).cpu().numpy()
+        factor = factor_source([sp.csr_array((d, (rows, cols)), shape=shape) for d in data], backend)
+        x = to_tensor(factor.solve(to_array(b.detach().to(dtype).contiguous())))
+        ctx.factor, ctx.rows, ctx.cols, ctx.to_array, ctx.to_tensor = factor, rows, cols, to_array, to_tensor
+        ctx.value_dtype, ctx.b_dtype = values.dtype, b.dtype
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_x):
+        (x,) = ctx.saved_tensors
+        xp = ctx.factor.backend.xp
+        grad_b = ctx.factor.solve(ctx.to_array(grad_x.contiguous()), trans="H")
+        grad_values = grad_b_t = None
+        if ctx.needs_input_grad[0]:
+            to_xp = ctx.factor.backend.to_device
+            rows, cols, xs = to_xp(ctx.rows), to_xp(ctx.cols), ctx.to_array(x)
+            g = xp.stack([stored_entry_gradient(gb, xt, rows, cols, xp) for gb, xt in zip(grad_b, xs)])
+            if not ctx.value_dtype.is_complex:
+                g = xp.real(g)
+            grad_values = ctx.to_tensor(xp.ascontiguousarray(g)).to(ctx.value_dtype)
+        if ctx.needs_input_grad[1]:
+            if not ctx.b_dtype.is_complex:
+                grad_b = xp.real(grad_b)
+            grad_b_t = ctx.to_tensor(xp.ascontiguousarray(grad_b)).to(ctx.b_dtype)
+        return grad_values, grad_b_t, None, None, None, None
+
+
 def _solve(values, rows, cols, shape, b, factor_source):
     columns, unfold = _as_columns(b, shape[0])
     return unfold(_Solve.apply(values, columns, rows, cols, shape, factor_source))
@@ -151,6 +187,11 @@ class SparseSolve(torch.nn.Module):
         ``(n, n)``.
     grid, order
         As for :func:`ssi_sparse.factorize`.
+
+    ``forward(values, b)``: ``values`` of shape (nnz,) and ``b`` of shape (n,), (n, k) or
+    (batch, n, k) solve one matrix; ``values`` of shape (B, nnz) with ``b`` of shape (B, n) or
+    (B, n, k) solve ``B`` matrices on the pattern, factorized together
+    (:func:`ssi_sparse.factorize_batch`).
     """
 
     def __init__(self, indices, shape, *, grid=None, order=None):
@@ -159,7 +200,7 @@ class SparseSolve(torch.nn.Module):
         self.rows, self.cols = idx[0], idx[1]
         self.shape = tuple(int(s) for s in shape)
         self.grid, self.order = grid, order
-        self._factor = None
+        self._factor = self._batch_factor = None
 
     def _factor_for(self, A, backend):
         if self._factor is None or self._factor.dtype != A.dtype or self._factor.backend.name != backend:
@@ -169,5 +210,20 @@ class SparseSolve(torch.nn.Module):
         # sharing grid, sparsity pattern and plan: no detection, no planning
         return copy.copy(self._factor).refactorize(A)
 
+    def _batch_factor_for(self, matrices, backend):
+        from ._batch import factorize_batch
+
+        f = self._batch_factor
+        if f is None or f.dtype != matrices[0].dtype or f.backend.name != backend or f.batch != len(matrices):
+            self._batch_factor = factorize_batch(matrices, grid=self.grid, order=self.order, backend=backend)
+            return self._batch_factor
+        return copy.copy(f).refactorize_batch(matrices)  # (a fresh factor per call, as above)
+
     def forward(self, values, b):
+        if values.ndim == 2:
+            n = self.shape[0]
+            if b.ndim not in (2, 3) or b.shape[:2] != (values.shape[0], n):
+                raise ValueError(f"with values of shape {tuple(values.shape)}, b must have shape "
+                                 f"({values.shape[0]}, {n}) or ({values.shape[0]}, {n}, k), got {tuple(b.shape)}")
+            return _BatchSolve.apply(values, b, self.rows, self.cols, self.shape, self._batch_factor_for)
         return _solve(values, self.rows, self.cols, self.shape, b, self._factor_for)

@@ -109,6 +109,25 @@ def test_module_reuses_pattern_and_keeps_each_calls_gradient():
         torch.testing.assert_close(v.grad, vv.grad, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("with_columns", [False, True])
+def test_module_batch_of_matrices_gradcheck(with_columns):
+    """values (B, nnz): B matrices on one pattern, factorized together; gradients checked."""
+    A = random_spd_9pt(3, 4, seed=3)
+    n = A.shape[0]
+    idx, values = sparse_tensor(A)
+    layer = sst.SparseSolve(idx, (n, n), grid=(3, 4))
+    scales = torch.tensor([1.0, 1.5, 0.7], dtype=torch.float64)[:, None]
+    V = (values[None, :] * scales).requires_grad_(True)
+    b = torch.randn((3, n, 2) if with_columns else (3, n), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, bb: layer(v, bb), (V, b))
+    x = layer(V, b)
+    dense = lambda v: torch.zeros(n, n, dtype=v.dtype).index_put((idx[0], idx[1]), v, accumulate=True)  # noqa: E731
+    for t in range(3):
+        torch.testing.assert_close(x[t], torch.linalg.solve(dense(V[t]), b[t]), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="b must have shape"):
+        layer(V, torch.randn(n, dtype=torch.float64))
+
+
 @pytest.mark.gpu
 def test_cuda_tensors_run_on_the_gpu_engine_and_match_cpu():
     from ssi_sparse._backend import cupy_available
