@@ -165,8 +165,10 @@ class GridFactor:
         # commit only after success, so a failed refactorization leaves the factor intact
         self._V, self._numeric, self._scale = V, numeric, scale
         self._Vt = None  # transposed stencil, built on the first transposed solve
-        self._row_scale = {}  # reciprocal row norms of op(A), built on the first solve
-        self._norm_inf = stencil_norm_inf(xp, V, dims)
+        row_sums = stencil_row_sums(xp, V, dims)
+        # reciprocal row norms of op(A) (the transposed ones built on the first such solve)
+        self._row_scale = {"N": 1.0 / xp.reshape(row_sums, (-1, 1))}
+        self._norm_inf = float(xp.max(row_sums))
         self.dtype = dtype
         self.factor_dtype = factor_dtype
         self.hermitian = numeric.hermitian
