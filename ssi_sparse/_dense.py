@@ -146,6 +146,40 @@ class FactoredBlocks:
         sign = np.prod(diag / np.abs(diag), axis=1) * _permutation_signs(self.perm)
         return sign, logabs
 
+    def inverse_frontal(self, xp, Z_RR):
+        """As :meth:`._kernels.EliminatedBlocks.inverse_frontal`, from the stored factors.
+
+        In the column-major view ``G = F^T`` (see the module doc), ``G_SS^-1 G_SR = U^-1 X``
+        and ``G_RS G_SS^-1 = W L^-1 P^T``; the inverse of ``G`` is the transpose of ``F``'s.
+        """
+        from scipy.linalg import solve_triangular
+
+        P, s, r = self._shape
+        if s == 0:
+            return Z_RR
+        Zg_RR = np.swapaxes(Z_RR, 1, 2)  # G's blocks are F's transposed
+        out = np.empty((P, s + r, s + r), dtype=np.result_type(self.w.dtype, Z_RR.dtype))
+        eye = np.eye(s, dtype=self.w.dtype)
+        for p in range(P):
+            M = self.factor[p].T  # L\U (or L) of G_SS, column-major
+            W = self.w[p].T  # (r, s)
+            if self.kind == "cholesky":
+                L = np.tril(M)
+                T2 = solve_triangular(L, W.T, lower=True, trans="T").T  # W L^-1
+                T1 = T2.conj().T  # U^-1 X = L^-H W^H
+                inv = solve_triangular(L, solve_triangular(L, eye, lower=True), lower=True, trans="C")
+            else:
+                L, U = np.tril(M, -1) + eye, np.triu(M)
+                PT = eye[self.perm[p]]  # P^T v = v[perm]
+                T1 = solve_triangular(U, self.x[p].T, lower=False)  # U^-1 X
+                L_inv_PT = solve_triangular(L, PT, lower=True, unit_diagonal=True)
+                T2 = W @ L_inv_PT  # W L^-1 P^T
+                inv = solve_triangular(U, L_inv_PT, lower=False)  # U^-1 L^-1 P^T
+            Z_RS = -(Zg_RR[p] @ T2)
+            Zg = np.block([[inv - T1 @ Z_RS, -(T1 @ Zg_RR[p])], [Z_RS, Zg_RR[p]]])
+            out[p] = Zg.T
+        return out
+
     def down(self, xp, kept, u_R, trans):
         """Back-substitute one class's eliminated unknowns from their boundary values."""
         P, s, r = self._shape

@@ -392,3 +392,40 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
 
     u = xp.concat([xp.reshape(s, (-1, k_rhs)) for level in solutions for s in level], axis=0)
     return xp.take(u, to_xp(plan.inverse_order), axis=0)
+
+
+def selected_inverse(factor: NumericFactor, xp=np):
+    """Entries of ``A^-1`` on the stencil pattern, in the stencil array's layout.
+
+    Returns ``Z`` shaped like ``V`` (rows, 9): ``Z[row, slot]`` is the entry of ``A^-1`` at
+    the coupling ``V[row, slot]`` stands for (every slot that joins two nodes of the grid,
+    stored or not).  Walks the tree from the root: a frontal's inverse block follows from
+    its boundary block, which its parent's holds (:meth:`inverse_frontal`); every coupling
+    lies in the leaf box that owns it, where the leaf's template reads it back.
+    """
+    plan = factor.plan
+    n_rows = plan.height * plan.width * plan.components**2 * plan.batch
+    to_xp = plan.device(xp)
+    parent_Z = None
+    for k in range(len(plan.levels) - 1, -1, -1):
+        level = plan.levels[k]
+        level_Z = []
+        for ci, cls in enumerate(level.classes):
+            if k == len(plan.levels) - 1:
+                Z_RR = xp.zeros((cls.n_boxes, 0, 0), dtype=factor.dtype)
+            else:
+                parent_level = plan.levels[k + 1]
+                parts = []
+                for pi, role in level.boundary_sources[ci]:
+                    pos = to_xp(parent_level.classes[pi].children[role].boundary_pos)
+                    parts.append(xp.take(xp.take(parent_Z[pi], pos, axis=1), pos, axis=2))
+                Z_RR = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+            level_Z.append(factor.blocks[k][ci].inverse_frontal(xp, Z_RR))
+        parent_Z = level_Z
+    Z = xp.zeros((n_rows + 1) * 9, dtype=factor.dtype)
+    for cls, Zf in zip(plan.levels[0].classes, parent_Z):
+        # entries the box does not own read the zero row (the last): written there, dropped
+        local, slot = np.divmod(cls.leaf_template.reshape(-1), 9)
+        where = cls.closed_nodes[:, local] * 9 + slot[None, :]  # (P, f * f)
+        Z[to_xp(where.reshape(-1))] = xp.reshape(Zf, (-1,))
+    return xp.reshape(Z, (n_rows + 1, 9))[:n_rows, ...]

@@ -72,6 +72,17 @@ class EliminatedBlocks:
         to_host = getattr(xp, "asnumpy", np.asarray)
         return np.conj(to_host(sign)), -to_host(logabs).astype(np.float64)
 
+    def inverse_frontal(self, xp, Z_RR):
+        """The inverse of the matrix on this class's frontal nodes, ``[[Z_SS, Z_SR], [Z_RS,
+        Z_RR]]`` (P, f, f), from its boundary part ``Z_RR`` (P, r, r): the eliminated nodes
+        couple only to the boundary once the boxes below are gone, so ``Z_SR = -X Z_RR``,
+        ``Z_RS = -Z_RR R_S S^-1``, ``Z_SS = S^-1 - X Z_RS`` (selected inversion)."""
+        Y = matrix_h(xp, self.x) if self.r_s is None else self.r_s @ self.s_inv  # R_S S^-1
+        Z_SR = -(self.x @ Z_RR)
+        Z_RS = -(Z_RR @ Y)
+        Z_SS = self.s_inv - self.x @ Z_RS
+        return xp.concat([xp.concat([Z_SS, Z_SR], axis=2), xp.concat([Z_RS, Z_RR], axis=2)], axis=1)
+
     def down(self, xp, kept, u_R, trans):
         """Back-substitute the eliminated unknowns from the boundary values ``u_R``."""
         if trans == "N":

@@ -17,7 +17,7 @@ from ._plan import STENCIL_OFFSETS
 __all__ = [
     "stencil_matvec",
     "transpose_stencil",
-    "is_hermitian", "equilibrate", "stencil_norm_inf", "stencil_row_sums", "stencil_to_csr"]
+    "is_hermitian", "equilibrate", "scale_couplings", "stencil_norm_inf", "stencil_row_sums", "stencil_to_csr"]
 
 
 def _dims(shape):
@@ -103,13 +103,18 @@ def equilibrate(xp, V, shape):
         return V, None
     s = 1.0 / xp.sqrt(row_max)
     s = xp.astype(s, row_max.dtype)
+    return xp.astype(scale_couplings(xp, V, s, shape), V.dtype, copy=False), s
+
+
+def scale_couplings(xp, V, s, shape):
+    """``diag(s) A diag(s)``: every coupling ``(i, j)`` times ``s_i s_j`` (``s`` one per node)."""
+    h, w, k = _dims(shape)
     sg = xp.reshape(s, (h, w, k))
     s_nb = xp.stack([v for v in _neighbour_views(xp, sg, shape)], axis=-1)  # (H, W, k, 9)
     # one product s_i * s_j per entry, so that entries (i, j) and (j, i) round identically
     # and an exactly Hermitian matrix stays exactly Hermitian
     both = xp.reshape(sg, (h, w, k, 1, 1)) * xp.reshape(s_nb, (h, w, 1, k, 9))
-    Vs = V * xp.reshape(both, V.shape)
-    return xp.astype(Vs, V.dtype), s
+    return V * xp.reshape(both, V.shape)
 
 
 def stencil_norm_inf(xp, V, shape) -> float:

@@ -381,3 +381,57 @@ def test_factorize_stencil_refuses_bad_arrays():
     V[1, 1, 1, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         ssi_sparse.factorize_stencil(V)
+
+
+# --- selected inversion ---------------------------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    kind=st.sampled_from(["block", "radius2", "masked"]), H=st.integers(1, 8), W=st.integers(1, 8),
+    k=st.integers(1, 3), dtype=st.sampled_from(DTYPES), hermitian=st.booleans(), seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_inverse_entries_match_the_dense_inverse(kind, H, W, k, dtype, hermitian, seed):
+    rng = np.random.default_rng(seed)
+    if kind == "block":
+        A = block_stencil_random(H, W, k, seed=seed, hermitian=hermitian, dtype=dtype)
+        lu = factorize(A, grid=(H, W), components=k)
+    elif kind == "radius2":
+        A = radius2_matrix(H, W, rng, dtype, hermitian=hermitian)
+        lu = factorize(A, grid=(H, W), radius=2)
+    else:
+        mask = rng.random((H, W)) < 0.7
+        if not mask.any():
+            return
+        idx = np.flatnonzero(mask)
+        full = block_stencil_random(H, W, 1, seed=seed, hermitian=hermitian, dtype=dtype)
+        A = sp.csr_array(full[idx][:, idx])
+        lu = factorize(A, mask=mask)
+    Z = np.linalg.inv(A.toarray().astype(np.complex128 if np.iscomplexobj(A.data) else np.float64))
+    coo = A.tocoo()
+    rows = np.concatenate([coo.row, coo.col, np.arange(A.shape[0])])
+    cols = np.concatenate([coo.col, coo.row, np.arange(A.shape[0])])
+    z = lu.inverse_entries(rows, cols)
+    tol = 1e-4 if np.dtype(dtype).itemsize in (4, 8) and dtype != np.float64 else 1e-10
+    np.testing.assert_allclose(z, Z[rows, cols], rtol=tol, atol=tol * np.abs(Z).max())
+
+
+def test_inverse_entries_batch_mixed_precision_and_errors():
+    from ssi_sparse.problems import diffusion_2d
+
+    rng = np.random.default_rng(9)
+    systems = [diffusion_2d(12, 10, rng.uniform(0.5, 2.0, (12, 10))) for _ in range(3)]
+    i = np.arange(120)
+    diag = ssi_sparse.factorize_batch(systems).inverse_entries(i, i)
+    assert diag.shape == (3, 120)
+    for A, d in zip(systems, diag):
+        np.testing.assert_allclose(d, np.diag(np.linalg.inv(A.toarray())), rtol=1e-10)
+    lu = factorize(systems[0], factor_dtype=np.float32)
+    np.testing.assert_allclose(lu.inverse_entries(i, i), diag[0], rtol=1e-12)  # working precision
+    with pytest.raises(ValueError, match="stencil neighbours"):
+        lu.inverse_entries([0], [50])
+    with pytest.raises(ValueError, match="lie in"):
+        lu.inverse_entries([0], [120])
+    # refactorization invalidates the cached inverse
+    lu.refactorize(2 * systems[0])
+    np.testing.assert_allclose(lu.inverse_entries(i, i), diag[0] / 2, rtol=1e-10)
