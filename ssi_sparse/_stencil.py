@@ -110,11 +110,14 @@ def scale_couplings(xp, V, s, shape):
     """``diag(s) A diag(s)``: every coupling ``(i, j)`` times ``s_i s_j`` (``s`` one per node)."""
     h, w, k = _dims(shape)
     sg = xp.reshape(s, (h, w, k))
-    s_nb = xp.stack([v for v in _neighbour_views(xp, sg, shape)], axis=-1)  # (H, W, k, 9)
-    # one product s_i * s_j per entry, so that entries (i, j) and (j, i) round identically
-    # and an exactly Hermitian matrix stays exactly Hermitian
-    both = xp.reshape(sg, (h, w, k, 1, 1)) * xp.reshape(s_nb, (h, w, 1, k, 9))
-    return V * xp.reshape(both, V.shape)
+    Vg = _blocks(xp, V, shape)
+    out = xp.empty(Vg.shape, dtype=xp.result_type(V.dtype, s.dtype))
+    for slot, s_nb in enumerate(_neighbour_views(xp, sg, shape)):
+        # one product s_i * s_j per entry, so that entries (i, j) and (j, i) round
+        # identically and an exactly Hermitian matrix stays exactly Hermitian
+        pair = xp.reshape(sg, (h, w, k, 1)) * xp.reshape(s_nb, (h, w, 1, k))
+        out[..., slot] = Vg[..., slot] * pair
+    return xp.reshape(out, V.shape)
 
 
 def stencil_norm_inf(xp, V, shape) -> float:
