@@ -91,6 +91,9 @@ class Backend:
                 )
             self.xp = CupyNamespace(cp)
 
+    def __reduce__(self):
+        return Backend, (self.name,)
+
     @property
     def is_gpu(self) -> bool:
         return self.name == "gpu"

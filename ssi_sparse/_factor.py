@@ -136,6 +136,17 @@ class GridFactor:
             self._nodes = self.backend.to_device(_per_system(spec.nodes, B, spec.n_nodes))
         self._factorize_stencil(V)
 
+    def __getstate__(self):
+        # pickles (Dask, multiprocessing): the array namespace is a module, restored from the
+        # backend; the plan travels as its key (see Plan.__reduce__)
+        state = dict(self.__dict__)
+        del state["_xp"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._xp = self.backend.xp
+
     def _factorize_stencil(self, V, full_precision=False):
         """Numeric phase for the (host) stencil values ``V`` on this factor's grid and plan."""
         xp = self._xp

@@ -107,6 +107,11 @@ class Plan:
     batch: int = 1
     _device_cache: dict = field(default_factory=dict, repr=False)
 
+    def __reduce__(self):
+        # a plan travels as its key: the receiving process builds (or finds in its cache)
+        # its own, so a Dask worker or MPI rank builds each plan once, whatever it is sent
+        return build_plan, (self.height, self.width, self.leaf_cells, self.components, self.batch)
+
     @property
     def n(self) -> int:
         """Nodes (unknowns) of the grid, of all systems of a batch."""
