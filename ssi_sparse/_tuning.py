@@ -50,6 +50,11 @@ MASK_MAX_COMPONENTS = 4096
 #: Detection without a hint tries 1, then 2 .. this many unknowns per pixel (both numberings).
 DETECT_MAX_COMPONENTS = 4
 
+#: ``ssi_sparse.dask.solve_many`` factors each task's systems as one batch of at most this
+#: many unknowns in all (batches ran faster than one system per task, bench/bench_dask.py:
+#: 64 systems of 513^2 on 2 workers, 43 s batched in 16s vs 50 s one by one).
+DASK_BATCH_MAX_UNKNOWNS = 1 << 22
+
 KERNELS = ("dense", "native", "portable")
 
 

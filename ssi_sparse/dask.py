@@ -27,6 +27,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without dask
     raise ImportError("ssi_sparse.dask needs Dask: pip install 'ssi-sparse[dask]'") from exc
 
+from ._tuning import DASK_BATCH_MAX_UNKNOWNS
+
 __all__ = ["solve_many", "solve_columns"]
 
 
@@ -38,12 +40,16 @@ def _layout_key(A):
     return (A.format, A.shape, A.nnz, digest.hexdigest())
 
 
-def _solve_chunk(matrices, rhs, layout):
-    """One task: the chunk's systems factored together; systems the engine does not take
-    (not grids, or singular blocks) are answered one by one as ``ssi_sparse.spsolve`` does."""
+def _solve_chunk(chunk, layout):
+    """One task: the chunk's systems factored together (one system: plainly); systems the
+    engine does not take (not grids, or singular blocks) are answered one by one as
+    ``ssi_sparse.spsolve`` does."""
     import ssi_sparse
 
+    matrices, rhs = chunk
     try:
+        if len(matrices) == 1:
+            return [ssi_sparse.factorize(matrices[0], **layout).solve(rhs[0])]
         factor = ssi_sparse.factorize_batch(matrices, **layout)
         return list(factor.solve(np.stack(rhs)))
     except (ssi_sparse.NotGridStructuredError, ssi_sparse.SingularMatrixError):
@@ -63,7 +69,9 @@ def solve_many(client, matrices, rhs, *, chunk=None, **layout):
     rhs : sequence of arrays
         ``rhs[t]`` of shape (n_t,) or (n_t, k); one shape within a group.
     chunk : int, optional
-        Systems per task.  Default: each group cut into about two tasks per worker.
+        Systems per task, factored as one batch.  Default: each group cut into about two
+        tasks per worker, with at most ``DASK_BATCH_MAX_UNKNOWNS`` unknowns per task (the
+        batch's memory).
     **layout
         Passed to :func:`ssi_sparse.factorize_batch` (``grid=``, ``components=``, ...).
 
@@ -79,14 +87,16 @@ def solve_many(client, matrices, rhs, *, chunk=None, **layout):
     for t, A in enumerate(matrices):
         groups.setdefault(_layout_key(A), []).append(t)
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-    tasks = []
+    parts = []
     for members in groups.values():
-        size = chunk or max(1, math.ceil(len(members) / (2 * n_workers)))
-        for start in range(0, len(members), size):
-            part = members[start : start + size]
-            future = client.submit(_solve_chunk, [matrices[t] for t in part], [rhs[t] for t in part],
-                                   layout, pure=False)  # fmt: skip
-            tasks.append((part, future))
+        size = chunk
+        if size is None:  # about two tasks per worker, each batch within the memory cap
+            cap = max(1, DASK_BATCH_MAX_UNKNOWNS // matrices[members[0]].shape[0])
+            size = min(cap, max(1, math.ceil(len(members) / (2 * n_workers))))
+        parts += [members[start : start + size] for start in range(0, len(members), size)]
+    # the data goes to the workers once, as futures, not inside the task graph
+    data = client.scatter([([matrices[t] for t in part], [rhs[t] for t in part]) for part in parts], hash=False)
+    tasks = [(part, client.submit(_solve_chunk, d, layout, pure=False)) for part, d in zip(parts, data)]
     out = [None] * len(matrices)
     for part, result in zip((p for p, _ in tasks), client.gather([f for _, f in tasks])):
         for t, x in zip(part, result):
@@ -110,6 +120,6 @@ def solve_columns(client, factor, B):
         raise ValueError(f"B must have shape ({factor.shape[0]}, m), got {B.shape}")
     if len(B.chunks[0]) != 1:
         B = B.rechunk({0: -1})
-    shared = client.scatter(factor, broadcast=True)
+    shared = client.scatter(factor, broadcast=True, hash=False)
     dtype = np.promote_types(factor.dtype, B.dtype)
     return B.map_blocks(_solve_block, shared, dtype=dtype)
