@@ -69,9 +69,9 @@ def solve_many(client, matrices, rhs, *, chunk=None, **layout):
     rhs : sequence of arrays
         ``rhs[t]`` of shape (n_t,) or (n_t, k); one shape within a group.
     chunk : int, optional
-        Systems per task, factored as one batch.  Default: each group cut into about two
-        tasks per worker, with at most ``DASK_BATCH_MAX_UNKNOWNS`` unknowns per task (the
-        batch's memory).
+        Systems per task, factored as one batch.  Default: each group cut into a whole
+        number of tasks per worker (at least two), with at most ``DASK_BATCH_MAX_UNKNOWNS``
+        unknowns per task (the batch's memory).
     **layout
         Passed to :func:`ssi_sparse.factorize_batch` (``grid=``, ``components=``, ...).
 
@@ -90,9 +90,13 @@ def solve_many(client, matrices, rhs, *, chunk=None, **layout):
     parts = []
     for members in groups.values():
         size = chunk
-        if size is None:  # about two tasks per worker, each batch within the memory cap
+        if size is None:
+            # at least two tasks per worker, each batch within the memory cap, and a whole
+            # number of tasks per worker (the last round of an uneven split idles workers)
             cap = max(1, DASK_BATCH_MAX_UNKNOWNS // matrices[members[0]].shape[0])
-            size = min(cap, max(1, math.ceil(len(members) / (2 * n_workers))))
+            n_tasks = max(math.ceil(len(members) / cap), 2 * n_workers)
+            n_tasks = min(len(members), math.ceil(n_tasks / n_workers) * n_workers)
+            size = math.ceil(len(members) / n_tasks)
         parts += [members[start : start + size] for start in range(0, len(members), size)]
     # the data goes to the workers once, as futures, not inside the task graph
     data = client.scatter([([matrices[t] for t in part], [rhs[t] for t in part]) for part in parts], hash=False)
