@@ -361,7 +361,7 @@ def _some_width_fits(line, offset, m, radius):
     return any(w >= 2 and m % w == 0 for w in widths)
 
 
-def _plausible_kinds(A, kinds, n_lines=64):
+def _plausible_kinds(A, kinds, components_given=False, n_lines=64):
     """The kinds a sample of ``A``'s rows (CSR) or columns (CSC) does not rule out, and the
     sample's couplings (or None where ``A`` is not canonical CSR/CSC).
 
@@ -400,7 +400,8 @@ def _plausible_kinds(A, kinds, n_lines=64):
         clusters = np.bincount(np.cumsum(new_line) - 1, weights=starts_cluster)
         if clusters.max(initial=0) > 2 * radius + 1:
             continue
-        masked_possible = radius == 1 and k == 1  # (a masked grid's width divides nothing)
+        # a masked grid's width divides nothing (found for k = 1, or k given)
+        masked_possible = radius == 1 and (k == 1 or components_given)
         if not masked_possible and not _some_width_fits(which, offset - n, n // k, radius):
             continue
         out.append((k, numbering, radius))
@@ -438,7 +439,7 @@ def _detect_entries(A, hints):
             "than any stencil we solve holds")  # fmt: skip
     probe = None
     if not given and hints.grid is None:
-        plausible, probe = _plausible_kinds(A, kinds)
+        plausible, probe = _plausible_kinds(A, kinds, bool(hints.components))
         if not plausible:
             raise NotGridStructuredError(
                 "A is not a stencil operator on any grid: its rows couple unknowns farther "
@@ -488,7 +489,8 @@ def _detect_kind(rows, cols, vals, n, hints, k, numbering, radius, probe=None):
     ``probe``: a sample of the couplings; a candidate grid they do not fit is not tried on
     every entry."""
     m = n // k
-    if hints.grid is None and hints.pixels is None and numbering == "pixel" and not (
+    masked_possible = radius == 1 and (k == 1 or hints.components)  # (any width)
+    if hints.grid is None and hints.pixels is None and numbering == "pixel" and not masked_possible and not (
         _could_be_wide_pixel_major(rows, cols, m, k, radius)
     ):
         raise NotGridStructuredError(
@@ -530,7 +532,7 @@ def _detect_kind(rows, cols, vals, n, hints, k, numbering, radius, probe=None):
             spec = GridSpec(shape, order, _stencil_name(dr, dc, 1))
             return spec, rows * 9 + (dr + 1) * 3 + (dc + 1), vals
         return _finish(shape, order, None, k, numbering, radius, rows, cols, vals, pr, pc)
-    if radius == 1 and (k == 1 or hints.components):
+    if masked_possible:
         # masked grids (3x3, found for one unknown per pixel; several when the caller says)
         found = find_embedding(*_unique_pairs(pr, pc, m, k), m)
         if found is not None and embedding_fits(pr, pc, *found):

@@ -435,3 +435,25 @@ def test_inverse_entries_batch_mixed_precision_and_errors():
     # refactorization invalidates the cached inverse
     lu.refactorize(2 * systems[0])
     np.testing.assert_allclose(lu.inverse_entries(i, i), diag[0] / 2, rtol=1e-10)
+
+
+@pytest.mark.parametrize("numbering", ["pixel", "component"])
+def test_masked_block_grid_found_when_components_are_given(numbering):
+    """With components=k, a masked grid of k-unknown pixels numbered in raster order of its
+    pixels is found from the pattern (its bounding box need not divide anything)."""
+    H, W, k = 23, 19, 2
+    yy, xx = np.mgrid[:H, :W]
+    mask = (yy - 11) ** 2 + (xx - 9) ** 2 <= 80
+    full = block_stencil_random(H, W, k, seed=3, hermitian=True, numbering=numbering)
+    m = int(mask.sum())
+    idx = np.flatnonzero(mask)
+    if numbering == "pixel":  # the unknowns of the masked pixels, in either numbering
+        keep = (idx[:, None] * k + np.arange(k)).ravel()
+    else:
+        keep = (np.arange(k)[:, None] * (H * W) + idx[None, :]).ravel()
+    A = sp.csr_array(full[keep][:, keep])
+    lu = factorize(A, components=k, numbering=numbering)
+    assert lu.grid.masked and lu.grid.components == k and len(lu.grid.pixels) == m
+    assert_embedding_is_valid(A, lu.grid)
+    b = random_rhs(np.random.default_rng(0), A.shape[0], None, np.float64)
+    np.testing.assert_allclose(lu.solve(b), reference_solve(A, b), rtol=1e-9, atol=1e-12)
