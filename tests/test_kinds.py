@@ -457,3 +457,35 @@ def test_masked_block_grid_found_when_components_are_given(numbering):
     assert_embedding_is_valid(A, lu.grid)
     b = random_rhs(np.random.default_rng(0), A.shape[0], None, np.float64)
     np.testing.assert_allclose(lu.solve(b), reference_solve(A, b), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["block", "radius2"])
+def test_adjoint_gradients_on_new_kinds(kind):
+    """solve_backward (dL/db = A^-H g, dL/dA on the stored entries) on a block and a 5x5
+    stencil, against the dense formulas."""
+    rng = np.random.default_rng(11)
+    A = block_stencil_random(6, 5, 2, seed=11, hermitian=False) if kind == "block" else \
+        radius2_matrix(7, 6, rng, np.float64)
+    lu = factorize(A)
+    b = rng.standard_normal(A.shape[0])
+    x = lu.solve(b)
+    g = rng.standard_normal(A.shape[0])
+    grad_b, grad_A = ssi_sparse.solve_backward(lu, x, g, A)
+    Ad = A.toarray()
+    gb = np.linalg.solve(Ad.T, g)
+    np.testing.assert_allclose(grad_b, gb, rtol=1e-9, atol=1e-12)
+    coo = sp.coo_array(grad_A)
+    np.testing.assert_allclose(coo.data, -gb[coo.row] * x[coo.col], rtol=1e-9, atol=1e-12)
+
+
+def test_torch_layer_on_a_block_stencil():
+    torch = pytest.importorskip("torch")
+    import ssi_sparse.torch as sst
+
+    A = block_stencil_random(4, 5, 2, seed=12, hermitian=False)
+    coo = A.tocoo()
+    idx = torch.tensor(np.vstack([coo.row, coo.col]), dtype=torch.int64)
+    v = torch.tensor(coo.data, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(A.shape[0], dtype=torch.float64, requires_grad=True)
+    layer = sst.SparseSolve(idx, A.shape, grid=(4, 5))
+    assert torch.autograd.gradcheck(lambda vv, bb: layer(vv, bb), (v, b))
