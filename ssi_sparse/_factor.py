@@ -189,6 +189,14 @@ class GridFactor:
         g = self.grid
         return build_plan(*g.engine_shape, DEFAULT_LEAF_CELLS, g.engine_components, self.batch or 1)
 
+    def _working_precision_numeric(self) -> NumericFactor:
+        """The factorization in the matrix's own precision: the stored one, or (mixed
+        precision) one made for the caller and not kept."""
+        if self.factor_dtype == self.dtype:
+            return self._numeric
+        Vs, _ = equilibrate(self._xp, self._V, self._dims)
+        return self._eliminate(Vs, self._numeric.hermitian)
+
     def _eliminate(self, Vs, hermitian) -> NumericFactor:
         """Numeric factorization of the equilibrated stencil ``Vs`` (in its dtype)."""
         a_norm = stencil_norm_inf(self._xp, Vs, self._dims)
@@ -220,11 +228,7 @@ class GridFactor:
         True
         """
         xp = self._xp
-        numeric = self._numeric
-        if self.factor_dtype != self.dtype:
-            Vs, _ = equilibrate(xp, self._V, self._dims)
-            numeric = self._eliminate(Vs, numeric.hermitian)
-        sign, logabs = numeric.slogdet(xp)
+        sign, logabs = self._working_precision_numeric().slogdet(xp)
         B = self.batch or 1
         # A_engine = S^-1 As S^-1 (S the equilibration), A_engine = A (+) d I on absent nodes
         scale = self.backend.to_host(self._scale).astype(np.float64)
@@ -289,12 +293,8 @@ class GridFactor:
         """``A^-1`` on the stencil pattern (stencil-array layout), computed once per factor."""
         if getattr(self, "_Z", None) is None or self._Z[0] is not self._numeric:
             xp = self._xp
-            numeric = self._numeric
-            if self.factor_dtype != self.dtype:  # selected inversion in working precision
-                Vs, _ = equilibrate(xp, self._V, self._dims)
-                numeric = self._eliminate(Vs, numeric.hermitian)
             # As = S A S, so A^-1 = S As^-1 S
-            Z = scale_couplings(xp, selected_inverse(numeric, xp), self._scale, self._dims)
+            Z = scale_couplings(xp, selected_inverse(self._working_precision_numeric(), xp), self._scale, self._dims)
             self._Z = (self._numeric, Z)
         return self._Z[1]
 

@@ -74,48 +74,20 @@ def _as_columns(b, n):
 
 
 class _Solve(torch.autograd.Function):
+    """``x = A^-1 b`` (values (nnz,)), or ``x[t] = A_t^-1 b[t]`` for ``B`` matrices on one
+    pattern (values (B, nnz), one batch factor)."""
+
     @staticmethod
     def forward(ctx, values, b, rows, cols, shape, factor_source):
         dtype = torch.promote_types(values.dtype, b.dtype)
         backend, to_array, to_tensor = _exchange(values, b)
         # detection and the plan are host work on the pattern: the values cross once (nnz)
         data = values.detach().to(dtype).cpu().numpy()
-        factor = factor_source(sp.csr_array((data, (rows, cols)), shape=shape), backend)
-        x = to_tensor(factor.solve(to_array(b.detach().to(dtype).contiguous())))
-        ctx.factor, ctx.rows, ctx.cols, ctx.to_array, ctx.to_tensor = factor, rows, cols, to_array, to_tensor
-        ctx.value_dtype, ctx.b_dtype = values.dtype, b.dtype
-        ctx.save_for_backward(x)
-        return x
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_x):
-        (x,) = ctx.saved_tensors
-        xp = ctx.factor.backend.xp
-        grad_b = ctx.factor.solve(ctx.to_array(grad_x.contiguous()), trans="H")
-        grad_values = grad_b_t = None
-        if ctx.needs_input_grad[0]:
-            to_xp = ctx.factor.backend.to_device
-            g = stored_entry_gradient(grad_b, ctx.to_array(x), to_xp(ctx.rows), to_xp(ctx.cols), xp)
-            if not ctx.value_dtype.is_complex:
-                g = xp.real(g)
-            grad_values = ctx.to_tensor(xp.ascontiguousarray(g)).to(ctx.value_dtype)
-        if ctx.needs_input_grad[1]:
-            if not ctx.b_dtype.is_complex:
-                grad_b = xp.real(grad_b)
-            grad_b_t = ctx.to_tensor(xp.ascontiguousarray(grad_b)).to(ctx.b_dtype)
-        return grad_values, grad_b_t, None, None, None, None
-
-
-class _BatchSolve(torch.autograd.Function):
-    """``x[t] = A_t^-1 b[t]`` for ``B`` matrices on one pattern (values (B, nnz))."""
-
-    @staticmethod
-    def forward(ctx, values, b, rows, cols, shape, factor_source):
-        dtype = torch.promote_types(values.dtype, b.dtype)
-        backend, to_array, to_tensor = _exchange(values, b)
-        data = values.detach().to(dtype).cpu().numpy()
-        factor = factor_source([sp.csr_array((d, (rows, cols)), shape=shape) for d in data], backend)
+        if data.ndim == 1:
+            matrices = sp.csr_array((data, (rows, cols)), shape=shape)
+        else:
+            matrices = [sp.csr_array((d, (rows, cols)), shape=shape) for d in data]
+        factor = factor_source(matrices, backend)
         x = to_tensor(factor.solve(to_array(b.detach().to(dtype).contiguous())))
         ctx.factor, ctx.rows, ctx.cols, ctx.to_array, ctx.to_tensor = factor, rows, cols, to_array, to_tensor
         ctx.value_dtype, ctx.b_dtype = values.dtype, b.dtype
@@ -132,7 +104,10 @@ class _BatchSolve(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             to_xp = ctx.factor.backend.to_device
             rows, cols, xs = to_xp(ctx.rows), to_xp(ctx.cols), ctx.to_array(x)
-            g = xp.stack([stored_entry_gradient(gb, xt, rows, cols, xp) for gb, xt in zip(grad_b, xs)])
+            if ctx.factor.batch is None:
+                g = stored_entry_gradient(grad_b, xs, rows, cols, xp)
+            else:
+                g = xp.stack([stored_entry_gradient(gb, xt, rows, cols, xp) for gb, xt in zip(grad_b, xs)])
             if not ctx.value_dtype.is_complex:
                 g = xp.real(g)
             grad_values = ctx.to_tensor(xp.ascontiguousarray(g)).to(ctx.value_dtype)
@@ -261,5 +236,5 @@ class SparseSolve(torch.nn.Module):
             if b.ndim not in (2, 3) or b.shape[:2] != (values.shape[0], n):
                 raise ValueError(f"with values of shape {tuple(values.shape)}, b must have shape "
                                  f"({values.shape[0]}, {n}) or ({values.shape[0]}, {n}, k), got {tuple(b.shape)}")
-            return _BatchSolve.apply(values, b, self.rows, self.cols, self.shape, self._batch_factor_for)
+            return _Solve.apply(values, b, self.rows, self.cols, self.shape, self._batch_factor_for)
         return _solve(values, self.rows, self.cols, self.shape, b, self._factor_for)
