@@ -34,7 +34,7 @@ from ._tuning import (
     choose_kernel,
 )
 
-__all__ = ["NumericFactor", "factorize_values"]
+__all__ = ["NumericFactor", "factorize_values", "solve_values", "up_sweep", "down_sweep"]
 
 
 @dataclass(eq=False)
@@ -44,6 +44,8 @@ class NumericFactor:
     hermitian: bool
     dtype: object  # the array namespace's dtype
     kernels: list = None  # kernels[level][class]: the kernel that eliminated it
+    #: A window plan's root Schur complement on ``plan.boundary`` (f, f), for the tree above.
+    schur: object = None
 
     @property
     def cholesky(self) -> bool:
@@ -314,25 +316,43 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
         blocks.append(level_blocks)
         kernels.append(level_kernels)
         fronts = level_fronts
-    return NumericFactor(plan, blocks, hermitian, V.dtype, kernels)
+    schur = None
+    if plan.boundary is not None:  # a window: its root's Schur complement goes up the tree
+        s = plan.levels[-1].classes[0].n_elim
+        schur = xp.asarray(fronts[0][0, s:, s:], copy=True)
+    return NumericFactor(plan, blocks, hermitian, V.dtype, kernels, schur)
+
+
+def plain_trans(hermitian: bool, complex_: bool, trans: str):
+    """``(conjugate, trans')``: ``op(A) x = b`` is solved as ``op'(A) y = b'`` with
+    ``b' = conj(b)``, ``x = conj(y)`` when ``conjugate`` (A^H = conj(A^T); for Hermitian A,
+    A^T = conj(A) and A^H = A), so a Hermitian factor only ever runs ``'N'``."""
+    if hermitian:
+        return (complex_ and trans == "T"), "N"
+    if trans == "H":
+        return complex_, "T"
+    return False, trans
 
 
 def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
     """Solve ``op(A) x = b`` with ``b`` of shape (n, k) in the engine's node order."""
-    complex_ = xp.isdtype(factor.dtype, "complex floating")
-    if factor.hermitian:
-        if trans == "T":  # A^T = conj(A) for Hermitian A
-            return xp.conj(solve_values(factor, xp.conj(b), "N", xp)) if complex_ else solve_values(factor, b, "N", xp)
-        trans = "N"
-    if trans == "H":  # A^H x = b  <=>  A^T conj(x) = conj(b)
-        if not complex_:
-            return solve_values(factor, b, "T", xp)
-        return xp.conj(solve_values(factor, xp.conj(b), "T", xp))
+    conjugate, trans = plain_trans(factor.hermitian, xp.isdtype(factor.dtype, "complex floating"), trans)
+    if conjugate:
+        return xp.conj(solve_values(factor, xp.conj(b), trans, xp))
     plan = factor.plan
-    k_rhs = b.shape[1]
     to_xp = plan.device(xp)
-    bp = xp.take(b, to_xp(plan.order), axis=0)
+    kept, _ = up_sweep(factor, xp.take(b, to_xp(plan.order), axis=0), trans, xp)
+    u = down_sweep(factor, kept, None, trans, xp)
+    return xp.take(u, to_xp(plan.inverse_order), axis=0)
 
+
+def up_sweep(factor: NumericFactor, bp, trans: str, xp=np):
+    """Condense ``bp`` (the right-hand side of the eliminated nodes, in elimination order,
+    (len(order), k)) level by level: returns what the down sweep keeps, and the root's
+    condensed right-hand side on ``plan.boundary`` ((r, k); r = 0 for a whole grid).
+    ``trans`` is ``'N'`` or ``'T'`` (see :func:`plain_trans`)."""
+    plan = factor.plan
+    k_rhs = bp.shape[1]
     # right-hand side pieces, one per (level, class): (P, s, k)
     pieces, offset = [], 0
     for level in plan.levels:
@@ -343,7 +363,7 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
             offset += size
         pieces.append(row)
 
-    # up sweep: each class keeps what its down sweep needs
+    # each class keeps what its down sweep needs
     kept, condensed = [], None
     for k, level in enumerate(plan.levels):
         level_kept, level_condensed = [], []
@@ -363,8 +383,17 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
             level_condensed.append(-upd if f_R is None else f_R - upd)
         kept.append(level_kept)
         condensed = level_condensed
+    return kept, condensed[0][0]
 
-    # down sweep: boundary values come from the parent's frontal solution
+
+def down_sweep(factor: NumericFactor, kept, u_top, trans: str, xp=np):
+    """Back-substitute from the root down: ``u_top`` (r, k) the values on ``plan.boundary``
+    (None for a whole grid).  Returns the solution in elimination order, followed by
+    ``u_top`` (take ``plan.inverse_order`` for node order)."""
+    plan = factor.plan
+    to_xp = plan.device(xp)
+    k_rhs = kept[0][0].shape[2]
+    dtype = kept[0][0].dtype
     solutions = [None] * len(plan.levels)
     parent_front = None
     for k in range(len(plan.levels) - 1, -1, -1):
@@ -372,7 +401,8 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
         level_sol, level_front = [], []
         for ci, cls in enumerate(level.classes):
             if k == len(plan.levels) - 1:
-                u_R = xp.zeros((cls.n_boxes, 0, k_rhs), dtype=bp.dtype)
+                u_R = (xp.zeros((cls.n_boxes, 0, k_rhs), dtype=dtype) if u_top is None
+                       else xp.reshape(xp.astype(u_top, dtype), (1, -1, k_rhs)))  # fmt: skip
             else:
                 parent_level = plan.levels[k + 1]
                 parts = [
@@ -389,9 +419,10 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
             level_front.append(xp.concat([u_S, u_R], axis=1))
         solutions[k] = level_sol
         parent_front = level_front
-
-    u = xp.concat([xp.reshape(s, (-1, k_rhs)) for level in solutions for s in level], axis=0)
-    return xp.take(u, to_xp(plan.inverse_order), axis=0)
+    parts = [xp.reshape(s, (-1, k_rhs)) for level in solutions for s in level]
+    if u_top is not None:
+        parts.append(xp.reshape(xp.astype(u_top, dtype), (-1, k_rhs)))
+    return xp.concat(parts, axis=0)
 
 
 def selected_inverse(factor: NumericFactor, xp=np):

@@ -25,7 +25,7 @@ import numpy as np
 
 from ._tuning import FLAT_GATHER_MAX_FRONT
 
-__all__ = ["Plan", "BoxClass", "ChildLink", "build_plan", "DEFAULT_LEAF_CELLS"]
+__all__ = ["Plan", "BoxClass", "ChildLink", "build_plan", "build_window_plan", "DEFAULT_LEAF_CELLS"]
 
 #: Largest leaf box side, in cells.  Halving gives leaf sides in {m, m + 1}; allowing 5 (not
 #: the paper's 4) keeps awkward sizes such as 1026 from adding two levels of 2-cell boxes.
@@ -105,11 +105,19 @@ class Plan:
     #: Independent systems on this grid, factored together: system ``t``'s node ``i`` is
     #: ``t * (nodes of one grid) + i``, its box ``j`` of a class is row ``j * batch + t``.
     batch: int = 1
+    #: A window plan (one box of a larger grid's tree, see :func:`build_window_plan`): the
+    #: root's boundary, the nodes it keeps for the tree above, in the order of its Schur
+    #: complement; ``inverse_order`` then inverts ``order`` followed by ``boundary``.
+    boundary: np.ndarray | None = None
+    #: What rebuilds this plan in another process: (function, arguments).
+    key: tuple | None = field(default=None, repr=False)
     _device_cache: dict = field(default_factory=dict, repr=False)
 
     def __reduce__(self):
         # a plan travels as its key: the receiving process builds (or finds in its cache)
         # its own, so a Dask worker or MPI rank builds each plan once, whatever it is sent
+        if self.key is not None:
+            return self.key
         return build_plan, (self.height, self.width, self.leaf_cells, self.components, self.batch)
 
     @property
@@ -273,21 +281,24 @@ def _leaf_template(hn, wn, bottom, right, front_local):
     return template
 
 
-def _classify(rows, cols, height, width):
+def _classify(rows, cols, height, width, sides=(False, False, False, False)):
     """Class id of every box of a level (boxes numbered row-major over segments).
 
     A box's signature is its row segment's (size, top shared, bottom shared) times its column
     segment's (size, left shared, right shared): classify the few segments, then combine.
+    ``sides`` (top, bottom, left, right): which sides of the whole ``height x width`` region
+    are shared with neighbouring regions (a window of a larger grid), else outer boundary.
     """
     r0, r1 = rows[:, 0], rows[:, 1]
     c0, c1 = cols[:, 0], cols[:, 1]
+    top, bottom, left, right = sides
     row_sig, row_class = np.unique(
-        np.stack([r1 - r0 + 1, r0 > 0, r1 < height - 1], axis=1).astype(np.int64),
+        np.stack([r1 - r0 + 1, (r0 > 0) | top, (r1 < height - 1) | bottom], axis=1).astype(np.int64),
         axis=0,
         return_inverse=True,
     )
     col_sig, col_class = np.unique(
-        np.stack([c1 - c0 + 1, c0 > 0, c1 < width - 1], axis=1).astype(np.int64),
+        np.stack([c1 - c0 + 1, (c0 > 0) | left, (c1 < width - 1) | right], axis=1).astype(np.int64),
         axis=0,
         return_inverse=True,
     )
@@ -367,7 +378,13 @@ def build_plan(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS, co
     if leaf_cells < 2:
         raise ValueError("leaf_cells must be at least 2")
     seg_levels, axes = _segment_tree(height, width, leaf_cells)
-    classified = [_classify(rows, cols, height, width) for rows, cols in seg_levels]
+    return _plan_from_segments(seg_levels, axes, height, width, leaf_cells)
+
+
+def _plan_from_segments(seg_levels, axes, height, width, leaf_cells, sides=(False, False, False, False)):
+    """The plan of the box tree ``seg_levels`` (leaves first) over a ``height x width``
+    region; ``sides`` as for :func:`_classify` (a window keeps its shared sides to the end)."""
+    classified = [_classify(rows, cols, height, width, sides) for rows, cols in seg_levels]
     box_order, links = _box_order(seg_levels, axes, classified)
 
     levels = []
@@ -412,11 +429,45 @@ def build_plan(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS, co
     order = np.concatenate(
         [c.eliminated.reshape(-1) for level in levels for c in level.classes]
     ).astype(np.int64)
-    if len(order) != height * width:  # a planning bug, never user input
+    boundary = child_boundaries[0][0].astype(np.int64)  # the root's (empty for a whole grid)
+    everything = np.concatenate([order, boundary])
+    inverse = np.full(height * width, -1, dtype=np.int64)
+    inverse[everything] = np.arange(len(everything))
+    if len(everything) != height * width or np.any(inverse < 0):  # a planning bug
         raise AssertionError("plan does not eliminate every node exactly once")
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    return Plan(height, width, leaf_cells, levels, order, inverse)
+    return Plan(height, width, leaf_cells, levels, order, inverse,
+                boundary=boundary if len(boundary) else None)  # fmt: skip
+
+
+def window_segments(seg_levels, axes, level, box):
+    """The part of a grid's segment tree below box ``box`` (row-major id) of level ``level``
+    (leaves first), in the box's own coordinates: ``(seg_levels, axes, (r0, c0))``."""
+    rows, cols = seg_levels[level]
+    (r0, r1), (c0, c1) = rows[box // len(cols)], cols[box % len(cols)]
+    out = []
+    for k in range(level + 1):
+        rk, ck = seg_levels[k]
+        rk = rk[(rk[:, 0] >= r0) & (rk[:, 1] <= r1)] - r0
+        ck = ck[(ck[:, 0] >= c0) & (ck[:, 1] <= c1)] - c0
+        out.append((rk, ck))
+    return out, axes[:level], (int(r0), int(c0))
+
+
+@functools.lru_cache(maxsize=16)
+def build_window_plan(height: int, width: int, level: int, box: int,
+                      leaf_cells: int = DEFAULT_LEAF_CELLS) -> Plan:  # fmt: skip
+    """The plan of one box of the ``height x width`` grid's tree (``box`` of level ``level``,
+    leaves first), in the box's own row-major node ids: the same subtree, classes and
+    entry ownership as :func:`build_plan`'s, but the root keeps its shared sides
+    (``Plan.boundary``) for the levels above, which another process may own."""
+    seg_levels, axes = _segment_tree(height, width, leaf_cells)
+    segs, sub_axes, (r0, c0) = window_segments(seg_levels, axes, level, box)
+    hn = int(segs[-1][0][0, 1]) + 1
+    wn = int(segs[-1][1][0, 1]) + 1
+    sides = (r0 > 0, r0 + hn < height, c0 > 0, c0 + wn < width)
+    plan = _plan_from_segments(segs, sub_axes, hn, wn, leaf_cells, sides)
+    plan.key = (build_window_plan, (height, width, level, box, leaf_cells))
+    return plan
 
 
 def _merge_class(axis, shape, bound_l, kids):
