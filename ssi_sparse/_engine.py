@@ -192,9 +192,42 @@ class _Workspace:
         return fronts
 
 
+_THREAD_BUDGET = None  # set by thread_budget (one process of several on a machine)
+
+
 def _num_threads() -> int:
+    if _THREAD_BUDGET is not None:
+        return _THREAD_BUDGET
     env = os.environ.get("SSI_SPARSE_NUM_THREADS")
     return max(1, int(env)) if env else (os.cpu_count() or 1)
+
+
+class thread_budget:
+    """Context manager: the engine's pool and SciPy's BLAS use at most ``n`` threads inside
+    (for one process of several sharing a machine, such as MPI ranks on one node).  An
+    explicit ``SSI_SPARSE_NUM_THREADS`` still wins for the engine's pool."""
+
+    def __init__(self, n: int):
+        self.n = max(1, int(n))
+
+    def __enter__(self):
+        global _THREAD_BUDGET
+        from ._lapack import blas_thread_count
+
+        self._saved = _THREAD_BUDGET
+        if not os.environ.get("SSI_SPARSE_NUM_THREADS"):
+            _THREAD_BUDGET = self.n
+        self._blas = blas_thread_count(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        global _THREAD_BUDGET
+        from ._lapack import blas_thread_count
+
+        _THREAD_BUDGET = self._saved
+        if self._blas is not None:
+            blas_thread_count(self._blas)
+        return False
 
 
 _POOL = None

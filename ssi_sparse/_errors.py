@@ -23,3 +23,6 @@ class SingularMatrixError(np.linalg.LinAlgError):
     def __init__(self, message, exact=False):
         super().__init__(message)
         self.exact = exact
+
+    def __reduce__(self):  # keep ``exact`` across processes (MPI, Dask)
+        return type(self), (str(self), self.exact)

@@ -11,6 +11,7 @@ from ._engine import NumericFactor, factorize_values, selected_inverse, solve_va
 from ._errors import SingularMatrixError
 from ._grid import GridSpec, StencilPattern, grid_stencil
 from ._plan import DEFAULT_LEAF_CELLS, build_plan
+from ._refine import refine, refuse_unsolved
 from ._stencil import (
     equilibrate,
     is_hermitian,
@@ -498,44 +499,21 @@ class GridFactor:
         return self._Vt
 
     def _solve_refined(self, B, trans):
-        """Solve, then refine with the exact residual until the backward error is tiny.
-
-        Refuses (SingularMatrixError) an answer that does not satisfy the equations: after
-        refinement ``|D^-1 (b - A x)| <= eps**(1/4) |D^-1 b|`` must hold per column, with
-        ``D`` the row norms of ``op(A)`` (so row scaling does not matter) and infinity norms:
-        at most half the digits may be lost in the residual itself.  A singular system's
-        garbage answer is huge, which keeps its normwise backward error tiny, so the backward
-        error alone cannot tell; legitimately ill-conditioned systems (cond ~ 1e10, residual
-        ~ 1e-8) still pass.
-        """
+        """Solve, then refine with the exact residual until the backward error is tiny; an
+        answer that does not satisfy the equations is refused (:mod:`._refine`).  A
+        lower-precision factor whose refinement does not reach working accuracy is replaced
+        by a full-precision one, for good."""
         xp = self._xp
         eps = float(np.finfo(self.dtype).eps)
         mixed = self.factor_dtype != self.dtype
-        max_steps = MIXED_REFINE_STEPS if mixed else MAX_REFINE_STEPS
-        X = self._solve_scaled(B, trans)
-        b_norm = xp.max(xp.abs(B), axis=0)
-        for step in range(max_steps + 1):
-            R = B - self._op_matvec(X, trans)
-            r_norm = xp.max(xp.abs(R), axis=0)
-            denom = self._norm_inf * xp.max(xp.abs(X), axis=0) + b_norm
-            eta = float(xp.max(r_norm / xp.where(denom > 0, denom, 1.0)))  # backward error
-            if eta <= 8 * eps or step == max_steps:
-                break
-            X = X + self._solve_scaled(R, trans)
+        X, R, eta, steps = refine(
+            xp, lambda rhs: self._solve_scaled(rhs, trans), lambda x: self._op_matvec(x, trans), B,
+            self._norm_inf, eps, MIXED_REFINE_STEPS if mixed else MAX_REFINE_STEPS,
+        )  # fmt: skip
         if mixed and not (eta <= 8 * eps):
-            # refinement from the low-precision factor did not reach working accuracy (too
-            # ill-conditioned for it): factor again in full precision, for good
             self._factorize_stencil(self._V, full_precision=True)
             return self._solve_refined(B, trans)
-        inv_rows = self._inverse_row_norms(trans)
-        r_rows = xp.max(xp.abs(R) * inv_rows, axis=0)
-        b_rows = xp.max(xp.abs(B) * inv_rows, axis=0)
-        relative = float(xp.max(r_rows / xp.where(b_rows > 0, b_rows, 1.0)))
-        if not (relative <= eps**0.25):  # also NaN
-            raise SingularMatrixError(
-                f"matrix is numerically singular for {self.dtype}: after {step} refinement "
-                f"steps |b - A x| / |b| = {relative:.2e} (backward error {eta:.2e})"
-            )
+        refuse_unsolved(xp, R, B, self._inverse_row_norms(trans), self.dtype, steps, eta)
         return X
 
 

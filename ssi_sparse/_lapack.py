@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["Lapack", "lapack_for", "single_threaded_blas", "single_threaded_blas_available"]
+__all__ = ["Lapack", "blas_thread_count", "lapack_for", "single_threaded_blas", "single_threaded_blas_available"]
 
 _PREFIX = {
     np.dtype(np.float32): "s",
@@ -182,6 +182,12 @@ def _thread_count_setter():
 
 def single_threaded_blas_available() -> bool:
     return _thread_count_setter() is not None
+
+
+def blas_thread_count(n: int) -> int | None:
+    """Set SciPy's BLAS thread count to ``n``; returns the previous one (None where unknown)."""
+    fn = _thread_count_setter()
+    return None if fn is None else int(fn(int(n)))
 
 
 _count_lock = threading.Lock()
