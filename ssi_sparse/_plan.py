@@ -25,7 +25,8 @@ import numpy as np
 
 from ._tuning import FLAT_GATHER_MAX_FRONT
 
-__all__ = ["Plan", "BoxClass", "ChildLink", "build_plan", "build_window_plan", "DEFAULT_LEAF_CELLS"]
+__all__ = ["Plan", "BoxClass", "ChildLink", "build_plan", "build_window_plan", "DEFAULT_LEAF_CELLS",
+           "flops_of_sizes", "memory_of_sizes", "stored_entries_of_sizes"]
 
 #: Largest leaf box side, in cells.  Halving gives leaf sides in {m, m + 1}; allowing 5 (not
 #: the paper's 4) keeps awkward sizes such as 1026 from adding two levels of 2-cell boxes.
@@ -143,33 +144,45 @@ class Plan:
 
         return to_xp
 
+    def sizes(self):
+        """Per level, ``(n_boxes, n_elim, n_boundary)`` of every class."""
+        return [[(c.n_boxes, c.n_elim, c.n_boundary) for c in level.classes] for level in self.levels]
+
     def flops(self) -> float:
         """LU-type work model: factor each eliminated block, solve, Schur-update."""
-        total = 0.0
-        for level in self.levels:
-            for c in level.classes:
-                s, r = float(c.n_elim), float(c.n_boundary)
-                total += c.n_boxes * (2.0 / 3.0 * s**3 + 2.0 * s * s * r + 2.0 * r * r * s)
-        return total
+        return flops_of_sizes(self.sizes())
 
     def memory_bytes(self, itemsize: int, hermitian: bool) -> int:
         """Peak bytes of a factorization: stored blocks plus the engine's two frontal arenas
         and scratch (what ``factorize`` checks against the memory available)."""
-        stored = levels = scratch = 0
-        per_level = []
-        for level in self.levels:
-            total = 0
-            for c in level.classes:
-                s, r, P = c.n_elim, c.n_boundary, c.n_boxes
-                stored += P * (s * s + s * r + (0 if hermitian else r * s))
-                total += P * c.n_front**2
-                scratch = max(scratch, P * c.n_front**2)
-            per_level.append(total)
-        levels = max(a + b for a, b in zip(per_level, per_level[1:] + [0]))
-        return itemsize * (stored + levels + scratch)
+        return memory_of_sizes(self.sizes(), itemsize, hermitian)
 
     def max_front(self) -> int:
         return max(c.n_front for level in self.levels for c in level.classes)
+
+
+def flops_of_sizes(sizes) -> float:
+    """LU-type flops of a tree given as :meth:`Plan.sizes` (Cholesky: about half)."""
+    total = 0.0
+    for level in sizes:
+        for p, s, r in level:
+            s, r = float(s), float(r)
+            total += p * (2.0 / 3.0 * s**3 + 2.0 * s * s * r + 2.0 * r * r * s)
+    return total
+
+
+def stored_entries_of_sizes(sizes, hermitian: bool) -> int:
+    """Entries of the stored factors (``R_S`` not kept for Hermitian matrices)."""
+    return sum(p * (s * s + s * r + (0 if hermitian else r * s)) for level in sizes for p, s, r in level)
+
+
+def memory_of_sizes(sizes, itemsize: int, hermitian: bool) -> int:
+    """Peak bytes of factorizing a tree given as :meth:`Plan.sizes`: the stored blocks, the
+    two frontal arenas of consecutive levels, and one class's scratch."""
+    per_level = [sum(p * (s + r) ** 2 for p, s, r in level) for level in sizes]
+    scratch = max(p * (s + r) ** 2 for level in sizes for p, s, r in level)
+    arenas = max(a + b for a, b in zip(per_level, per_level[1:] + [0]))
+    return itemsize * (stored_entries_of_sizes(sizes, hermitian) + arenas + scratch)
 
 
 def _split_segments(seg: np.ndarray) -> np.ndarray:
@@ -453,6 +466,15 @@ def window_segments(seg_levels, axes, level, box):
     return out, axes[:level], (int(r0), int(c0))
 
 
+def window_tree(height, width, level, box, leaf_cells):
+    """Segments, axes, shape and shared sides of box ``box`` of level ``level``'s subtree."""
+    seg_levels, axes = _segment_tree(height, width, leaf_cells)
+    segs, sub_axes, (r0, c0) = window_segments(seg_levels, axes, level, box)
+    hn = int(segs[-1][0][0, 1]) + 1
+    wn = int(segs[-1][1][0, 1]) + 1
+    return segs, sub_axes, (hn, wn), (r0 > 0, r0 + hn < height, c0 > 0, c0 + wn < width)
+
+
 @functools.lru_cache(maxsize=16)
 def build_window_plan(height: int, width: int, level: int, box: int,
                       leaf_cells: int = DEFAULT_LEAF_CELLS) -> Plan:  # fmt: skip
@@ -460,11 +482,7 @@ def build_window_plan(height: int, width: int, level: int, box: int,
     leaves first), in the box's own row-major node ids: the same subtree, classes and
     entry ownership as :func:`build_plan`'s, but the root keeps its shared sides
     (``Plan.boundary``) for the levels above, which another process may own."""
-    seg_levels, axes = _segment_tree(height, width, leaf_cells)
-    segs, sub_axes, (r0, c0) = window_segments(seg_levels, axes, level, box)
-    hn = int(segs[-1][0][0, 1]) + 1
-    wn = int(segs[-1][1][0, 1]) + 1
-    sides = (r0 > 0, r0 + hn < height, c0 > 0, c0 + wn < width)
+    segs, sub_axes, (hn, wn), sides = window_tree(height, width, level, box, leaf_cells)
     plan = _plan_from_segments(segs, sub_axes, hn, wn, leaf_cells, sides)
     plan.key = (build_window_plan, (height, width, level, box, leaf_cells))
     return plan

@@ -18,7 +18,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._plan import DEFAULT_LEAF_CELLS, _boundary_nodes, _children_of, _classify, _segment_tree, build_window_plan
+from ._plan import (
+    DEFAULT_LEAF_CELLS,
+    _boundary_nodes,
+    _children_of,
+    _classify,
+    _segment_tree,
+    build_window_plan,
+    flops_of_sizes,
+    memory_of_sizes,
+    stored_entries_of_sizes,
+    window_tree,
+)
 
 __all__ = ["DistributedPlan", "Merge", "Window", "distributed_plan", "tree_sizes"]
 
@@ -49,6 +60,10 @@ class Window(_Box):
 
     def plan(self):
         return build_window_plan(*self.grid, self.level, self.box, self.leaf_cells)
+
+    def sizes(self):
+        """The window plan's class sizes, without building it (:func:`tree_sizes`)."""
+        return tree_sizes(*self.grid, self.leaf_cells, (self.level, self.box))
 
     def global_ids(self, local):
         """Global node ids of window-local (row-major) ids."""
@@ -97,22 +112,27 @@ class DistributedPlan:
         return [m for level in self.merges for m in level if m.owner == rank]
 
     def memory_bytes(self, rank: int, itemsize: int, hermitian: bool) -> int:
-        """Peak bytes of ``rank``'s factorization: stored factors of everything it owns, plus
-        the largest transient (one window's frontal arenas, or one merge's frontal and the
-        children's Schur complements it receives)."""
+        """Peak bytes of ``rank``'s factorization, from the tree's sizes alone (cheap at any
+        size): stored factors of everything it owns, plus the largest transient (one
+        window's frontal arenas, or one merge's frontal and the Schur complements it
+        receives)."""
         stored, transient = 0, 0
         for w in self.windows_of(rank):
-            plan = w.plan()
-            peak = plan.memory_bytes(itemsize, hermitian) // itemsize
-            kept = _stored_entries(plan, hermitian)
+            sizes = w.sizes()
+            kept = stored_entries_of_sizes(sizes, hermitian)
             stored += kept + len(w.boundary) ** 2
-            transient = max(transient, peak - kept)
+            transient = max(transient, memory_of_sizes(sizes, 1, hermitian) - kept)
         for m in self.merges_of(rank):
             s, r = m.n_elim, len(m.boundary)
             stored += s * s + s * r + (0 if hermitian else r * s) + r * r
             received = sum(len(c.boundary) ** 2 for c in m.children)
             transient = max(transient, m.n_front**2 + received)
         return itemsize * (stored + transient)
+
+    def flops(self, rank: int) -> float:
+        """LU-type flops of ``rank``'s windows and merges (Cholesky: about half)."""
+        total = sum(flops_of_sizes(w.sizes()) for w in self.windows_of(rank))
+        return total + flops_of_sizes([[(1, m.n_elim, len(m.boundary))] for m in self.merges_of(rank)])
 
     def message_bytes(self, rank: int, itemsize: int, columns: int | None = None):
         """Bytes ``rank`` sends and receives between processes in the tree: in the
@@ -137,15 +157,6 @@ class DistributedPlan:
                         received += up * itemsize
                         sent += down * itemsize
         return sent, received
-
-
-def _stored_entries(plan, hermitian: bool) -> int:
-    total = 0
-    for level in plan.levels:
-        for c in level.classes:
-            s, r = c.n_elim, c.n_boundary
-            total += c.n_boxes * (s * s + s * r + (0 if hermitian else r * s))
-    return total
 
 
 def _positions(front_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -227,19 +238,24 @@ def distributed_plan(height: int, width: int, ranks: int, leaf_cells: int = DEFA
     return DistributedPlan(height, width, ranks, leaf_cells, windows, merges, root)
 
 
-def tree_sizes(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS):
+def tree_sizes(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS, window=None):
     """Per level (leaves first), the ``(n_boxes, n_elim, n_boundary)`` of every class of
-    :func:`._plan.build_plan`'s tree, from the segments alone (no index maps): what the
-    memory and time model of grids too large to plan on one machine is computed from.
+    :func:`._plan.build_plan`'s tree (``window=(level, box)``: of that window's plan), from
+    the segments alone, no index maps: the memory and time of grids too large to plan on one
+    machine, and each rank's share before anything is allocated.
 
     A merge eliminates its separator line less the ends that lie on its shared sides (every
     other node of its children's boundaries is on its own boundary); a leaf, all its nodes
     but its boundary.
     """
-    seg_levels, axes = _segment_tree(height, width, leaf_cells)
+    if window is None:
+        seg_levels, axes = _segment_tree(height, width, leaf_cells)
+        shape, sides = (height, width), (False, False, False, False)
+    else:
+        seg_levels, axes, shape, sides = window_tree(height, width, *window, leaf_cells)
     out = []
     for k, (rows, cols) in enumerate(seg_levels):
-        signatures, class_of_box = _classify(rows, cols, height, width)
+        signatures, class_of_box = _classify(rows, cols, *shape, sides)
         counts = np.bincount(class_of_box, minlength=len(signatures))
         level = []
         for (hn, wn, top, bottom, left, right), p in zip(signatures.tolist(), counts.tolist()):

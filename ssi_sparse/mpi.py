@@ -107,47 +107,79 @@ def _intersect(a, b):
     return (r0, r1, c0, c1) if r0 < r1 and c0 < c1 else None
 
 
-def _redistribute(comm, sources, arrays, requests, tail, dtype):
+def _transfers(sources, requests, me):
+    """``(outgoing, incoming)``: the rectangles this rank sends (``(dest, request index, source
+    index, box)``) and receives (``(source rank, request index, box)``), in the one order
+    both sides use."""
+    outgoing = [
+        (q, i, j, box)
+        for q in range(len(requests))
+        for i, req in enumerate(requests[q])
+        for j, src in enumerate(sources[me])
+        if (box := _intersect(req, src)) is not None
+    ]
+    incoming = [
+        (p, i, box)
+        for p in range(len(sources))
+        for i, req in enumerate(requests[me])
+        for src in sources[p]
+        if (box := _intersect(req, src)) is not None
+    ]
+    return outgoing, incoming
+
+
+def _area(box):
+    return (box[1] - box[0]) * (box[3] - box[2])
+
+
+def _redistribute(comm, sources, arrays, requests, tail, dtype, traffic=None):
     """Move rectangles of a grid-shaped array between ranks in one all-to-all.
 
     ``sources[p]``: the half-open regions ``(r0, r1, c0, c1)`` rank ``p`` holds (regions of
     all ranks together do not overlap); ``arrays``: this rank's, shaped
     ``(r1 - r0, c1 - c0, *tail)``.  ``requests[p]``: the regions rank ``p`` wants, each
     covered by the sources.  Every rank knows every rank's regions (they follow from the
-    plan), so nothing but the data travels.  Returns this rank's requested arrays.
+    plan), so nothing but the data travels.  Returns this rank's requested arrays;
+    ``traffic`` ([sent, received] bytes) counts what crossed to other ranks.
     """
     me, size = comm.rank, comm.size
     tail = tuple(tail)
+    per_node = int(np.prod(tail, dtype=np.int64))
+    outgoing, incoming = _transfers(sources, requests, me)
     send, send_counts = [], np.zeros(size, dtype=np.int64)
-    for q in range(size):
-        for req in requests[q]:
-            for src, arr in zip(sources[me], arrays):
-                box = _intersect(req, src)
-                if box is not None:
-                    piece = arr[box[0] - src[0] : box[1] - src[0], box[2] - src[2] : box[3] - src[2], ...]
-                    send.append(np.ascontiguousarray(piece, dtype=dtype).reshape(-1))
-                    send_counts[q] += send[-1].size
-    out = [np.empty((r1 - r0, c1 - c0) + tail, dtype=dtype) for r0, r1, c0, c1 in requests[me]]
-    pieces, recv_counts = [], np.zeros(size, dtype=np.int64)
-    for p in range(size):
-        for i, req in enumerate(requests[me]):
-            for src in sources[p]:
-                box = _intersect(req, src)
-                if box is not None:
-                    n = (box[1] - box[0]) * (box[3] - box[2]) * int(np.prod(tail, dtype=np.int64))
-                    pieces.append((i, box, n))
-                    recv_counts[p] += n
+    for q, _, j, box in outgoing:
+        src = sources[me][j]
+        piece = arrays[j][box[0] - src[0] : box[1] - src[0], box[2] - src[2] : box[3] - src[2], ...]
+        send.append(np.ascontiguousarray(piece, dtype=dtype).reshape(-1))
+        send_counts[q] += send[-1].size
+    recv_counts = np.zeros(size, dtype=np.int64)
+    for p, _, box in incoming:
+        recv_counts[p] += _area(box) * per_node
     sendbuf = np.concatenate(send) if send else np.empty(0, dtype=dtype)
     recvbuf = np.empty(int(recv_counts.sum()), dtype=dtype)
     displs = lambda counts: np.concatenate([[0], np.cumsum(counts)[:-1]])  # noqa: E731
     comm.Alltoallv([sendbuf, (send_counts, displs(send_counts))], [recvbuf, (recv_counts, displs(recv_counts))])
+    if traffic is not None:
+        item = np.dtype(dtype).itemsize
+        traffic[0] += item * int(send_counts.sum() - send_counts[me])
+        traffic[1] += item * int(recv_counts.sum() - recv_counts[me])
+    out = [np.empty((r1 - r0, c1 - c0) + tail, dtype=dtype) for r0, r1, c0, c1 in requests[me]]
     offset = 0
-    for i, box, n in pieces:
+    for _, i, box in incoming:
         r0, _, c0, _ = requests[me][i]
+        n = _area(box) * per_node
         shape = (box[1] - box[0], box[3] - box[2]) + tail
         out[i][box[0] - r0 : box[1] - r0, box[2] - c0 : box[3] - c0, ...] = recvbuf[offset : offset + n].reshape(shape)
         offset += n
     return out
+
+
+def _transfer_bytes(sources, requests, me, per_node, itemsize):
+    """``(sent, received)`` bytes :func:`_redistribute` moves to and from other ranks."""
+    outgoing, incoming = _transfers(sources, requests, me)
+    sent = sum(_area(box) for q, _, _, box in outgoing if q != me)
+    received = sum(_area(box) for p, _, box in incoming if p != me)
+    return sent * per_node * itemsize, received * per_node * itemsize
 
 
 def slab_rows(height: int, size: int, rank: int) -> tuple:
@@ -266,6 +298,10 @@ class SlabFactor:
         self.rows = self._slabs.rows(comm.rank)
         self.plan = distributed_plan(H, W, comm.size, windows=windows)
         self._threads = max(1, (os.cpu_count() or 1) // _local_ranks(comm))
+        #: Bytes this rank sent to and received from other ranks, per phase (all calls so
+        #: far), and the solve sweeps and residual products behind the "solve" figures.
+        self.traffic = {"factorize": [0, 0], "solve": [0, 0]}
+        self.counts = {"sweeps": 0, "matvecs": 0}
         self._factorize(V)
 
     # -- factorization ------------------------------------------------------------------
@@ -286,7 +322,7 @@ class SlabFactor:
             if not np.all(np.isfinite(V)):
                 raise ValueError("matrix contains NaN or Inf")
         _drop_outside(V, a, H, W)
-        V_ext, top = self._with_halo(V, 9)
+        V_ext, top = self._with_halo(V, 9, "factorize")
         dims = (V_ext.shape[0], W)
         row_max = np.max(np.abs(V_ext), axis=2)
         with _Phase(comm, "equilibrating"):
@@ -314,7 +350,7 @@ class SlabFactor:
                 )
         windows = self.plan.windows_of(comm.rank)
         Vw = _redistribute(comm, self._slabs.regions(), [Vs.reshape(b - a, W, 9)] if b > a else [],
-                           self._window_requests(), (9,), self.dtype)  # fmt: skip
+                           self._window_requests(), (9,), self.dtype, self.traffic["factorize"])  # fmt: skip
         with thread_budget(self._threads):
             with _Phase(comm, "factorizing the windows"):
                 numeric = {}
@@ -334,13 +370,13 @@ class SlabFactor:
     def _window_requests(self):
         return [[_closed_box(w) for w in self.plan.windows_of(p)] for p in range(self.comm.size)]
 
-    def _with_halo(self, X, tail):
+    def _with_halo(self, X, tail, phase):
         """``X`` (h, W, *tail) with the rows above and below from the neighbouring slabs:
         ``(X_ext, rows_above)``."""
         comm, (a, b) = self.comm, self.rows
         tail = (tail,) if isinstance(tail, int) else tuple(tail)
         halos = _redistribute(comm, self._slabs.regions(), [X] if b > a else [],
-                              self._slabs.halo_requests(), tail, X.dtype)  # fmt: skip
+                              self._slabs.halo_requests(), tail, X.dtype, self.traffic[phase])  # fmt: skip
         requests = self._slabs.halo_requests()[comm.rank]
         above = [h for h, req in zip(halos, requests) if req[0] < a]
         below = [h for h, req in zip(halos, requests) if req[0] >= b]
@@ -354,7 +390,7 @@ class SlabFactor:
         merged = {}
         for t, level in enumerate(self.plan.merges):
             with _Phase(comm, f"merge round {t + 1}"):
-                received = self._exchange_up(level, lambda node: schur.pop(_key(node)), lambda r: (r, r))
+                received = self._exchange_up(level, lambda node: schur.pop(_key(node)), lambda r: (r, r), "factorize")
                 for m in level:
                     if m.owner != me:
                         continue
@@ -379,7 +415,7 @@ class SlabFactor:
                     schur[_key(m)] = np.array(F[0, m.n_elim :, m.n_elim :], copy=True)
         return merged
 
-    def _exchange_up(self, level, payload, shape_of, columns=None):
+    def _exchange_up(self, level, payload, shape_of, phase):
         """Hand each child's payload to its merge's owner: returns ``{(merge, role): array}``
         on the owners.  ``payload(child)`` is called on the child's owner; ``shape_of(r)``
         gives the array shape for a boundary of ``r`` nodes."""
@@ -395,14 +431,16 @@ class SlabFactor:
                     else:
                         sends.append(comm.Isend(data, dest=m.owner, tag=tag))
                         buffers.append(data)  # alive until sent
+                        self.traffic[phase][0] += data.nbytes
                 elif m.owner == me:
                     buf = np.empty(shape_of(len(child.boundary)), dtype=self.dtype)
                     comm.Recv(buf, source=child.owner, tag=tag)
+                    self.traffic[phase][1] += buf.nbytes
                     out[(_key(m), role)] = buf
         _mpi().Request.Waitall(sends)
         return out
 
-    def _exchange_down(self, level, payload, shape_of):
+    def _exchange_down(self, level, payload, shape_of, phase):
         """Hand each merge's values for a child to the child's owner: ``{child: array}``."""
         comm, me = self.comm, self.comm.rank
         out, sends, buffers = {}, [], []
@@ -416,9 +454,11 @@ class SlabFactor:
                     else:
                         sends.append(comm.Isend(data, dest=child.owner, tag=tag))
                         buffers.append(data)
+                        self.traffic[phase][0] += data.nbytes
                 elif child.owner == me:
                     buf = np.empty(shape_of(len(child.boundary)), dtype=self.dtype)
                     comm.Recv(buf, source=m.owner, tag=tag)
+                    self.traffic[phase][1] += buf.nbytes
                     out[_key(child)] = buf
         _mpi().Request.Waitall(sends)
         return out
@@ -462,7 +502,7 @@ class SlabFactor:
         out_dtype = np.result_type(self.dtype, *[np.dtype(d) for d in kinds])
         if out_dtype.kind == "f" and out_dtype.itemsize < 4:
             out_dtype = np.dtype(np.float32)
-        B = b.reshape(m, -1)
+        B = b.reshape(m, columns[0])
         if columns[0] == 0:
             return np.zeros(b.shape, dtype=out_dtype)
         with thread_budget(self._threads):
@@ -493,7 +533,8 @@ class SlabFactor:
         """``op(A) x`` on this rank's rows, with the neighbours' halo rows of ``x``."""
         W = self.grid_shape[1]
         k = x.shape[1]
-        x_ext, top = self._with_halo(x.reshape(-1, W, k), k)
+        self.counts["matvecs"] += 1
+        x_ext, top = self._with_halo(x.reshape(-1, W, k), k, "solve")
         V = self._V_ext if trans == "N" else self._transposed()
         if trans == "H":
             x_ext = np.conj(x_ext)
@@ -531,8 +572,10 @@ class SlabFactor:
         s = self._scale[:, None]
         rhs = (B * s).reshape(b - a, W, k)
         windows = self.plan.windows_of(me)
+        self.counts["sweeps"] += 1
+        traffic = self.traffic["solve"]
         rhs_w = _redistribute(comm, self._slabs.regions(), [rhs] if b > a else [],
-                              self._window_requests(), (k,), self.dtype)  # fmt: skip
+                              self._window_requests(), (k,), self.dtype, traffic)  # fmt: skip
         # up: each window condenses its right-hand side onto its boundary
         kept, up = {}, {}
         for w, bw in zip(windows, rhs_w):
@@ -543,7 +586,7 @@ class SlabFactor:
             up[_key(w)] = np.concatenate([condensed.reshape(-1, k), bw[boundary]], axis=0)
         merge_kept = {}
         for level in self.plan.merges:
-            got = self._exchange_up(level, lambda node: up.pop(_key(node)), lambda r: (2 * r, k))
+            got = self._exchange_up(level, lambda node: up.pop(_key(node)), lambda r: (2 * r, k), "solve")
             for m in level:
                 if m.owner != me:
                     continue
@@ -575,7 +618,7 @@ class SlabFactor:
                 u_S = y if blocks is None else blocks.down(np, y, u_R[None], trans)
                 values[("front", _key(m))] = np.concatenate([u_S[0], u_R], axis=0)
             values.update(self._exchange_down(
-                level, lambda m, role: values[("front", _key(m))][m.child_pos[role]], lambda r: (r, k)))  # fmt: skip
+                level, lambda m, role: values[("front", _key(m))][m.child_pos[role]], lambda r: (r, k), "solve"))  # fmt: skip
         solutions = []
         for w in windows:
             plan = w.plan()
@@ -586,11 +629,32 @@ class SlabFactor:
         parts = [sol[o[0] - w.rows[0] : o[1] - w.rows[0], o[2] - w.cols[0] : o[3] - w.cols[0]]
                  for w, sol, o in zip(windows, solutions, owned)]  # fmt: skip
         sources = [[_owned_box(w, H, W) for w in self.plan.windows_of(p)] for p in range(comm.size)]
-        x = _redistribute(comm, sources, parts, self._slabs.regions(), (k,), self.dtype)
+        x = _redistribute(comm, sources, parts, self._slabs.regions(), (k,), self.dtype, traffic)
         x = x[0].reshape(-1, k) if x else np.zeros((0, k), dtype=self.dtype)
         return x * s
 
     # -- queries --------------------------------------------------------------------------
+
+    def traffic_model(self, columns: int = 1, sweeps: int | None = None, matvecs: int | None = None):
+        """The bytes :attr:`traffic` should show, from the plan's geometry: ``{"factorize":
+        (sent, received), "solve": (sent, received)}`` for ``sweeps`` solve sweeps and
+        ``matvecs`` residual products of ``columns`` right-hand sides (default: the counts
+        made so far, :attr:`counts`)."""
+        sweeps = self.counts["sweeps"] if sweeps is None else sweeps
+        matvecs = self.counts["matvecs"] if matvecs is None else matvecs
+        me, item = self.comm.rank, self.dtype.itemsize
+        (H, W), slabs, windows = self.grid_shape, self._slabs.regions(), self._window_requests()
+        owned = [[_owned_box(w, H, W) for w in self.plan.windows_of(p)] for p in range(self.comm.size)]
+
+        def add(*pairs):
+            return tuple(int(sum(v)) for v in zip(*pairs))
+
+        halo = lambda per: _transfer_bytes(slabs, self._slabs.halo_requests(), me, per, item)  # noqa: E731
+        factor = add(halo(9), _transfer_bytes(slabs, windows, me, 9, item), self.plan.message_bytes(me, item))
+        sweep = add(_transfer_bytes(slabs, windows, me, columns, item), self.plan.message_bytes(me, item, columns),
+                    _transfer_bytes(owned, slabs, me, columns, item))  # fmt: skip
+        solve = add(*([tuple(sweeps * v for v in sweep)] + [tuple(matvecs * v for v in halo(columns))]))
+        return {"factorize": factor, "solve": solve}
 
     def slogdet(self):
         """``(sign, log|det A|)`` of the whole matrix, on every rank (collective)."""
