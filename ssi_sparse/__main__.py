@@ -112,12 +112,9 @@ def _progress(message, out=None):
     return stop
 
 
-def solve_files(matrix, rhs, output, grid=None, order=None, quiet=False):
-    """``x = A^-1 b`` from Matrix Market files, written to Matrix Market."""
-    import scipy.io
+def _read_system(matrix, rhs):
+    """``(A, b)`` from Matrix Market files, checked (``SystemExit`` with the reason)."""
     import scipy.sparse as sp
-
-    import ssi_sparse
 
     A = _read_matrix_market(matrix, "matrix")
     b = _read_matrix_market(rhs, "right-hand side")
@@ -128,7 +125,40 @@ def solve_files(matrix, rhs, output, grid=None, order=None, quiet=False):
         raise SystemExit(
             f"ssi-sparse: right-hand side has {b.shape[0]} rows, the matrix has {A.shape[0]}"
         )
-    A = sp.csr_array(A)
+    return sp.csr_array(A), b
+
+
+def _write_answer(output, A, b, x, quiet, where=""):
+    import scipy.io
+
+    x = np.asarray(x).reshape(b.shape[0], -1)
+    res = np.linalg.norm(A @ x - b.reshape(x.shape)) / max(np.linalg.norm(b), np.finfo(float).tiny)
+    scipy.io.mmwrite(output, x)
+    if not quiet:
+        print(f"ssi-sparse: wrote {output} ({x.shape[0]}x{x.shape[1]}){where}, relative residual {res:.2e}",
+              file=sys.stderr)  # fmt: skip
+    return res
+
+
+def _mpi_world_size() -> int:
+    """Processes of the MPI job this one was launched in (1 outside mpiexec / srun), from the
+    launchers' environment, so that a plain run never loads MPI."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        value = os.environ.get(name)
+        if value and value.isdigit():
+            return int(value)
+    return 1
+
+
+def solve_files(matrix, rhs, output, grid=None, order=None, quiet=False):
+    """``x = A^-1 b`` from Matrix Market files, written to Matrix Market.  Under
+    ``mpiexec -n P`` (P > 1) rank 0 reads the files and the grid is solved across the ranks
+    (:func:`ssi_sparse.mpi.spsolve`)."""
+    if _mpi_world_size() > 1:
+        return _solve_files_mpi(matrix, rhs, output, grid, order, quiet)
+    import ssi_sparse
+
+    A, b = _read_system(matrix, rhs)
     spec = ssi_sparse.detect_grid(A, grid=grid, order=order)
     if grid is not None and spec is None:
         raise SystemExit(f"ssi-sparse: the matrix is not a 3x3 stencil on the {grid[0]}x{grid[1]} grid")
@@ -138,13 +168,28 @@ def solve_files(matrix, rhs, output, grid=None, order=None, quiet=False):
         x = ssi_sparse.spsolve(A, b, grid=grid, order=order or "C")
     finally:
         stop()
-    x = np.asarray(x).reshape(b.shape[0], -1)
-    res = np.linalg.norm(A @ x - b.reshape(x.shape)) / max(np.linalg.norm(b), np.finfo(float).tiny)
-    scipy.io.mmwrite(output, x)
-    if not quiet:
-        print(f"ssi-sparse: wrote {output} ({x.shape[0]}x{x.shape[1]}), relative residual {res:.2e}",
-              file=sys.stderr)
-    return res
+    return _write_answer(output, A, b, x, quiet)
+
+
+def _solve_files_mpi(matrix, rhs, output, grid, order, quiet):
+    from mpi4py import MPI
+
+    from ssi_sparse import mpi
+
+    comm = MPI.COMM_WORLD
+    A = b = failure = None
+    if comm.rank == 0:
+        try:
+            A, b = _read_system(matrix, rhs)
+        except SystemExit as exc:
+            failure = str(exc)
+    failure = comm.bcast(failure, root=0)
+    if failure is not None:
+        raise SystemExit(failure if comm.rank == 0 else 1)  # the reason, printed once
+    x = mpi.spsolve(A, b, comm=comm, grid=grid, order=order)
+    if comm.rank == 0:
+        return _write_answer(output, A, b, x, quiet, f", {comm.size} MPI ranks")
+    return None
 
 
 def _grid_arg(text):

@@ -2,10 +2,12 @@
 
 A grid too large for one process is cut along its own box tree (:mod:`._plan`): the boxes of
 one level become *windows*, each factorized by one process with an ordinary (window) plan that
-keeps the window's shared sides; the levels above are *merges*, each owned by the process of
-its first child, which receives the other child's Schur complement (and, in the solve, its
-condensed right-hand side) and sends the boundary values back down.  With ``2^m`` windows
-that is ``m`` rounds of pairwise messages, the pattern of a reduction tree.
+keeps the window's shared sides; the levels above are *merges*, each owned by one process,
+which receives its children's Schur complements (and, in the solve, their condensed
+right-hand sides) and sends the boundary values back down.  With ``2^m`` windows that is
+``m`` rounds of messages, the pattern of a reduction tree; a merge belongs to the rank of
+its first child's last window, so that on ``2^m`` ranks each rank owns at most one merge and
+the large top frontals are spread instead of piling up on rank 0.
 
 Everything here is symbolic and process-independent: every rank computes the same
 :class:`DistributedPlan` from ``(height, width, ranks)`` and so knows, without asking, who
@@ -159,6 +161,12 @@ class DistributedPlan:
         return sent, received
 
 
+def _last_window(node):
+    while not isinstance(node, Window):
+        node = node.children[1]
+    return node
+
+
 def _positions(front_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Positions of ``ids`` in ``front_ids`` (every id present)."""
     sorter = np.argsort(front_ids, kind="stable")
@@ -184,7 +192,7 @@ def distributed_plan(height: int, width: int, ranks: int, leaf_cells: int = DEFA
                      windows: int | None = None) -> DistributedPlan:  # fmt: skip
     """The windows and merges of an ``height x width`` grid (row-major nodes) on ``ranks``
     processes.  Window ``i`` (depth-first) belongs to rank ``floor(i * ranks / n_windows)``;
-    a merge to its first child's owner.  Ranks beyond the windows' count (tiny grids) own
+    a merge to its first child's last window's.  Ranks beyond the windows' count (tiny grids) own
     nothing and only pass data.  ``windows``: a power of two to use instead of the default
     (:func:`n_windows_for`), capped by the tree's depth."""
     if height < 1 or width < 1:
@@ -220,7 +228,11 @@ def distributed_plan(height: int, width: int, ranks: int, leaf_cells: int = DEFA
         eliminated = np.setdiff1d(front, boundary)
         front_ids = np.concatenate([eliminated, boundary])
         child_pos = tuple(_positions(front_ids, c.boundary) for c in children)
-        merge = Merge(k, b, rows, cols, children[0].owner, boundary, children, eliminated, child_pos)
+        # a merge belongs to the rank of its first child's last window: with 2^m windows on
+        # 2^m ranks every rank then owns at most one merge (rank r the round given by the
+        # lowest set bit of r + 1), so the large top frontals do not pile up on one rank
+        owner = _last_window(children[0]).owner
+        merge = Merge(k, b, rows, cols, owner, boundary, children, eliminated, child_pos)
         merges[k - window_level - 1].append(merge)
         return merge
 

@@ -740,14 +740,15 @@ def factorize_slab(V_rows, shape, *, comm=None, windows=None) -> SlabFactor:
     return SlabFactor(_world(comm), V_rows, shape, windows)
 
 
-def spsolve(A, b, *, comm=None, root=0):
+def spsolve(A, b, *, comm=None, root=0, grid=None, order=None):
     """Solve ``A x = b`` held by one rank, on all ranks of ``comm`` (collective).
 
     Rank ``root`` passes ``A`` and ``b`` (the others pass ``None``): it finds the grid, sends
     every rank its slab of stencil rows and right-hand side, and gathers ``x``.  A plain
     3x3-stencil grid is solved across the ranks; anything else (masked or multi-component
     grids, matrices that are not grids) by rank ``root`` alone, with
-    :func:`ssi_sparse.spsolve`.  Returns ``x`` on ``root``, ``None`` elsewhere.
+    :func:`ssi_sparse.spsolve`.  ``grid``, ``order``: hints for finding the grid, as for
+    :func:`ssi_sparse.factorize`.  Returns ``x`` on ``root``, ``None`` elsewhere.
     """
     import ssi_sparse
 
@@ -764,8 +765,8 @@ def spsolve(A, b, *, comm=None, root=0):
             A = sp.csr_array(A) if sp.issparse(A) else A
             b_host = np.asarray(b)
             try:
-                spec, V = grid_stencil(A)
-                plain = spec.nodes is None and spec.engine_components == 1
+                spec, V = grid_stencil(A, grid, order)
+                plain = spec.nodes is None and spec.engine_components == 1 and spec.radius == 1
             except NotGridStructuredError:
                 plain = False
             if plain and b_host.shape[:1] == (A.shape[0],):
@@ -775,7 +776,7 @@ def spsolve(A, b, *, comm=None, root=0):
     plan = comm.bcast(plan, root=root)
     if plan[0] == "root":
         with _Phase(comm, "solving on the root rank"):
-            x = ssi_sparse.spsolve(A, b) if me == root else None
+            x = ssi_sparse.spsolve(A, b, grid=grid, order=order or "C") if me == root else None
         return x
     (H, W), ndim, k = plan[1], plan[2], plan[3]
     start, stop = slab_rows(H, comm.size, me)

@@ -216,3 +216,24 @@ def assert_embedding_is_valid(A, spec):
     r, c = np.divmod(pixels, width)
     assert np.all(np.abs(r[coo.row] - r[coo.col]) <= spec.radius)
     assert np.all(np.abs(c[coo.row] - c[coo.col]) <= spec.radius)
+
+
+def random_stencil(H, W, dtype, hermitian, seed):
+    """A diagonally dominant random (H, W, 3, 3) stencil array, Hermitian if asked."""
+    rng = np.random.default_rng(seed)
+    V = rng.standard_normal((H, W, 3, 3))
+    if np.dtype(dtype).kind == "c":
+        V = V + 1j * rng.standard_normal((H, W, 3, 3))
+    V[:, :, 1, 1] += 12
+    if hermitian:
+        # V[r, c, dr, dc] pairs with conj(V[r + dr, c + dc, -dr, -dc])
+        M = V.copy()
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                shifted = np.zeros_like(V[:, :, 0, 0])
+                r0, r1 = max(0, -dr), H - max(0, dr)
+                c0, c1 = max(0, -dc), W - max(0, dc)
+                shifted[r0:r1, c0:c1] = np.conj(V[r0 + dr : r1 + dr, c0 + dc : c1 + dc, 1 - dr, 1 - dc])
+                M[:, :, 1 + dr, 1 + dc] = (V[:, :, 1 + dr, 1 + dc] + shifted) / 2
+        V = M
+    return V.astype(dtype)

@@ -6,9 +6,13 @@ check passed on this rank; a failing assertion prints and exits 1 (mpiexec then 
 """
 
 import sys
+from pathlib import Path
 
 import numpy as np
 from mpi4py import MPI
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import random_stencil  # noqa: E402
 
 import ssi_sparse
 import ssi_sparse.mpi
@@ -18,26 +22,6 @@ from ssi_sparse.mpi import factorize_slab, slab_rows
 comm = MPI.COMM_WORLD
 rank, size = comm.rank, comm.size
 TOL = {np.float64: 1e-12, np.complex128: 1e-12, np.float32: 2e-5, np.complex64: 2e-5}
-
-
-def random_stencil(H, W, dtype, hermitian, seed):
-    rng = np.random.default_rng(seed)
-    V = rng.standard_normal((H, W, 3, 3))
-    if np.dtype(dtype).kind == "c":
-        V = V + 1j * rng.standard_normal((H, W, 3, 3))
-    V[:, :, 1, 1] += 12
-    if hermitian:
-        # V[r, c, dr, dc] pairs with conj(V[r + dr, c + dc, -dr, -dc])
-        M = V.copy()
-        for dr in (-1, 0, 1):
-            for dc in (-1, 0, 1):
-                shifted = np.zeros_like(V[:, :, 0, 0])
-                r0, r1 = max(0, -dr), H - max(0, dr)
-                c0, c1 = max(0, -dc), W - max(0, dc)
-                shifted[r0:r1, c0:c1] = np.conj(V[r0 + dr : r1 + dr, c0 + dc : c1 + dc, 1 - dr, 1 - dc])
-                M[:, :, 1 + dr, 1 + dc] = (V[:, :, 1 + dr, 1 + dc] + shifted) / 2
-        V = M
-    return V.astype(dtype)
 
 
 def rows_of(H, split):
