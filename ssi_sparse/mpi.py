@@ -33,7 +33,7 @@ from ._refine import refine, refuse_unsolved
 from ._stencil import is_hermitian, scale_couplings, stencil_matvec, stencil_row_sums, transpose_stencil
 from ._tree import Window, distributed_plan
 
-__all__ = ["SlabFactor", "factorize_slab", "slab_rows", "spsolve"]
+__all__ = ["SlabFactor", "factorize_slab", "slab_rows", "spsolve", "traffic_model"]
 
 
 def _mpi():
@@ -323,23 +323,27 @@ class SlabFactor:
                 raise ValueError("matrix contains NaN or Inf")
         _drop_outside(V, a, H, W)
         V_ext, top = self._with_halo(V, 9, "factorize")
+        del V  # V_ext holds it (and the halo rows): every copy of the stencil costs 72 bytes a node
         dims = (V_ext.shape[0], W)
+        own = slice(top * W, (top + b - a) * W)
         row_max = np.max(np.abs(V_ext), axis=2)
         with _Phase(comm, "equilibrating"):
             if not np.all(row_max[top : top + b - a] > 0):
                 raise SingularMatrixError("matrix is exactly singular: it has an all-zero row", exact=True)
-        s_ext = (1.0 / np.sqrt(np.where(row_max > 0, row_max, 1.0))).astype(np.finfo(self.dtype).dtype)
-        Vs_ext = np.asarray(scale_couplings(np, V_ext.reshape(-1, 9), s_ext.reshape(-1), dims), dtype=self.dtype)
-        own = slice(top * W, (top + b - a) * W)
-        # the halo rows' couplings beyond the halo are not this rank's to test
-        probe = Vs_ext.reshape(dims[0], W, 9).copy()
+        s_ext = (1.0 / np.sqrt(np.where(row_max > 0, row_max, 1.0))).astype(np.finfo(self.dtype).dtype).reshape(-1)
+        del row_max
+        Vs_ext = np.asarray(scale_couplings(np, V_ext.reshape(-1, 9), s_ext, dims), dtype=self.dtype)
+        # the halo rows' couplings beyond the halo are not this rank's to test (nor used)
+        grid = Vs_ext.reshape(dims[0], W, 9)
         if top:
-            probe[0, :, :3] = 0
+            grid[0, :, :3] = 0
         if dims[0] > top + b - a:
-            probe[-1, :, 6:] = 0
-        hermitian = all(comm.allgather(bool(is_hermitian(np, probe.reshape(-1, 9), dims))))
+            grid[-1, :, 6:] = 0
+        hermitian = all(comm.allgather(bool(is_hermitian(np, Vs_ext, dims))))
         Vs = Vs_ext[own]
         a_norm = float(_allmax(comm, np.array([np.max(stencil_row_sums(np, Vs, (b - a, W)), initial=0.0)]))[0])
+        row_sums = stencil_row_sums(np, V_ext.reshape(-1, 9), dims)[own]
+        norm_inf = float(_allmax(comm, np.array([np.max(row_sums, initial=0.0)]))[0])
         with _Phase(comm, "checking memory"):
             need = self.plan.memory_bytes(comm.rank, self.dtype.itemsize, hermitian) + 3 * V_ext.nbytes
             free = available_memory()
@@ -351,6 +355,7 @@ class SlabFactor:
         windows = self.plan.windows_of(comm.rank)
         Vw = _redistribute(comm, self._slabs.regions(), [Vs.reshape(b - a, W, 9)] if b > a else [],
                            self._window_requests(), (9,), self.dtype, self.traffic["factorize"])  # fmt: skip
+        del Vs, Vs_ext, grid
         with thread_budget(self._threads):
             with _Phase(comm, "factorizing the windows"):
                 numeric = {}
@@ -361,9 +366,8 @@ class SlabFactor:
         self._numeric, self._merged = numeric, merged
         self.hermitian = hermitian
         self._V_ext, self._top = V_ext.reshape(-1, 9), top
-        self._scale = s_ext.reshape(-1)[own]
-        row_sums = stencil_row_sums(np, V_ext.reshape(-1, 9), dims)[own]
-        self._norm_inf = float(_allmax(comm, np.array([np.max(row_sums, initial=0.0)]))[0])
+        self._scale = s_ext[own]
+        self._norm_inf = norm_inf
         self._row_scale = {"N": 1.0 / row_sums.reshape(-1, 1)}
         self._Vt_ext = None
 
@@ -636,25 +640,13 @@ class SlabFactor:
     # -- queries --------------------------------------------------------------------------
 
     def traffic_model(self, columns: int = 1, sweeps: int | None = None, matvecs: int | None = None):
-        """The bytes :attr:`traffic` should show, from the plan's geometry: ``{"factorize":
-        (sent, received), "solve": (sent, received)}`` for ``sweeps`` solve sweeps and
-        ``matvecs`` residual products of ``columns`` right-hand sides (default: the counts
-        made so far, :attr:`counts`)."""
+        """The bytes :attr:`traffic` should show (:func:`traffic_model`), for ``sweeps`` solve
+        sweeps and ``matvecs`` residual products of ``columns`` right-hand sides (default:
+        the counts made so far, :attr:`counts`)."""
         sweeps = self.counts["sweeps"] if sweeps is None else sweeps
         matvecs = self.counts["matvecs"] if matvecs is None else matvecs
-        me, item = self.comm.rank, self.dtype.itemsize
-        (H, W), slabs, windows = self.grid_shape, self._slabs.regions(), self._window_requests()
-        owned = [[_owned_box(w, H, W) for w in self.plan.windows_of(p)] for p in range(self.comm.size)]
-
-        def add(*pairs):
-            return tuple(int(sum(v)) for v in zip(*pairs))
-
-        halo = lambda per: _transfer_bytes(slabs, self._slabs.halo_requests(), me, per, item)  # noqa: E731
-        factor = add(halo(9), _transfer_bytes(slabs, windows, me, 9, item), self.plan.message_bytes(me, item))
-        sweep = add(_transfer_bytes(slabs, windows, me, columns, item), self.plan.message_bytes(me, item, columns),
-                    _transfer_bytes(owned, slabs, me, columns, item))  # fmt: skip
-        solve = add(*([tuple(sweeps * v for v in sweep)] + [tuple(matvecs * v for v in halo(columns))]))
-        return {"factorize": factor, "solve": solve}
+        return traffic_model(self.plan, self._slabs.starts, self.comm.rank, self.dtype.itemsize, columns, sweeps,
+                             matvecs)  # fmt: skip
 
     def slogdet(self):
         """``(sign, log|det A|)`` of the whole matrix, on every rank (collective)."""
@@ -686,6 +678,34 @@ class SlabFactor:
             f"{self.rows[0]}:{self.rows[1]}, {len(mine)} window(s), {len(self._merged)} merge(s), "
             f"{self.nbytes() / 2**20:.1f} MiB>"
         )
+
+
+def traffic_model(plan, starts, rank, itemsize=8, columns=1, sweeps=1, matvecs=1):
+    """Bytes rank ``rank`` sends and receives, from the geometry alone: ``{"factorize": (sent,
+    received), "solve": (sent, received)}``.  ``plan``: the :class:`DistributedPlan`;
+    ``starts``: the slabs' first rows and the grid's height (``P + 1`` values).
+
+    Factorize: the halo rows and the slab-to-window move of the stencil (9 values a node),
+    the Schur complements up the tree.  Solve: per sweep the right-hand side to the windows,
+    condensed right-hand sides up and boundary values down the tree, the answer back to the
+    slabs; per residual product, one halo row of ``x`` from each neighbour.
+    """
+    H, W = plan.height, plan.width
+    slabs = _Slabs(H, W, tuple(starts))
+    regions, windows = slabs.regions(), [[_closed_box(w) for w in plan.windows_of(p)] for p in range(plan.ranks)]
+    owned = [[_owned_box(w, H, W) for w in plan.windows_of(p)] for p in range(plan.ranks)]
+
+    def add(*pairs):
+        return tuple(int(sum(v)) for v in zip(*pairs))
+
+    def scaled(pair, times):
+        return tuple(times * v for v in pair)
+
+    halo = lambda per: _transfer_bytes(regions, slabs.halo_requests(), rank, per, itemsize)  # noqa: E731
+    factor = add(halo(9), _transfer_bytes(regions, windows, rank, 9, itemsize), plan.message_bytes(rank, itemsize))
+    sweep = add(_transfer_bytes(regions, windows, rank, columns, itemsize), plan.message_bytes(rank, itemsize, columns),
+                _transfer_bytes(owned, regions, rank, columns, itemsize))  # fmt: skip
+    return {"factorize": factor, "solve": add(scaled(sweep, sweeps), scaled(halo(columns), matvecs))}
 
 
 def _key(node):

@@ -5,8 +5,13 @@ import importlib
 
 import pytest
 
+try:
+    import mpi4py  # noqa: F401
+except ImportError:  # the mpi extra is optional
+    mpi4py = None
+
 MODULES = ["ssi_sparse._factor", "ssi_sparse._grid", "ssi_sparse._frontend", "ssi_sparse._adjoint",
-           "ssi_sparse.problems"]
+           "ssi_sparse.problems", "ssi_sparse._from_stencil"] + (["ssi_sparse.mpi"] if mpi4py else [])
 
 
 @pytest.mark.parametrize("name", MODULES)
