@@ -416,7 +416,7 @@ def up_sweep(factor: NumericFactor, bp, trans: str, xp=np):
             level_condensed.append(-upd if f_R is None else f_R - upd)
         kept.append(level_kept)
         condensed = level_condensed
-    return kept, condensed[0][0]
+    return kept, condensed[0][0, ...]
 
 
 def down_sweep(factor: NumericFactor, kept, u_top, trans: str, xp=np):
