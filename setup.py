@@ -14,7 +14,7 @@ setup(
     ext_modules=[
         Extension(
             "ssi_sparse._native_frontal",
-            sources=["ssi_sparse/_csrc/frontal.c"],
+            sources=["ssi_sparse/_csrc/frontal.c", "ssi_sparse/_csrc/stencil.c"],
             depends=["ssi_sparse/_csrc/frontal_impl.h"],
             extra_compile_args=compile_args,
             optional=True,

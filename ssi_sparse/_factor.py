@@ -71,6 +71,13 @@ def check_memory(needed: int, what: str, device_free: int | None = None) -> None
         )
 
 
+def _check_fits(spec: GridSpec, dtype, factor_dtype, hermitian: bool, backend: Backend, batch: int = 1) -> None:
+    """Refuse (MemoryError) a factorization on ``spec`` that cannot fit, from its closed-form
+    estimate: nothing is planned or allocated first."""
+    need = spec.memory_estimate(dtype, hermitian, batch, factor_dtype)
+    check_memory(need, f"a {spec}", backend.free_memory())
+
+
 def _engine_dtype(dtype) -> np.dtype:
     dtype = np.dtype(dtype)
     if dtype in _SUPPORTED:
@@ -164,9 +171,7 @@ class GridFactor:
                 "matrix is exactly singular: it has an all-zero row", exact=True
             )
         hermitian = is_hermitian(xp, Vs, dims)
-        check_memory(
-            self._plan().memory_bytes(factor_dtype.itemsize, hermitian), f"a {self.grid}", self.backend.free_memory()
-        )
+        _check_fits(self.grid, dtype, factor_dtype, hermitian, self.backend, self.batch or 1)
         numeric = None
         if factor_dtype != dtype:
             try:
@@ -593,8 +598,13 @@ def factorize(A, *, grid=None, order=None, pixels=None, mask=None, components=No
     if is_cupy_array(A):  # detection and the plan are host work; values go to the device
         A = A.get()
     dtype = _engine_dtype(A.dtype)
+    lowest = _factor_dtype(dtype, factor_dtype)
+    if grid is not None and pixels is None and len(grid) == 2 and grid[0] * grid[1] * (components or 1) == A.shape[0]:
+        # a given grid that cannot fit is refused before detection reads the matrix
+        _check_fits(GridSpec(tuple(grid), components=components or 1, radius=radius or 1), dtype, lowest, True, chosen)
     spec, V = grid_stencil(A, grid=grid, order=order, pixels=pixels, mask=mask, components=components,
                            numbering=numbering, radius=radius)  # fmt: skip
+    _check_fits(spec, dtype, lowest, True, chosen)  # before the stencil pattern and the factor
     pattern = StencilPattern(A, spec) if A.format in ("csr", "csc") else None
     return GridFactor(spec, V.astype(dtype, copy=False), pattern, chosen, factor_dtype)
 

@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from . import _native as native
 from ._errors import NotGridStructuredError
 from ._mask import embedding_fits, find_embedding
+from ._plan import memory_estimate
 from ._tuning import DETECT_MAX_COMPONENTS, MASK_MIN_COVERAGE
 
 __all__ = ["GridSpec", "StencilPattern", "detect_grid", "grid_stencil"]
@@ -120,6 +122,29 @@ class GridSpec:
         pairs = q[:, None] * k + comp[None, :] if self.numbering == "pixel" else q[None, :] * k + comp[:, None]
         return pairs.reshape(-1)
 
+    def memory_estimate(self, dtype=np.float64, hermitian: bool = False, batch: int = 1, factor_dtype=None) -> int:
+        """Peak bytes of factorizing a matrix on this grid, from the shape alone (O(H + W)
+        work: no plan is built, so any size is answered at once).
+
+        The factor's stored blocks, the engine's frontal workspace and the stencil arrays
+        (the matrix's and its equilibrated copy).  ``hermitian``: a Hermitian matrix stores
+        one triangle's couplings (Cholesky), so ``False`` is the bound for any matrix.
+        ``factor_dtype``: mixed precision's lower factor precision.  ``factorize`` refuses
+        with ``MemoryError`` what this says cannot fit in the memory available.
+
+        Examples
+        --------
+        >>> from ssi_sparse import GridSpec
+        >>> gib = GridSpec((1025, 1025)).memory_estimate("float64", hermitian=True) / 2**30
+        >>> 0.5 < gib < 2
+        True
+        """
+        itemsize = np.dtype(dtype).itemsize
+        factor_itemsize = itemsize if factor_dtype is None else np.dtype(factor_dtype).itemsize
+        h, w, k = self.engine_dims
+        stencils = 2 * batch * h * w * k * k * 9 * itemsize
+        return memory_estimate(h, w, factor_itemsize, hermitian, k, batch) + stencils
+
     def __eq__(self, other):
         if not isinstance(other, GridSpec):
             return NotImplemented
@@ -184,10 +209,13 @@ def _fits(rows, cols, width, radius=1):
 
 def _candidate_widths(rows, cols, n, radius=1):
     """Row-major widths that could hold every coupling, cheapest grid first."""
-    if rows.size == 0:
-        return [n]
-    reach = int(np.abs(cols - rows).max())
-    if reach <= radius:
+    return _widths_for_reach(int(np.abs(cols - rows).max()) if rows.size else None, n, radius)
+
+
+def _widths_for_reach(reach, n, radius=1):
+    """Row-major widths whose grid reaches ``reach`` (the largest ``|j - i|`` coupled; None:
+    no couplings), cheapest grid first."""
+    if reach is None or reach <= radius:
         return [n]  # a 1 x n strip holds any band matrix of this half-width
     # the farthest coupling is dr = 1 .. radius rows down and dc = -radius .. radius columns
     # across: reach = dr * W + dc
@@ -246,8 +274,12 @@ def detect_grid(A, grid=None, order=None, *, pixels=None, mask=None, components=
     >>> detect_grid(sp.kron(L, [[2.0, 1.0], [1.0, 2.0]])).components   # 2 unknowns per pixel
     2
     """
+    hints = _Hints(grid, order, pixels, mask, components, numbering, radius)
+    fast = _full_grid_pass(A, hints)
+    if fast is not None:
+        return fast[0]
     try:
-        return _detect(A, _Hints(grid, order, pixels, mask, components, numbering, radius))[0]
+        return _detect(A, hints)[0]
     except NotGridStructuredError:
         return None
 
@@ -383,6 +415,7 @@ def _plausible_kinds(A, kinds, components_given=False, n_lines=64):
     keep = A.data[take] != 0
     line = np.repeat(lines, counts)[keep]
     minor = minor[keep]
+    counts = np.bincount(np.repeat(np.arange(len(lines)), counts)[keep], minlength=len(lines))  # stored zeros out
     out = []
     for k, numbering, radius in kinds:
         if counts.max(initial=0) > (9 * k if radius == 1 else 25):
@@ -574,8 +607,46 @@ def grid_stencil(A, grid=None, order=None, *, pixels=None, mask=None, components
     NotGridStructuredError
         If ``A`` is not a stencil operator on the grid (given or any).
     """
-    spec, flat, vals = _detect(A, _Hints(grid, order, pixels, mask, components, numbering, radius))
+    hints = _Hints(grid, order, pixels, mask, components, numbering, radius)
+    fast = _full_grid_pass(A, hints)
+    if fast is not None:
+        return fast
+    spec, flat, vals = _detect(A, hints)
     return spec, _bincount_stencil(flat, vals, spec.n_nodes * spec.engine_components)
+
+
+def _full_grid_pass(A, hints):
+    """``(GridSpec, V)`` for the commonest layout (a full grid, one unknown per pixel, 3x3
+    stencil) by the native one-pass kernel, or None: that layout does not fit, or the pass
+    cannot read ``A``, and the general path decides (with its messages).  The same grid as
+    the general path finds: it tries the same widths in the same order."""
+    if hints.pixels is not None or hints.mask is not None or hints.components not in (None, 1) or (
+        hints.radius not in (None, 1)
+    ):
+        return None
+    hints.check()
+    if not sp.issparse(A) or A.ndim != 2 or A.shape[0] != A.shape[1] or A.shape[0] == 0:
+        return None
+    n = A.shape[0]
+    order = hints.order or "C"
+    if hints.grid is not None:
+        h, w = (int(v) for v in hints.grid)
+        if h < 1 or w < 1 or h * w != n:
+            return None
+        widths, shapes = [w if order == "C" else h], [(h, w)]
+    else:
+        reach = native.grid_reach(A)
+        if reach is None:
+            return None
+        widths = _widths_for_reach(reach, n)
+        shapes = [(n // w, w) if order == "C" else (w, n // w) for w in widths]
+    for width, shape in zip(widths, shapes):
+        fit = native.grid_stencil_pass(A, width)
+        if fit is None:
+            continue
+        V, nine_point = fit
+        return GridSpec(shape, order, "9-point" if nine_point else "5-point"), V
+    return None
 
 
 def _bincount_stencil(flat, vals, n_rows):
@@ -624,6 +695,10 @@ class StencilPattern:
 
     def stencil(self, A):
         """Stencil array of ``A`` (same pattern), or None if an off-stencil entry is nonzero."""
+        spec = self.spec
+        if spec.nodes is None and spec.engine_components == 1 and native.reads(A):
+            fit = native.grid_stencil_pass(A, spec.engine_shape[1])  # no pass over self.flat
+            return None if fit is None else fit[0]
         data = A.data
         off = self.flat < 0
         if off.any() and np.any(data[off] != 0):

@@ -23,7 +23,8 @@ import numpy as np
 
 from ._kernels import EliminatedBlocks, check_rcond, exactly_singular
 
-__all__ = ["assemble_runs", "available", "describe", "factor_rows", "mirror_upper", "supports", "supports_dtype"]
+__all__ = ["assemble_runs", "available", "describe", "factor_rows", "grid_reach", "grid_stencil_pass", "mirror_upper",
+           "reads", "supports", "supports_dtype"]
 
 _SUFFIX = {
     np.dtype(np.float64): "f64",
@@ -31,6 +32,7 @@ _SUFFIX = {
     np.dtype(np.complex128): "c128",
     np.dtype(np.complex64): "c64",
 }
+_INDEX = {np.dtype(np.int32): "i32", np.dtype(np.int64): "i64"}
 _MODE_LEAF, _MODE_MERGE = 0, 1
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
@@ -59,6 +61,12 @@ def _library():
         fn.argtypes, fn.restype = _ASSEMBLE_ARGTYPES, None
         fn = getattr(lib, f"ssi_mirror_upper_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _p], None
+    for index in _INDEX.values():
+        for suffix in _SUFFIX.values():
+            fn = getattr(lib, f"ssi_reach_{index}_{suffix}")
+            fn.argtypes, fn.restype = [_i64, _p, _p, _p], _i64
+            fn = getattr(lib, f"ssi_stencil_{index}_{suffix}")
+            fn.argtypes, fn.restype = [_i64, _p, _p, _p, _i64, ctypes.c_int32, _p, _p], _i64
     return lib
 
 
@@ -182,3 +190,53 @@ def assemble_runs(F, cls, fronts, child_classes, rows: slice, parallel_map=map, 
         cuts = np.linspace(0, f, n_parts + 1).astype(int).tolist()
         parts = [((0, P), (a, b)) for a, b in zip(cuts[:-1], cuts[1:])]
     list(parallel_map(part, parts))
+
+
+def _csr_parts(A):
+    """``(suffix, n, indptr, indices, data)`` of a CSR/CSC matrix the stencil pass reads as it
+    is, or None (other formats, index or value types: the NumPy path)."""
+    if not available() or getattr(A, "format", None) not in ("csr", "csc"):
+        return None
+    index, value = _INDEX.get(A.indices.dtype), _SUFFIX.get(A.data.dtype)
+    if index is None or value is None or A.indptr.dtype != A.indices.dtype:
+        return None
+    arrays = [np.ascontiguousarray(a) for a in (A.indptr, A.indices, A.data)]
+    return f"{index}_{value}", A.shape[0], *arrays
+
+
+def reads(A) -> bool:
+    """Whether the native stencil pass reads ``A`` as it is (CSR/CSC, int32/int64 indices,
+    the four value dtypes)."""
+    return _csr_parts(A) is not None
+
+
+def grid_reach(A) -> int | None:
+    """Largest ``|j - i|`` over the nonzero entries of ``A`` in one pass, or None where the
+    native pass does not read this matrix."""
+    parts = _csr_parts(A)
+    if parts is None:
+        return None
+    suffix, n, indptr, indices, data = parts
+    return int(getattr(_library(), f"ssi_reach_{suffix}")(n, indptr.ctypes.data, indices.ctypes.data, data.ctypes.data))
+
+
+def grid_stencil_pass(A, width: int):
+    """``(V, nine_point)`` of ``A`` on a full row-major grid of ``width`` columns (one
+    unknown per pixel, 3x3 stencil; ``V`` of shape (n, 9) in the matrix's precision), or
+    None when a nonzero entry is not a 3x3 neighbour there (or the pass cannot read ``A``).
+    """
+    parts = _csr_parts(A)
+    if parts is None:
+        return None
+    suffix, n, indptr, indices, data = parts
+    acc = np.complex128 if np.iscomplexobj(data) else np.float64
+    V = np.zeros((n, 9), dtype=acc)
+    diagonal = ctypes.c_int32(0)
+    fn = getattr(_library(), f"ssi_stencil_{suffix}")
+    status = fn(n, indptr.ctypes.data, indices.ctypes.data, data.ctypes.data, int(width), int(A.format == "csc"),
+                V.ctypes.data, ctypes.byref(diagonal))  # fmt: skip
+    if status == -2:
+        raise ValueError("sparse matrix has an index out of range")
+    if status != 0:
+        return None
+    return V.astype(np.result_type(data.dtype, np.float32), copy=False), bool(diagonal.value)

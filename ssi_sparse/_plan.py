@@ -26,7 +26,7 @@ import numpy as np
 from ._tuning import FLAT_GATHER_MAX_FRONT
 
 __all__ = ["Plan", "BoxClass", "ChildLink", "build_plan", "build_window_plan", "DEFAULT_LEAF_CELLS",
-           "flops_of_sizes", "memory_of_sizes", "stored_entries_of_sizes"]
+           "flops_of_sizes", "memory_estimate", "memory_of_sizes", "stored_entries_of_sizes", "tree_sizes"]
 
 #: Largest leaf box side, in cells.  Halving gives leaf sides in {m, m + 1}; allowing 5 (not
 #: the paper's 4) keeps awkward sizes such as 1026 from adding two levels of 2-cell boxes.
@@ -183,6 +183,56 @@ def memory_of_sizes(sizes, itemsize: int, hermitian: bool) -> int:
     scratch = max(p * (s + r) ** 2 for level in sizes for p, s, r in level)
     arenas = max(a + b for a, b in zip(per_level, per_level[1:] + [0]))
     return itemsize * (stored_entries_of_sizes(sizes, hermitian) + arenas + scratch)
+
+
+def _segment_classes(seg, extent, before, after):
+    """Distinct (size, first end shared, last end shared) of 1-D segments, and their counts."""
+    s0, s1 = seg[:, 0], seg[:, 1]
+    keys = np.stack([s1 - s0 + 1, (s0 > 0) | before, (s1 < extent - 1) | after], axis=1).astype(np.int64)
+    return np.unique(keys, axis=0, return_counts=True)
+
+
+def tree_sizes(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS, window=None,
+               components: int = 1, batch: int = 1):  # fmt: skip
+    """Per level (leaves first), the ``(n_boxes, n_elim, n_boundary)`` of every class of
+    :func:`build_plan`'s tree (``window=(level, box)``: of that window's plan), from the 1-D
+    segments alone, no index maps and nothing per box: the memory and time of any grid in
+    O(H + W) work, before anything is allocated (and each MPI rank's share).
+
+    A merge eliminates its separator line less the ends that lie on its shared sides (every
+    other node of its children's boundaries is on its own boundary); a leaf, all its nodes
+    but its boundary.  ``components`` multiplies every size, ``batch`` every box count, as
+    :func:`build_plan` expands its maps.
+    """
+    if window is None:
+        seg_levels, axes = _segment_tree(height, width, leaf_cells)
+        (h, w), (top, bottom, left, right) = (height, width), (False, False, False, False)
+    else:
+        seg_levels, axes, (h, w), (top, bottom, left, right) = window_tree(height, width, *window, leaf_cells)
+    out = []
+    for k, (rows, cols) in enumerate(seg_levels):
+        row_keys, row_counts = _segment_classes(rows, h, top, bottom)
+        col_keys, col_counts = _segment_classes(cols, w, left, right)
+        level = []
+        for (hn, t, b), rc in zip(row_keys.tolist(), row_counts.tolist()):
+            for (wn, lf, rt), cc in zip(col_keys.tolist(), col_counts.tolist()):
+                r = len(_boundary_nodes(hn, wn, t, b, lf, rt))
+                if k == 0:
+                    s = hn * wn - r
+                elif axes[k - 1] == 0:  # children stacked: the separator is a row of wn nodes
+                    s = wn - (lf + rt if wn > 1 else int(lf or rt))
+                else:
+                    s = hn - (t + b if hn > 1 else int(t or b))
+                level.append((rc * cc * batch, s * components, r * components))
+        out.append(level)
+    return out
+
+
+def memory_estimate(height: int, width: int, itemsize: int, hermitian: bool, components: int = 1,
+                    batch: int = 1, leaf_cells: int = DEFAULT_LEAF_CELLS) -> int:  # fmt: skip
+    """Peak bytes of factorizing an ``height x width`` grid (:meth:`Plan.memory_bytes`) in
+    closed form: O(H + W) work, no plan, so any size is refused in milliseconds."""
+    return memory_of_sizes(tree_sizes(height, width, leaf_cells, None, components, batch), itemsize, hermitian)
 
 
 def _split_segments(seg: np.ndarray) -> np.ndarray:

@@ -24,13 +24,12 @@ from ._plan import (
     DEFAULT_LEAF_CELLS,
     _boundary_nodes,
     _children_of,
-    _classify,
     _segment_tree,
     build_window_plan,
     flops_of_sizes,
     memory_of_sizes,
     stored_entries_of_sizes,
-    window_tree,
+    tree_sizes,
 )
 
 __all__ = ["DistributedPlan", "Merge", "Window", "distributed_plan", "tree_sizes"]
@@ -248,36 +247,3 @@ def distributed_plan(height: int, width: int, ranks: int, leaf_cells: int = DEFA
 
     collect(root)
     return DistributedPlan(height, width, ranks, leaf_cells, windows, merges, root)
-
-
-def tree_sizes(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS, window=None):
-    """Per level (leaves first), the ``(n_boxes, n_elim, n_boundary)`` of every class of
-    :func:`._plan.build_plan`'s tree (``window=(level, box)``: of that window's plan), from
-    the segments alone, no index maps: the memory and time of grids too large to plan on one
-    machine, and each rank's share before anything is allocated.
-
-    A merge eliminates its separator line less the ends that lie on its shared sides (every
-    other node of its children's boundaries is on its own boundary); a leaf, all its nodes
-    but its boundary.
-    """
-    if window is None:
-        seg_levels, axes = _segment_tree(height, width, leaf_cells)
-        shape, sides = (height, width), (False, False, False, False)
-    else:
-        seg_levels, axes, shape, sides = window_tree(height, width, *window, leaf_cells)
-    out = []
-    for k, (rows, cols) in enumerate(seg_levels):
-        signatures, class_of_box = _classify(rows, cols, *shape, sides)
-        counts = np.bincount(class_of_box, minlength=len(signatures))
-        level = []
-        for (hn, wn, top, bottom, left, right), p in zip(signatures.tolist(), counts.tolist()):
-            r = len(_boundary_nodes(hn, wn, top, bottom, left, right))
-            if k == 0:
-                s = hn * wn - r
-            elif axes[k - 1] == 0:  # children stacked: the separator is a row of wn nodes
-                s = wn - (int(left) + int(right) if wn > 1 else int(left or right))
-            else:
-                s = hn - (int(top) + int(bottom) if hn > 1 else int(top or bottom))
-            level.append((p, s, r))
-        out.append(level)
-    return out

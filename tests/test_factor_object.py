@@ -102,6 +102,51 @@ def test_too_little_memory_is_refused_before_allocating(monkeypatch):
     assert ssi_sparse.factorize(A).shape == A.shape
 
 
+def test_memory_refusal_comes_before_detection_and_the_plan(monkeypatch):
+    """A given grid is refused before the matrix is read; a found one before any plan."""
+    import ssi_sparse._factor as factor_mod
+
+    A = diffusion_2d(40, 30)
+    monkeypatch.setattr(factor_mod, "available_memory", lambda: 1 << 20)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("ran before the memory check")
+
+    monkeypatch.setattr(factor_mod, "build_plan", must_not_run)
+    with pytest.raises(MemoryError, match="40x30 grid"):
+        ssi_sparse.factorize(A)
+    monkeypatch.setattr(factor_mod, "grid_stencil", must_not_run)
+    with pytest.raises(MemoryError, match="40x30 grid"):
+        ssi_sparse.factorize(A, grid=(40, 30))
+    with pytest.raises(ValueError, match="does not have"):  # a wrong grid is still a wrong grid
+        monkeypatch.undo()
+        ssi_sparse.factorize(A, grid=(40, 31))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (30, 41), (64, 64), (129, 33)])
+@pytest.mark.parametrize("components, batch, radius", [(1, 1, 1), (2, 1, 1), (1, 3, 1), (3, 2, 1), (1, 1, 2)])
+def test_memory_estimate_is_the_plans_without_building_it(shape, components, batch, radius):
+    from ssi_sparse import GridSpec
+    from ssi_sparse._plan import build_plan
+
+    spec = GridSpec(shape, components=components, radius=radius)
+    h, w, k = spec.engine_dims
+    plan = build_plan(h, w, 5, k, batch)
+    stencils = 2 * batch * h * w * k * k * 9 * 8
+    for hermitian in (False, True):
+        assert spec.memory_estimate(np.float64, hermitian, batch) == plan.memory_bytes(8, hermitian) + stencils
+    assert spec.memory_estimate(np.float64, True, batch, np.float32) < spec.memory_estimate(np.float64, True, batch)
+
+
+def test_memory_estimate_of_huge_grids_needs_no_plan(monkeypatch):
+    import ssi_sparse._plan as plan_mod
+    from ssi_sparse import GridSpec
+
+    monkeypatch.setattr(plan_mod, "_plan_from_segments", None)  # a plan of 30000^2 would not fit
+    need = GridSpec((30000, 30000)).memory_estimate(np.float64, hermitian=True)
+    assert need > 900 * 2**30  # ~1.9 TiB: 900M unknowns, fill O(n log n)
+
+
 def test_memory_estimate_bounds_the_stored_factor():
     from ssi_sparse._plan import build_plan
 

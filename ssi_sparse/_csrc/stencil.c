@@ -1,0 +1,76 @@
+/* Native CPU pass of ssi_sparse: a CSR/CSC matrix's stencil array on a full row-major grid.
+ *
+ * Grid detection and stencil assembly in NumPy take a dozen passes over every stored entry
+ * (coordinates, integer divisions, offsets, slots, a bincount): ~0.5 s per million unknowns,
+ * and many temporaries of the matrix's size.  For the common layout (one unknown per pixel,
+ * 3x3 stencil, every pixel an unknown) one pass over indptr/indices/data does it all:
+ * every nonzero entry (row i, column j) either lands in slot (dr + 1) * 3 + (dc + 1) of row
+ * i, where (dr, dc) is the offset of j's pixel from i's on a grid of the given width, or the
+ * width does not fit (the pass stops at once).  Explicit zeros are ignored and duplicate
+ * entries summed in double precision, as ssi_sparse/_grid.py's general path does.
+ *
+ * Part of the _native_frontal extension, loaded with ctypes by ssi_sparse/_native.py.
+ */
+#include <complex.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#define EXPORT __declspec(dllexport)
+#else
+#define EXPORT __attribute__((visibility("default")))
+#endif
+
+enum { FIT = 0, OFF_STENCIL = -1, OUT_OF_RANGE = -2 };
+
+/* One instantiation per (index type, value type): NAME names the functions, I the index,
+ * T the stored value, A its accumulator (double or double complex). */
+#define DEFINE_STENCIL_PASS(NAME, I, T, A)                                                       \
+    /* Largest |j - i| over the nonzero entries (the reach that candidate widths come from). */ \
+    EXPORT int64_t ssi_reach_##NAME(int64_t n, const I *indptr, const I *indices,               \
+                                    const T *data) {                                            \
+        int64_t reach = 0;                                                                      \
+        for (int64_t i = 0; i < n; ++i) {                                                       \
+            for (int64_t e = indptr[i]; e < indptr[i + 1]; ++e) {                               \
+                if (data[e] == 0) continue;                                                     \
+                int64_t d = (int64_t)indices[e] - i;                                            \
+                if (d < 0) d = -d;                                                              \
+                if (d > reach) reach = d;                                                       \
+            }                                                                                   \
+        }                                                                                       \
+        return reach;                                                                           \
+    }                                                                                           \
+                                                                                                \
+    /* V (n, 9), zeroed by the caller: FIT, OFF_STENCIL or OUT_OF_RANGE.  `csc`: the outer     \
+     * index is the column.  *diagonal set when some coupling is diagonal (a 9-point          \
+     * stencil). */                                                                             \
+    EXPORT int64_t ssi_stencil_##NAME(int64_t n, const I *indptr, const I *indices,             \
+                                      const T *data, int64_t width, int32_t csc, A *V,          \
+                                      int32_t *diagonal) {                                      \
+        int32_t diag = 0;                                                                       \
+        for (int64_t o = 0; o < n; ++o) {                                                       \
+            int64_t ro = o / width, co = o - ro * width;                                        \
+            for (int64_t e = indptr[o]; e < indptr[o + 1]; ++e) {                               \
+                if (data[e] == 0) continue;                                                     \
+                int64_t j = (int64_t)indices[e];                                                \
+                if (j < 0 || j >= n) return OUT_OF_RANGE;                                       \
+                int64_t rj = j / width, cj = j - rj * width;                                    \
+                /* offset of the column's pixel from the row's */                               \
+                int64_t dr = csc ? ro - rj : rj - ro, dc = csc ? co - cj : cj - co;              \
+                if (dr < -1 || dr > 1 || dc < -1 || dc > 1) return OFF_STENCIL;                 \
+                diag |= (dr != 0) & (dc != 0);                                                  \
+                int64_t row = csc ? j : o;                                                      \
+                V[row * 9 + (dr + 1) * 3 + (dc + 1)] += (A)data[e];                             \
+            }                                                                                   \
+        }                                                                                       \
+        *diagonal = diag;                                                                       \
+        return FIT;                                                                             \
+    }
+
+DEFINE_STENCIL_PASS(i32_f32, int32_t, float, double)
+DEFINE_STENCIL_PASS(i32_f64, int32_t, double, double)
+DEFINE_STENCIL_PASS(i32_c64, int32_t, float _Complex, double _Complex)
+DEFINE_STENCIL_PASS(i32_c128, int32_t, double _Complex, double _Complex)
+DEFINE_STENCIL_PASS(i64_f32, int64_t, float, double)
+DEFINE_STENCIL_PASS(i64_f64, int64_t, double, double)
+DEFINE_STENCIL_PASS(i64_c64, int64_t, float _Complex, double _Complex)
+DEFINE_STENCIL_PASS(i64_c128, int64_t, double _Complex, double _Complex)

@@ -1,0 +1,155 @@
+"""The native one-pass detection + stencil assembly against the general NumPy path.
+
+``grid_stencil`` / ``detect_grid`` take the native pass for a full grid with one unknown per
+pixel and a 3x3 stencil; for every other matrix it must step aside.  Either way the answer
+(grid, order, stencil name, every stencil value) must be the general path's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import stencil_matrix
+from ssi_sparse import _native as native
+from ssi_sparse._errors import NotGridStructuredError
+from ssi_sparse._grid import _bincount_stencil, _detect, _Hints, detect_grid, grid_stencil
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="native kernel not built")
+
+DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
+
+
+def _general(A, **hints):
+    """The NumPy path's answer, or None where it refuses."""
+    try:
+        spec, flat, vals = _detect(A, _Hints(**hints))
+    except NotGridStructuredError:
+        return None
+    return spec, _bincount_stencil(flat, vals, spec.n_nodes * spec.engine_components)
+
+
+def _fast(A, **hints):
+    try:
+        return grid_stencil(A, **hints)
+    except NotGridStructuredError:
+        return None
+
+
+def _assert_same(A, **hints):
+    ours, theirs = _fast(A, **hints), _general(A, **hints)
+    assert (ours is None) == (theirs is None)
+    if ours is not None:
+        assert ours[0] == theirs[0] and str(ours[0]) == str(theirs[0])
+        assert ours[1].dtype == theirs[1].dtype
+        np.testing.assert_array_equal(ours[1], theirs[1])
+    assert detect_grid(A, **hints) == (None if theirs is None else theirs[0])
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    H=st.integers(1, 14),
+    W=st.integers(1, 14),
+    dtype=st.sampled_from(DTYPES),
+    order=st.sampled_from(["C", "F"]),
+    fmt=st.sampled_from(["csr", "csc"]),
+    index=st.sampled_from([np.int32, np.int64]),
+    nine=st.booleans(),
+    hint=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_random_grids_agree_with_the_general_path(H, W, dtype, order, fmt, index, nine, hint, seed):
+    rng = np.random.default_rng(seed)
+    kind = "complex" if np.dtype(dtype).kind == "c" else "nonsym"
+    A = stencil_matrix(H, W, rng, kind, dtype, order=order, nine_point=nine).asformat(fmt)
+    A.indices = A.indices.astype(index)
+    A.indptr = A.indptr.astype(index)
+    hints = {"grid": (H, W), "order": order} if hint else {"order": order} if order == "F" else {}
+    _assert_same(A, **hints)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    H=st.integers(2, 12),
+    W=st.integers(2, 12),
+    fmt=st.sampled_from(["csr", "csc"]),
+    change=st.sampled_from(["far link", "explicit zero far", "duplicates", "cancelling duplicate", "zero row"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_edited_patterns_agree_with_the_general_path(H, W, fmt, change, seed):
+    """Off-stencil links, explicit zeros, duplicates (summed, or cancelling to a stored
+    zero), empty rows: found or refused exactly as the general path does."""
+    rng = np.random.default_rng(seed)
+    A = stencil_matrix(H, W, rng, "spd", np.float64).tocoo()
+    n = H * W
+    rows, cols, vals = list(A.row), list(A.col), list(A.data)
+    i, j = int(rng.integers(n)), int(rng.integers(n))
+    if change == "far link":
+        rows, cols, vals = rows + [i], cols + [j], vals + [0.5]
+    elif change == "explicit zero far":
+        rows, cols, vals = rows + [i], cols + [j], vals + [0.0]
+    elif change == "duplicates":
+        e = int(rng.integers(len(rows)))
+        rows, cols, vals = rows + [rows[e]], cols + [cols[e]], vals + [0.25]
+    elif change == "cancelling duplicate":
+        rows, cols, vals = rows + [i, i], cols + [j, j], vals + [0.5, -0.5]
+    else:
+        keep = [e for e in range(len(rows)) if rows[e] != i]
+        rows, cols, vals = [rows[e] for e in keep], [cols[e] for e in keep], [vals[e] for e in keep]
+    # built without summing, so duplicates stay stored
+    B = sp.csr_array((vals, (rows, cols)), shape=(n, n)) if change not in ("duplicates", "cancelling duplicate") else (
+        sp.coo_array((vals, (rows, cols)), shape=(n, n))
+    )
+    B = B.asformat(fmt) if B.format != "coo" else _unsummed(B, fmt)
+    _assert_same(B)
+    _assert_same(B, grid=(H, W))
+
+
+def _unsummed(coo, fmt):
+    """CSR/CSC with coo's duplicates kept (SciPy's conversion would sum them)."""
+    major, minor = (coo.row, coo.col) if fmt == "csr" else (coo.col, coo.row)
+    order = np.argsort(major, kind="stable")
+    n = coo.shape[0]
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(major, minlength=n))])
+    cls = sp.csr_array if fmt == "csr" else sp.csc_array
+    return cls((coo.data[order], minor[order], indptr), shape=coo.shape)
+
+
+def test_the_native_pass_is_taken_for_plain_grids(monkeypatch):
+    """A plain grid never reaches the general path (the speed this module is for)."""
+    import ssi_sparse._grid as grid_mod
+
+    A = stencil_matrix(20, 30, np.random.default_rng(0), "spd", np.float64)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(grid_mod, "_detect", refuse)
+    spec, V = grid_stencil(A)
+    assert spec.shape == (20, 30) and V.shape == (600, 9)
+
+
+def test_other_layouts_step_aside():
+    """Masked grids, several unknowns per pixel, 5x5 stencils, other value types: the
+    general path finds them (the native pass never claims them)."""
+    rng = np.random.default_rng(1)
+    A = stencil_matrix(12, 10, rng, "spd", np.float64)
+    mask = np.ones((12, 10), dtype=bool)
+    mask[3:6, 2:5] = False
+    keep = np.flatnonzero(mask.ravel())
+    _assert_same(A[keep][:, keep].tocsr())
+    _assert_same(sp.kron(A, np.array([[2.0, 1.0], [1.0, 2.0]]), format="csr"))
+    _assert_same((A @ A).tocsr())
+    _assert_same(A.astype(np.int64))
+
+
+def test_out_of_range_index_is_an_error():
+    A = stencil_matrix(4, 4, np.random.default_rng(2), "spd", np.float64).tocsc()
+    A.indices[3] = 99  # a corrupt matrix (SciPy would not check it either)
+    with pytest.raises(ValueError, match="out of range"):
+        grid_stencil(A, grid=(4, 4))
+    with pytest.raises(ValueError, match="index"):
+        grid_stencil(A)
