@@ -601,7 +601,9 @@ def factorize(A, *, grid=None, order=None, pixels=None, mask=None, components=No
     lowest = _factor_dtype(dtype, factor_dtype)
     if grid is not None and pixels is None and len(grid) == 2 and grid[0] * grid[1] * (components or 1) == A.shape[0]:
         # a given grid that cannot fit is refused before detection reads the matrix
-        _check_fits(GridSpec(tuple(grid), components=components or 1, radius=radius or 1), dtype, lowest, True, chosen)
+        radius_ = radius or 1
+        given = GridSpec(tuple(grid), "C", f"{2 * radius_ + 1}x{2 * radius_ + 1}", None, components or 1, radius=radius_)
+        _check_fits(given, dtype, lowest, True, chosen)
     spec, V = grid_stencil(A, grid=grid, order=order, pixels=pixels, mask=mask, components=components,
                            numbering=numbering, radius=radius)  # fmt: skip
     _check_fits(spec, dtype, lowest, True, chosen)  # before the stencil pattern and the factor

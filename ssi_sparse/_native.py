@@ -24,7 +24,7 @@ import numpy as np
 from ._kernels import EliminatedBlocks, check_rcond, exactly_singular
 
 __all__ = ["assemble_runs", "available", "describe", "factor_rows", "grid_reach", "grid_stencil_pass", "mirror_upper",
-           "reads", "supports", "supports_dtype"]
+           "node_reduce", "reads", "scale_stencil", "stencil_is_hermitian", "supports", "supports_dtype"]
 
 _SUFFIX = {
     np.dtype(np.float64): "f64",
@@ -61,6 +61,13 @@ def _library():
         fn.argtypes, fn.restype = _ASSEMBLE_ARGTYPES, None
         fn = getattr(lib, f"ssi_mirror_upper_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _p], None
+    for suffix in _SUFFIX.values():
+        fn = getattr(lib, f"ssi_node_reduce_{suffix}")
+        fn.argtypes, fn.restype = [_i64, _i64, _p, _p, ctypes.c_int32], None
+        fn = getattr(lib, f"ssi_scale_{suffix}")
+        fn.argtypes, fn.restype = [_i64, _i64, _i64, _p, _p, _p], None
+        fn = getattr(lib, f"ssi_hermitian_{suffix}")
+        fn.argtypes, fn.restype = [_i64, _i64, _i64, _p], ctypes.c_int32
     for index in _INDEX.values():
         for suffix in _SUFFIX.values():
             fn = getattr(lib, f"ssi_reach_{index}_{suffix}")
@@ -240,3 +247,40 @@ def grid_stencil_pass(A, width: int):
     if status != 0:
         return None
     return V.astype(np.result_type(data.dtype, np.float32), copy=False), bool(diagonal.value)
+
+
+# Whole-grid passes over a stencil array V of an (h, w, k) grid (see ._stencil), for NumPy
+# arrays of the four dtypes: one C pass each instead of NumPy's shifted temporaries.
+
+def _stencil_fn(name, V):
+    if not supports_dtype(np, V.dtype) or not V.flags.c_contiguous:
+        return None
+    return getattr(_library(), f"ssi_{name}_{_SUFFIX[np.dtype(V.dtype)]}")
+
+
+def node_reduce(V, dims, mode: str):
+    """Per node, ``max |A_ij|`` (``mode='max'``) or ``sum |A_ij|`` (``'sum'``) over its row;
+    None where the native pass does not apply."""
+    fn = _stencil_fn("node_reduce", V)
+    if fn is None:
+        return None
+    h, w, k = dims
+    out = np.empty(h * w * k, dtype=np.empty(0, V.dtype).real.dtype)
+    fn(h * w * k, k * 9, V.ctypes.data, out.ctypes.data, 1 if mode == "sum" else 0)
+    return out
+
+
+def scale_stencil(V, s, dims):
+    """``diag(s) A diag(s)`` as a new stencil array, or None where the pass does not apply."""
+    fn = _stencil_fn("scale", V)
+    if fn is None or s.dtype != np.empty(0, V.dtype).real.dtype or not s.flags.c_contiguous:
+        return None
+    out = np.empty_like(V)
+    fn(*dims, V.ctypes.data, s.ctypes.data, out.ctypes.data)
+    return out
+
+
+def stencil_is_hermitian(V, dims):
+    """Exact Hermitian test of the stencil array, or None where the pass does not apply."""
+    fn = _stencil_fn("hermitian", V)
+    return None if fn is None else bool(fn(*dims, V.ctypes.data))

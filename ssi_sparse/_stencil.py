@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _native as native
 from ._plan import STENCIL_OFFSETS
 
 __all__ = [
@@ -73,6 +74,8 @@ def is_hermitian(xp, V, shape) -> bool:
     Slot ``s`` of pixel ``p`` and slot ``8 - s`` of its neighbour hold the pair, so five
     slots (the diagonal and one of each opposite pair) decide; stops at the first mismatch.
     """
+    if xp is np and (native_answer := native.stencil_is_hermitian(V, _dims(shape))) is not None:
+        return native_answer
     Vg = _blocks(xp, V, shape)
     complex_ = xp.isdtype(V.dtype, "complex floating")
     for slot, shifted in enumerate(_neighbour_views(xp, Vg, shape)):
@@ -88,6 +91,8 @@ def is_hermitian(xp, V, shape) -> bool:
 def stencil_row_sums(xp, V, shape):
     """Absolute row sums of ``A``, one per node (n,)."""
     h, w, k = _dims(shape)
+    if xp is np and (native_sums := native.node_reduce(V, (h, w, k), "sum")) is not None:
+        return native_sums
     return xp.sum(xp.reshape(xp.abs(V), (h * w * k, k * 9)), axis=1)
 
 
@@ -100,7 +105,9 @@ def equilibrate(xp, V, shape):
     zero (exactly singular).
     """
     h, w, k = _dims(shape)
-    row_max = xp.max(xp.reshape(xp.abs(V), (h * w * k, k * 9)), axis=1)
+    row_max = native.node_reduce(V, (h, w, k), "max") if xp is np else None
+    if row_max is None:
+        row_max = xp.max(xp.reshape(xp.abs(V), (h * w * k, k * 9)), axis=1)
     if not bool(xp.all(row_max > 0)):
         return V, None
     s = 1.0 / xp.sqrt(row_max)
@@ -111,6 +118,8 @@ def equilibrate(xp, V, shape):
 def scale_couplings(xp, V, s, shape):
     """``diag(s) A diag(s)``: every coupling ``(i, j)`` times ``s_i s_j`` (``s`` one per node)."""
     h, w, k = _dims(shape)
+    if xp is np and (native_scaled := native.scale_stencil(V, s, (h, w, k))) is not None:
+        return native_scaled
     sg = xp.reshape(s, (h, w, k))
     Vg = _blocks(xp, V, shape)
     out = xp.empty(Vg.shape, dtype=xp.result_type(V.dtype, s.dtype))

@@ -153,3 +153,75 @@ def test_out_of_range_index_is_an_error():
         grid_stencil(A, grid=(4, 4))
     with pytest.raises(ValueError, match="index"):
         grid_stencil(A)
+
+
+def _numpy_only():
+    """The NumPy versions of the whole-grid stencil passes (the native ones switched off)."""
+    from unittest import mock
+
+    off = lambda *args, **kwargs: None  # noqa: E731
+    return mock.patch.multiple(native, node_reduce=off, scale_stencil=off, stencil_is_hermitian=off)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    k=st.integers(1, 3),
+    dtype=st.sampled_from(DTYPES),
+    hermitian=st.booleans(),
+    perturb=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_whole_grid_passes_agree_with_numpy(h, w, k, dtype, hermitian, perturb, seed):
+    """Row maxima and sums, equilibration and the exact Hermitian test: the native passes
+    give the NumPy versions' answers (maxima and scaled values bit for bit)."""
+    from ssi_sparse._stencil import equilibrate, is_hermitian, stencil_row_sums, stencil_to_csr
+
+    rng = np.random.default_rng(seed)
+    n = h * w * k
+    M = sp.random(n, n, density=0.6, random_state=rng, dtype=np.float64)
+    if np.dtype(dtype).kind == "c":
+        M = M + 1j * sp.random(n, n, density=0.6, random_state=rng)
+    M = M + M.conj().T if hermitian else M
+    M = (M + sp.eye(n)).astype(dtype).tocsr()
+    # keep only couplings inside each node's 3x3 pixel neighbourhood: a stencil operator
+    V = _stencil_of(M, h, w, k)
+    if perturb and V.any():
+        flat = V.reshape(-1)
+        i = int(rng.choice(np.flatnonzero(flat)))
+        flat[i] = flat[i] * (1 + 2 * np.finfo(dtype).eps)
+    dims = (h, w, k)
+    ours = stencil_row_sums(np, V, dims), equilibrate(np, V, dims), is_hermitian(np, V, dims)
+    with _numpy_only():
+        theirs = stencil_row_sums(np, V, dims), equilibrate(np, V, dims), is_hermitian(np, V, dims)
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=8 * np.finfo(dtype).eps)
+    (Vs, s), (Vs_ref, s_ref) = ours[1], theirs[1]
+    assert (s is None) == (s_ref is None)
+    if s is not None:
+        assert Vs.dtype == Vs_ref.dtype and s.dtype == s_ref.dtype
+        if np.dtype(dtype).kind == "f":  # |x| is exact: bit for bit
+            np.testing.assert_array_equal(s, s_ref)
+            np.testing.assert_array_equal(Vs, Vs_ref)
+        else:  # NumPy's vectorized complex |z| is not correctly rounded (a few ulp apart)
+            eps = np.finfo(dtype).eps
+            np.testing.assert_allclose(s, s_ref, rtol=4 * eps)
+            np.testing.assert_allclose(Vs, Vs_ref, rtol=16 * eps, atol=16 * eps * np.abs(Vs_ref).max())
+        assert is_hermitian(np, Vs, dims) or not ours[2]  # scaling keeps an exactly Hermitian matrix so
+    assert ours[2] == theirs[2]
+    assert stencil_to_csr(V, dims).shape == (n, n)
+
+
+def _stencil_of(M, h, w, k):
+    """Stencil array of the part of ``M`` (nodes ``pixel * k + component``) that couples
+    3x3 neighbours."""
+    C = M.tocoo()
+    pi, a = np.divmod(C.row, k)
+    pj, b = np.divmod(C.col, k)
+    dr = pj // w - pi // w
+    dc = pj % w - pi % w
+    keep = (np.abs(dr) <= 1) & (np.abs(dc) <= 1)
+    V = np.zeros((h * w * k * k, 9), dtype=M.dtype)
+    rows = (C.row[keep] * k + b[keep])
+    np.add.at(V, (rows, (dr[keep] + 1) * 3 + dc[keep] + 1), C.data[keep])
+    return V

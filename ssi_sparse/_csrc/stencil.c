@@ -12,6 +12,7 @@
  * Part of the _native_frontal extension, loaded with ctypes by ssi_sparse/_native.py.
  */
 #include <complex.h>
+#include <math.h>
 #include <stdint.h>
 
 #if defined(_WIN32)
@@ -74,3 +75,76 @@ DEFINE_STENCIL_PASS(i64_f32, int64_t, float, double)
 DEFINE_STENCIL_PASS(i64_f64, int64_t, double, double)
 DEFINE_STENCIL_PASS(i64_c64, int64_t, float _Complex, double _Complex)
 DEFINE_STENCIL_PASS(i64_c128, int64_t, double _Complex, double _Complex)
+
+/* Whole-grid passes over a stencil array V (h * w * k * k rows of 9 slots, see
+ * ssi_sparse/_stencil.py): row reductions, symmetric scaling and the Hermitian test, each
+ * one pass in place of NumPy's dozen shifted whole-grid temporaries.  Same arithmetic as the
+ * NumPy versions (one product s_i * s_j per entry, so an exactly Hermitian matrix stays so). */
+#define ABS_OF(v) _Generic((v), float: fabsf, double: fabs, float _Complex: cabsf, double _Complex: cabs)(v)
+#define CONJ_OF(v) _Generic((v), float _Complex: conjf(v), double _Complex: conj(v), default: (v))
+
+#define DEFINE_STENCIL_OPS(NAME, T, R)                                                           \
+    /* Per node (a run of k * 9 entries): max |V| (mode 0) or sum |V| (mode 1). */              \
+    EXPORT void ssi_node_reduce_##NAME(int64_t n_nodes, int64_t run, const T *V, R *out,       \
+                                       int32_t mode) {                                          \
+        for (int64_t i = 0; i < n_nodes; ++i) {                                                 \
+            const T *v = V + i * run;                                                           \
+            R acc = 0;                                                                          \
+            for (int64_t e = 0; e < run; ++e) {                                                 \
+                R a = ABS_OF(v[e]);                                                             \
+                acc = mode ? acc + a : (a > acc ? a : acc);                                     \
+            }                                                                                   \
+            out[i] = acc;                                                                       \
+        }                                                                                       \
+    }                                                                                           \
+                                                                                                \
+    /* out = diag(s) A diag(s): entry (i, j) times (s_i * s_j); s_j = 0 off the grid. */        \
+    EXPORT void ssi_scale_##NAME(int64_t h, int64_t w, int64_t k, const T *V, const R *s,      \
+                                 T *out) {                                                      \
+        for (int64_t r = 0; r < h; ++r) {                                                       \
+            for (int64_t c = 0; c < w; ++c) {                                                   \
+                int64_t p = r * w + c;                                                          \
+                for (int64_t slot = 0; slot < 9; ++slot) {                                      \
+                    int64_t rr = r + slot / 3 - 1, cc = c + slot % 3 - 1;                       \
+                    int inside = rr >= 0 && rr < h && cc >= 0 && cc < w;                        \
+                    int64_t q = rr * w + cc;                                                    \
+                    for (int64_t a = 0; a < k; ++a) {                                           \
+                        R si = s[p * k + a];                                                    \
+                        for (int64_t b = 0; b < k; ++b) {                                       \
+                            R sj = inside ? s[q * k + b] : (R)0;                                \
+                            int64_t e = ((p * k + a) * k + b) * 9 + slot;                       \
+                            out[e] = V[e] * (si * sj);                                          \
+                        }                                                                       \
+                    }                                                                           \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+    }                                                                                           \
+                                                                                                \
+    /* 1 when A[i, j] == conj(A[j, i]) for every coupling (slot s of pixel p against slot     \
+     * 8 - s of its neighbour, components swapped; zero off the grid), else 0. */               \
+    EXPORT int32_t ssi_hermitian_##NAME(int64_t h, int64_t w, int64_t k, const T *V) {          \
+        for (int64_t r = 0; r < h; ++r) {                                                       \
+            for (int64_t c = 0; c < w; ++c) {                                                   \
+                int64_t p = r * w + c;                                                          \
+                for (int64_t slot = 0; slot <= 4; ++slot) {                                     \
+                    int64_t rr = r + slot / 3 - 1, cc = c + slot % 3 - 1;                       \
+                    int inside = rr >= 0 && rr < h && cc >= 0 && cc < w;                        \
+                    int64_t q = rr * w + cc;                                                    \
+                    for (int64_t a = 0; a < k; ++a) {                                           \
+                        for (int64_t b = 0; b < k; ++b) {                                       \
+                            T mine = V[((p * k + a) * k + b) * 9 + slot];                       \
+                            T mirror = inside ? V[((q * k + b) * k + a) * 9 + (8 - slot)] : (T)0; \
+                            if (mine != CONJ_OF(mirror)) return 0;                              \
+                        }                                                                       \
+                    }                                                                           \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+        return 1;                                                                               \
+    }
+
+DEFINE_STENCIL_OPS(f32, float, float)
+DEFINE_STENCIL_OPS(f64, double, double)
+DEFINE_STENCIL_OPS(c64, float _Complex, float)
+DEFINE_STENCIL_OPS(c128, double _Complex, double)
