@@ -24,7 +24,7 @@ import numpy as np
 from ._kernels import EliminatedBlocks, check_rcond, exactly_singular
 
 __all__ = ["assemble_runs", "available", "describe", "factor_rows", "grid_reach", "grid_stencil_pass", "mirror_upper",
-           "node_reduce", "reads", "scale_stencil", "stencil_is_hermitian", "supports", "supports_dtype"]
+           "node_reduce", "reads", "scale_stencil", "stencil_matvec", "stencil_is_hermitian", "supports", "supports_dtype"]
 
 _SUFFIX = {
     np.dtype(np.float64): "f64",
@@ -68,6 +68,8 @@ def _library():
         fn.argtypes, fn.restype = [_i64, _i64, _i64, _p, _p, _p], None
         fn = getattr(lib, f"ssi_hermitian_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _i64, _p], ctypes.c_int32
+        fn = getattr(lib, f"ssi_matvec_{suffix}")
+        fn.argtypes, fn.restype = [_i64, _i64, _i64, _i64, _p, _p, _p], None
     for index in _INDEX.values():
         for suffix in _SUFFIX.values():
             fn = getattr(lib, f"ssi_reach_{index}_{suffix}")
@@ -284,3 +286,14 @@ def stencil_is_hermitian(V, dims):
     """Exact Hermitian test of the stencil array, or None where the pass does not apply."""
     fn = _stencil_fn("hermitian", V)
     return None if fn is None else bool(fn(*dims, V.ctypes.data))
+
+
+def stencil_matvec(V, dims, x):
+    """``A @ x`` for ``x`` (n, m) of ``V``'s dtype, or None where the pass does not apply."""
+    fn = _stencil_fn("matvec", V)
+    if fn is None or x.dtype != V.dtype or x.ndim != 2:
+        return None
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    fn(*dims, x.shape[1], V.ctypes.data, x.ctypes.data, out.ctypes.data)
+    return out

@@ -160,7 +160,7 @@ def _numpy_only():
     from unittest import mock
 
     off = lambda *args, **kwargs: None  # noqa: E731
-    return mock.patch.multiple(native, node_reduce=off, scale_stencil=off, stencil_is_hermitian=off)
+    return mock.patch.multiple(native, node_reduce=off, scale_stencil=off, stencil_is_hermitian=off, stencil_matvec=off)
 
 
 @settings(max_examples=60, deadline=None)
@@ -176,7 +176,7 @@ def _numpy_only():
 def test_whole_grid_passes_agree_with_numpy(h, w, k, dtype, hermitian, perturb, seed):
     """Row maxima and sums, equilibration and the exact Hermitian test: the native passes
     give the NumPy versions' answers (maxima and scaled values bit for bit)."""
-    from ssi_sparse._stencil import equilibrate, is_hermitian, stencil_row_sums, stencil_to_csr
+    from ssi_sparse._stencil import equilibrate, is_hermitian, stencil_matvec, stencil_row_sums, stencil_to_csr
 
     rng = np.random.default_rng(seed)
     n = h * w * k
@@ -209,7 +209,14 @@ def test_whole_grid_passes_agree_with_numpy(h, w, k, dtype, hermitian, perturb, 
             np.testing.assert_allclose(Vs, Vs_ref, rtol=16 * eps, atol=16 * eps * np.abs(Vs_ref).max())
         assert is_hermitian(np, Vs, dims) or not ours[2]  # scaling keeps an exactly Hermitian matrix so
     assert ours[2] == theirs[2]
-    assert stencil_to_csr(V, dims).shape == (n, n)
+    x = rng.standard_normal((n, 3)).astype(dtype)
+    with _numpy_only():
+        reference = stencil_matvec(np, V, dims, x)
+    product = stencil_matvec(np, V, dims, x)
+    assert product.dtype == reference.dtype
+    tol = 16 * np.finfo(dtype).eps * (np.abs(V).sum() + 1) * np.abs(x).max()
+    np.testing.assert_allclose(product, reference, rtol=0, atol=tol)
+    np.testing.assert_allclose(product, stencil_to_csr(V, dims) @ x, rtol=0, atol=tol)
 
 
 def _stencil_of(M, h, w, k):

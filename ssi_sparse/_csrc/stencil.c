@@ -148,3 +148,34 @@ DEFINE_STENCIL_OPS(f32, float, float)
 DEFINE_STENCIL_OPS(f64, double, double)
 DEFINE_STENCIL_OPS(c64, float _Complex, float)
 DEFINE_STENCIL_OPS(c128, double _Complex, double)
+
+/* out (n, m) = A x for x (n, m), both row-major, n = h * w * k nodes: the residuals of every
+ * refined solve, one pass over V instead of nine shifted whole-grid products. */
+#define DEFINE_STENCIL_MATVEC(NAME, T)                                                           \
+    EXPORT void ssi_matvec_##NAME(int64_t h, int64_t w, int64_t k, int64_t m, const T *V,      \
+                                  const T *x, T *out) {                                         \
+        for (int64_t r = 0; r < h; ++r) {                                                       \
+            for (int64_t c = 0; c < w; ++c) {                                                   \
+                int64_t p = r * w + c;                                                          \
+                for (int64_t a = 0; a < k; ++a) {                                               \
+                    T *o = out + (p * k + a) * m;                                               \
+                    for (int64_t j = 0; j < m; ++j) o[j] = 0;                                   \
+                    for (int64_t slot = 0; slot < 9; ++slot) {                                  \
+                        int64_t rr = r + slot / 3 - 1, cc = c + slot % 3 - 1;                   \
+                        if (rr < 0 || rr >= h || cc < 0 || cc >= w) continue;                   \
+                        int64_t q = rr * w + cc;                                                \
+                        for (int64_t b = 0; b < k; ++b) {                                       \
+                            T v = V[((p * k + a) * k + b) * 9 + slot];                          \
+                            const T *xq = x + (q * k + b) * m;                                  \
+                            for (int64_t j = 0; j < m; ++j) o[j] += v * xq[j];                  \
+                        }                                                                       \
+                    }                                                                           \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+    }
+
+DEFINE_STENCIL_MATVEC(f32, float)
+DEFINE_STENCIL_MATVEC(f64, double)
+DEFINE_STENCIL_MATVEC(c64, float _Complex)
+DEFINE_STENCIL_MATVEC(c128, double _Complex)
