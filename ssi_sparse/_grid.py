@@ -177,12 +177,16 @@ class GridSpec:
         return np.where(ok, ((pr * k + a) * k + b) * 9 + (dr + 1) * 3 + (dc + 1), -1)
 
 
-def _coo_parts(A):
-    """Rows, columns and values of the stored nonzeros (explicit zeros dropped)."""
+def _check_square(A):
     if not (sp.issparse(A)):
         raise TypeError(f"expected a SciPy sparse matrix or array, got {type(A).__name__}")
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise ValueError(f"matrix must be square (has shape {A.shape})")
+
+
+def _coo_parts(A):
+    """Rows, columns and values of the stored nonzeros (explicit zeros dropped)."""
+    _check_square(A)
     coo = A.tocoo()
     keep = coo.data != 0
     if not keep.all():
@@ -407,7 +411,11 @@ def _plausible_kinds(A, kinds, components_given=False, n_lines=64):
     if not (sp.issparse(A) and A.format in ("csr", "csc") and A.has_canonical_format):
         return kinds, None
     n = A.shape[0]
-    lines = np.unique(np.linspace(0, n - 1, min(n, n_lines)).astype(np.int64))
+    lines = np.linspace(0, n - 1, min(n, n_lines)).astype(np.int64)
+    farthest = native.grid_reach(A)
+    if farthest is not None:  # the line of the farthest coupling: a few long links show there
+        lines = np.append(lines, farthest[1])
+    lines = np.unique(lines)
     start, stop = A.indptr[lines], A.indptr[lines + 1]
     counts = (stop - start).astype(np.int64)
     take = np.concatenate([np.arange(a, b) for a, b in zip(start.tolist(), stop.tolist())] or [np.zeros(0, np.int64)])
@@ -444,9 +452,7 @@ def _plausible_kinds(A, kinds, components_given=False, n_lines=64):
 
 
 def _detect_entries(A, hints):
-    rows, cols, vals = _coo_parts(A)
-    rows = rows.astype(np.int64, copy=False)
-    cols = cols.astype(np.int64, copy=False)
+    _check_square(A)
     n = A.shape[0]
     if n == 0:
         raise NotGridStructuredError("an empty matrix has no grid")
@@ -478,6 +484,10 @@ def _detect_entries(A, hints):
                 "A is not a stencil operator on any grid: its rows couple unknowns farther "
                 "apart than any stencil we solve reaches")  # fmt: skip
         kinds = plausible
+    # every entry's coordinates: only for matrices the quick tests above could not rule out
+    rows, cols, vals = _coo_parts(A)
+    rows = rows.astype(np.int64, copy=False)
+    cols = cols.astype(np.int64, copy=False)
     failure = None
     for k, numbering, radius in kinds:
         try:
@@ -635,10 +645,10 @@ def _full_grid_pass(A, hints):
             return None
         widths, shapes = [w if order == "C" else h], [(h, w)]
     else:
-        reach = native.grid_reach(A)
-        if reach is None:
+        found = native.grid_reach(A)
+        if found is None:
             return None
-        widths = _widths_for_reach(reach, n)
+        widths = _widths_for_reach(found[0], n)
         shapes = [(n // w, w) if order == "C" else (w, n // w) for w in widths]
     for width, shape in zip(widths, shapes):
         fit = native.grid_stencil_pass(A, width)

@@ -73,7 +73,7 @@ def _library():
     for index in _INDEX.values():
         for suffix in _SUFFIX.values():
             fn = getattr(lib, f"ssi_reach_{index}_{suffix}")
-            fn.argtypes, fn.restype = [_i64, _p, _p, _p], _i64
+            fn.argtypes, fn.restype = [_i64, _p, _p, _p, _p], _i64
             fn = getattr(lib, f"ssi_stencil_{index}_{suffix}")
             fn.argtypes, fn.restype = [_i64, _p, _p, _p, _i64, ctypes.c_int32, _p, _p], _i64
     return lib
@@ -219,14 +219,18 @@ def reads(A) -> bool:
     return _csr_parts(A) is not None
 
 
-def grid_reach(A) -> int | None:
-    """Largest ``|j - i|`` over the nonzero entries of ``A`` in one pass, or None where the
-    native pass does not read this matrix."""
+def grid_reach(A):
+    """``(reach, line)``: the largest ``|j - i|`` over the nonzero entries of ``A`` and the
+    row (CSR) or column (CSC) holding it, in one pass; None where the native pass does not
+    read this matrix."""
     parts = _csr_parts(A)
     if parts is None:
         return None
     suffix, n, indptr, indices, data = parts
-    return int(getattr(_library(), f"ssi_reach_{suffix}")(n, indptr.ctypes.data, indices.ctypes.data, data.ctypes.data))
+    line = ctypes.c_int64(0)
+    fn = getattr(_library(), f"ssi_reach_{suffix}")
+    reach = fn(n, indptr.ctypes.data, indices.ctypes.data, data.ctypes.data, ctypes.byref(line))
+    return int(reach), int(line.value)
 
 
 def grid_stencil_pass(A, width: int):

@@ -26,16 +26,21 @@ enum { FIT = 0, OFF_STENCIL = -1, OUT_OF_RANGE = -2 };
 /* One instantiation per (index type, value type): NAME names the functions, I the index,
  * T the stored value, A its accumulator (double or double complex). */
 #define DEFINE_STENCIL_PASS(NAME, I, T, A)                                                       \
-    /* Largest |j - i| over the nonzero entries (the reach that candidate widths come from). */ \
+    /* Largest |j - i| over the nonzero entries (the reach that candidate widths come from); \
+     * *line: the row (CSR) or column (CSC) holding it. */                                     \
     EXPORT int64_t ssi_reach_##NAME(int64_t n, const I *indptr, const I *indices,               \
-                                    const T *data) {                                            \
+                                    const T *data, int64_t *line) {                             \
         int64_t reach = 0;                                                                      \
+        *line = 0;                                                                              \
         for (int64_t i = 0; i < n; ++i) {                                                       \
             for (int64_t e = indptr[i]; e < indptr[i + 1]; ++e) {                               \
                 if (data[e] == 0) continue;                                                     \
                 int64_t d = (int64_t)indices[e] - i;                                            \
                 if (d < 0) d = -d;                                                              \
-                if (d > reach) reach = d;                                                       \
+                if (d > reach) {                                                                \
+                    reach = d;                                                                  \
+                    *line = i;                                                                  \
+                }                                                                               \
             }                                                                                   \
         }                                                                                       \
         return reach;                                                                           \
