@@ -279,11 +279,11 @@ def detect_grid(A, grid=None, order=None, *, pixels=None, mask=None, components=
     2
     """
     hints = _Hints(grid, order, pixels, mask, components, numbering, radius)
-    fast = _full_grid_pass(A, hints)
+    fast, reach = _full_grid_pass(A, hints)
     if fast is not None:
         return fast[0]
     try:
-        return _detect(A, hints)[0]
+        return _detect(A, hints, reach)[0]
     except NotGridStructuredError:
         return None
 
@@ -325,11 +325,12 @@ class _Hints:
         return out
 
 
-def _detect(A, hints):
-    """``(GridSpec, flat stencil index per entry, values)`` or raise NotGridStructuredError."""
+def _detect(A, hints, reach=None):
+    """``(GridSpec, flat stencil index per entry, values)`` or raise NotGridStructuredError.
+    ``reach``: :func:`._native.grid_reach` of ``A`` if already known."""
     hints.check()
     try:
-        return _detect_entries(A, hints)
+        return _detect_entries(A, hints, reach)
     except NotGridStructuredError:
         if not _may_hold_duplicates(A):
             raise
@@ -397,7 +398,7 @@ def _some_width_fits(line, offset, m, radius):
     return any(w >= 2 and m % w == 0 for w in widths)
 
 
-def _plausible_kinds(A, kinds, components_given=False, n_lines=64):
+def _plausible_kinds(A, kinds, components_given=False, n_lines=64, reach=None):
     """The kinds a sample of ``A``'s rows (CSR) or columns (CSC) does not rule out, and the
     sample's couplings (or None where ``A`` is not canonical CSR/CSC).
 
@@ -412,7 +413,7 @@ def _plausible_kinds(A, kinds, components_given=False, n_lines=64):
         return kinds, None
     n = A.shape[0]
     lines = np.linspace(0, n - 1, min(n, n_lines)).astype(np.int64)
-    farthest = native.grid_reach(A)
+    farthest = native.grid_reach(A) if reach is None else reach
     if farthest is not None:  # the line of the farthest coupling: a few long links show there
         lines = np.append(lines, farthest[1])
     lines = np.unique(lines)
@@ -451,7 +452,7 @@ def _plausible_kinds(A, kinds, components_given=False, n_lines=64):
     return out, probe
 
 
-def _detect_entries(A, hints):
+def _detect_entries(A, hints, reach=None):
     _check_square(A)
     n = A.shape[0]
     if n == 0:
@@ -478,7 +479,7 @@ def _detect_entries(A, hints):
             "than any stencil we solve holds")  # fmt: skip
     probe = None
     if not given and hints.grid is None:
-        plausible, probe = _plausible_kinds(A, kinds, bool(hints.components))
+        plausible, probe = _plausible_kinds(A, kinds, bool(hints.components), reach=reach)
         if not plausible:
             raise NotGridStructuredError(
                 "A is not a stencil operator on any grid: its rows couple unknowns farther "
@@ -618,36 +619,38 @@ def grid_stencil(A, grid=None, order=None, *, pixels=None, mask=None, components
         If ``A`` is not a stencil operator on the grid (given or any).
     """
     hints = _Hints(grid, order, pixels, mask, components, numbering, radius)
-    fast = _full_grid_pass(A, hints)
+    fast, reach = _full_grid_pass(A, hints)
     if fast is not None:
         return fast
-    spec, flat, vals = _detect(A, hints)
+    spec, flat, vals = _detect(A, hints, reach)
     return spec, _bincount_stencil(flat, vals, spec.n_nodes * spec.engine_components)
 
 
 def _full_grid_pass(A, hints):
-    """``(GridSpec, V)`` for the commonest layout (a full grid, one unknown per pixel, 3x3
-    stencil) by the native one-pass kernel, or None: that layout does not fit, or the pass
-    cannot read ``A``, and the general path decides (with its messages).  The same grid as
-    the general path finds: it tries the same widths in the same order."""
+    """``((GridSpec, V), reach)`` for the commonest layout (a full grid, one unknown per
+    pixel, 3x3 stencil) by the native one-pass kernel, or ``(None, reach)``: that layout does
+    not fit, or the pass cannot read ``A``, and the general path decides (with its messages;
+    ``reach``, :func:`._native.grid_reach`'s answer when it ran, saves it a pass).  The same
+    grid as the general path finds: it tries the same widths in the same order."""
     if hints.pixels is not None or hints.mask is not None or hints.components not in (None, 1) or (
         hints.radius not in (None, 1)
     ):
-        return None
+        return None, None
     hints.check()
     if not sp.issparse(A) or A.ndim != 2 or A.shape[0] != A.shape[1] or A.shape[0] == 0:
-        return None
+        return None, None
     n = A.shape[0]
     order = hints.order or "C"
     if hints.grid is not None:
         h, w = (int(v) for v in hints.grid)
+        found = None
         if h < 1 or w < 1 or h * w != n:
-            return None
+            return None, None
         widths, shapes = [w if order == "C" else h], [(h, w)]
     else:
         found = native.grid_reach(A)
         if found is None:
-            return None
+            return None, None
         widths = _widths_for_reach(found[0], n)
         shapes = [(n // w, w) if order == "C" else (w, n // w) for w in widths]
     for width, shape in zip(widths, shapes):
@@ -655,8 +658,8 @@ def _full_grid_pass(A, hints):
         if fit is None:
             continue
         V, nine_point = fit
-        return GridSpec(shape, order, "9-point" if nine_point else "5-point"), V
-    return None
+        return (GridSpec(shape, order, "9-point" if nine_point else "5-point"), V), found
+    return None, found
 
 
 def _bincount_stencil(flat, vals, n_rows):

@@ -258,6 +258,10 @@ def grid_stencil_pass(A, width: int):
 # Whole-grid passes over a stencil array V of an (h, w, k) grid (see ._stencil), for NumPy
 # arrays of the four dtypes: one C pass each instead of NumPy's shifted temporaries.
 
+def _real(dtype) -> np.dtype:
+    return np.empty(0, dtype).real.dtype
+
+
 def _stencil_fn(name, V):
     if not supports_dtype(np, V.dtype) or not V.flags.c_contiguous:
         return None
@@ -271,7 +275,7 @@ def node_reduce(V, dims, mode: str):
     if fn is None:
         return None
     h, w, k = dims
-    out = np.empty(h * w * k, dtype=np.empty(0, V.dtype).real.dtype)
+    out = np.empty(h * w * k, dtype=_real(V.dtype))
     fn(h * w * k, k * 9, V.ctypes.data, out.ctypes.data, 1 if mode == "sum" else 0)
     return out
 
@@ -279,7 +283,7 @@ def node_reduce(V, dims, mode: str):
 def scale_stencil(V, s, dims):
     """``diag(s) A diag(s)`` as a new stencil array, or None where the pass does not apply."""
     fn = _stencil_fn("scale", V)
-    if fn is None or s.dtype != np.empty(0, V.dtype).real.dtype or not s.flags.c_contiguous:
+    if fn is None or s.dtype != _real(V.dtype) or not s.flags.c_contiguous:
         return None
     out = np.empty_like(V)
     fn(*dims, V.ctypes.data, s.ctypes.data, out.ctypes.data)
