@@ -15,7 +15,7 @@ setup(
         Extension(
             "ssi_sparse._native_frontal",
             sources=["ssi_sparse/_csrc/frontal.c", "ssi_sparse/_csrc/stencil.c"],
-            depends=["ssi_sparse/_csrc/frontal_impl.h"],
+            depends=["ssi_sparse/_csrc/frontal_impl.h", "ssi_sparse/_csrc/dense_impl.h"],
             extra_compile_args=compile_args,
             optional=True,
         )

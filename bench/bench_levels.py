@@ -47,7 +47,7 @@ def main() -> int:
     Vs, _ = equilibrate(np, V, shape)
     plan = build_plan(*shape)
     herm = is_hermitian(np, Vs, shape)
-    a_norm = stencil_norm_inf(np, Vs)
+    a_norm = stencil_norm_inf(np, Vs, shape)
     _engine.factorize_values(plan, Vs, herm, a_norm)
     n = 1024
     a, b = np.random.rand(n, n), np.random.rand(n, n)

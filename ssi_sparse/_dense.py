@@ -21,6 +21,8 @@ its factor (gecon/pocon) and measured against the matrix as the portable kernel 
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import wait
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -30,7 +32,7 @@ from . import _native as native
 from ._kernels import check_rcond, exactly_singular
 from ._lapack import lapack_for, single_threaded_blas
 
-__all__ = ["FactoredBlocks", "NotPositiveDefinite", "factor_class"]
+__all__ = ["DenseJob", "FactoredBlocks", "NotPositiveDefinite", "factor_class", "run_jobs"]
 
 
 class NotPositiveDefinite(Exception):
@@ -120,6 +122,9 @@ class FactoredBlocks:
         upd = np.zeros((P, r, k), dtype=kept.dtype)
         if s == 0:
             return kept, upd
+        if native.supports_dtype(np, kept.dtype):
+            native.dense_sweep("up", trans, self.kind == "cholesky", self.factor, self.w, self.x, kept, upd, lap.table)
+            return kept, upd
         (sk, rk, ss, rs), (kp, up_, fp, wp, xp_) = self._addresses(k, kept, upd)
         for p in range(P):
             if trans == "N":
@@ -189,6 +194,18 @@ class FactoredBlocks:
         lap = lapack_for(self.factor.dtype)
         t = kept  # consumed: the up sweep's copy
         u_R = np.ascontiguousarray(u_R, dtype=t.dtype)
+        if native.supports_dtype(np, t.dtype):
+            native.dense_sweep("down", trans, self.kind == "cholesky", self.factor, self.w, self.x, t, u_R, lap.table)
+        else:
+            self._down_boxes(lap, t, u_R, trans)
+        if trans == "N" and self.kind == "lu":
+            return np.take_along_axis(t, self.inv_perm[:, :, None], axis=1)
+        return t
+
+    def _down_boxes(self, lap, t, u_R, trans):
+        # the native sweep's arithmetic box by box from Python (no native extension)
+        P, s, r = self._shape
+        k = t.shape[2]
         (sk, rk, ss, rs), (tp, ur, fp, wp, xp_) = self._addresses(k, t, u_R)
         for p in range(P):
             if trans == "N":
@@ -200,41 +217,90 @@ class FactoredBlocks:
                 # t^T = kept^T - u_R^T X^T ; u_S = U^-1 t
                 lap.gemm("N", "T", k, s, r, -1.0, ur + p * rk, k, xp_ + p * rs, s, 1.0, tp + p * sk, k)
                 lap.trsm("R", "U", "T", "N", k, s, 1.0, fp + p * ss, s, tp + p * sk, k)
-        if trans == "N" and self.kind == "lu":
-            return np.take_along_axis(t, self.inv_perm[:, :, None], axis=1)
-        return t
 
 
-def factor_class(F, s: int, cholesky: bool, a_norm: float, where: str, parallel_map=None,
-                 n_parts: int = 1) -> FactoredBlocks:
-    """Eliminate the leading ``s`` unknowns of every frontal of ``F`` (P, f, f), in place.
+class DenseJob:
+    """One class's dense elimination: run in box ranges (:func:`run_jobs`, possibly beside
+    other classes' jobs of the same level), then :meth:`finish` once.
 
-    Afterwards ``F[:, s:, s:]`` holds the Schur complements.  With ``parallel_map`` (the
-    engine's thread pool), the boxes are cut into ``n_parts`` ranges run concurrently, each
-    thread's BLAS single-threaded.  Raises :class:`NotPositiveDefinite` (Cholesky only; ``F``
-    is then partly overwritten) or :class:`~ssi_sparse.SingularMatrixError`.
+    ``F`` (P, f, f) is eliminated in place; afterwards ``F[:, s:, s:]`` holds the Schur
+    complements.  ``source``: ``(cls, level, V_padded, fronts)`` when the native kernel
+    assembles each box just before factoring it (:func:`._native.dense_chunk`), None when
+    ``F`` is assembled already.
     """
-    if not F.flags.c_contiguous:
-        raise ValueError("dense kernel needs C-contiguous frontals")
-    P, f, _ = F.shape
-    r = f - s
-    dtype = F.dtype
-    lap = lapack_for(dtype)
-    item = F.itemsize
-    factor = np.empty((P, s, s), dtype=dtype)
-    x = None if cholesky else np.empty((P, r, s), dtype=dtype)
-    w = np.empty((P, s, r), dtype=dtype)
-    perm = None if cholesky else np.empty((P, s), dtype=np.intp)
-    rconds = np.ones(P)
 
-    def boxes(bounds):
+    def __init__(self, F, s: int, cholesky: bool, a_norm: float, where: str, source=None):
+        if not F.flags.c_contiguous:
+            raise ValueError("dense kernel needs C-contiguous frontals")
+        P, f, _ = F.shape
+        r = f - s
+        dtype = F.dtype
+        self.F, self.s, self.cholesky, self.a_norm, self.where, self.source = F, s, cholesky, a_norm, where, source
+        self.in_c = native.supports_dtype(np, dtype)
+        if source is not None and not self.in_c:
+            raise ValueError("fused assembly needs the native kernel")
+        self.factor = np.empty((P, s, s), dtype=dtype)
+        self.x = None if cholesky else np.empty((P, r, s), dtype=dtype)
+        self.w = np.empty((P, s, r), dtype=dtype)
+        self.perm = None if cholesky else np.empty((P, s), dtype=np.intp)
+        self.rconds = np.ones(P)
+        self._task_seconds = []  # one entry per run (list.append is thread-safe)
+
+    @property
+    def n_boxes(self) -> int:
+        return self.F.shape[0]
+
+    def box_cost(self) -> float:
+        """Flops of one box (the LU-type model, halved for Cholesky): for scheduling."""
+        s, r = float(self.s), float(self.F.shape[1] - self.s)
+        lu = 2.0 / 3.0 * s**3 + 2.0 * s * s * r + 2.0 * r * r * s
+        return lu / 2 if self.cholesky else lu
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.s) or self.source is not None
+
+    def run(self, bounds) -> None:
+        """Assemble (if fused) and factor boxes ``bounds = (p0, p1)``.  Raises
+        :class:`NotPositiveDefinite` or :class:`~ssi_sparse.SingularMatrixError`."""
+        t0 = time.perf_counter()
+        try:
+            if self.in_c:
+                self._run_native(bounds)
+            else:
+                self._run_python(bounds)
+        finally:
+            self._task_seconds.append(time.perf_counter() - t0)
+
+    @property
+    def seconds(self) -> float:
+        """Seconds spent in :meth:`run`, summed over threads."""
+        return sum(self._task_seconds)
+
+    def _run_native(self, bounds):
+        try:
+            native.dense_chunk(self.F, *bounds, self.s, self.cholesky, self.a_norm, self.factor, self.x, self.w,
+                               self.perm, self.rconds, lapack_for(self.F.dtype).table,
+                               self.source or (None, None, None, None))  # fmt: skip
+        except native.DenseFailure as failure:
+            if failure.not_pd:
+                raise NotPositiveDefinite(self.where) from None
+            raise exactly_singular(self.where) from None
+
+    def _run_python(self, bounds):
+        # the native loop's arithmetic box by box from Python (no native extension)
+        F, s, where = self.F, self.s, self.where
+        f = F.shape[1]
+        r = f - s
+        lap = lapack_for(F.dtype)
+        item = F.itemsize
         ipiv = np.empty(max(s, 1), dtype=np.intc)
         for p in range(*bounds):
             base = F.ctypes.data + p * f * f * item
             g_ss, g_sr, g_rs, g_rr = base, base + s * f * item, base + s * item, base + (s * f + s) * item
             S = F[p, :s, :s]
             norm_s = lap.norm1(s, s, g_ss, f)  # ||G_SS||_1 = ||S||_inf
-            if cholesky:
+            if self.cholesky:
                 if lap.potrf(s, g_ss, f):
                     raise NotPositiveDefinite(where)
                 rc = lap.rcond("L", s, g_ss, f, norm_s)
@@ -250,26 +316,64 @@ def factor_class(F, s: int, cholesky: bool, a_norm: float, where: str, parallel_
                 lap.trsm("L", "L", "N", "U", s, r, 1.0, g_ss, f, g_sr, f)
                 lap.trsm("R", "U", "N", "N", r, s, 1.0, g_ss, f, g_rs, f)
                 lap.gemm("N", "N", r, r, s, -1.0, g_rs, f, g_sr, f, 1.0, g_rr, f)
-                perm[p] = _perm_from_ipiv(ipiv[:s])
-                x[p] = F[p, s:, :s]
+                self.perm[p] = _perm_from_ipiv(ipiv[:s])
+                self.x[p] = F[p, s:, :s]
             # measured against A too, as the portable kernel's rcond (see _kernels._rcond)
-            rconds[p] = rc * norm_s / max(norm_s, a_norm) if norm_s > 0 else 0.0
-            factor[p] = S
-            w[p] = F[p, :s, s:]
+            self.rconds[p] = rc * norm_s / max(norm_s, self.a_norm) if norm_s > 0 else 0.0
+            self.factor[p] = S
+            self.w[p] = F[p, :s, s:]
 
-    if s:
-        if parallel_map is None or n_parts < 2:
-            boxes((0, P))
-        else:
-            # a single box runs alone on one BLAS thread too: at these sizes that beat two
-            cuts = np.linspace(0, P, min(n_parts, P) + 1).astype(int).tolist()
-            with single_threaded_blas():
-                list(parallel_map(boxes, list(zip(cuts[:-1], cuts[1:]))))
-    min_rcond = float(np.min(rconds)) if P and s else 1.0  # NaN propagates
-    if s:
-        check_rcond(min_rcond, s, float(np.finfo(dtype).eps), where)
-    inv_perm = None
-    if perm is not None:
-        inv_perm = np.empty_like(perm)
-        np.put_along_axis(inv_perm, perm, np.arange(s, dtype=np.intp)[None, :].repeat(P, 0), axis=1)
-    return FactoredBlocks("cholesky" if cholesky else "lu", factor, x, w, perm, inv_perm, min_rcond)
+    def finish(self) -> FactoredBlocks:
+        """Check the blocks' conditioning (raises :class:`~ssi_sparse.SingularMatrixError`)
+        and return the stored factors."""
+        P, s = self.n_boxes, self.s
+        min_rcond = float(np.min(self.rconds)) if P and s else 1.0  # NaN propagates
+        if s:
+            check_rcond(min_rcond, s, float(np.finfo(self.F.dtype).eps), self.where)
+        inv_perm = None
+        if self.perm is not None:
+            inv_perm = np.empty_like(self.perm)
+            np.put_along_axis(inv_perm, self.perm, np.arange(s, dtype=np.intp)[None, :].repeat(P, 0), axis=1)
+        kind = "cholesky" if self.cholesky else "lu"
+        return FactoredBlocks(kind, self.factor, self.x, self.w, self.perm, inv_perm, min_rcond)
+
+
+def run_jobs(jobs, pool=None, n_threads: int = 1) -> None:
+    """Run every box of ``jobs``: one after another on BLAS's threads (``pool`` None), or
+    spread over ``pool`` (the engine's executor, ``n_threads`` workers) with single-threaded
+    BLAS, classes side by side, the costliest box ranges first (longest-processing-time
+    order balances the threads).  Waits for every task before raising the first failure
+    (a :class:`NotPositiveDefinite` before any other: the caller then refactors by LU)."""
+    jobs = [j for j in jobs if j.has_work]
+    if pool is None or n_threads < 2:
+        for job in jobs:
+            job.run((0, job.n_boxes))
+        return
+    tasks = []
+    for job in jobs:
+        P = job.n_boxes
+        cuts = np.linspace(0, P, min(P, 2 * n_threads) + 1).astype(int).tolist()
+        tasks += [(job.box_cost() * (b - a), job, (a, b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+    tasks.sort(key=lambda t: -t[0])
+    with single_threaded_blas():
+        futures = [pool.submit(job.run, bounds) for _, job, bounds in tasks]
+        wait(futures)
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    for e in errors:
+        if isinstance(e, NotPositiveDefinite):
+            raise e
+    if errors:
+        raise errors[0]
+
+
+def factor_class(F, s: int, cholesky: bool, a_norm: float, where: str, pool=None, n_threads: int = 1,
+                 source=None) -> FactoredBlocks:
+    """Eliminate the leading ``s`` unknowns of every frontal of ``F`` (P, f, f), in place
+    (one :class:`DenseJob` run by :func:`run_jobs`).
+
+    Raises :class:`NotPositiveDefinite` (Cholesky only; ``F`` is then partly overwritten) or
+    :class:`~ssi_sparse.SingularMatrixError`.
+    """
+    job = DenseJob(F, s, cholesky, a_norm, where, source)
+    run_jobs([job], pool, n_threads)
+    return job.finish()

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _native as native
-from ._dense import NotPositiveDefinite, factor_class
+from ._dense import DenseJob, NotPositiveDefinite, run_jobs
 from ._kernels import EliminatedBlocks, allocate_blocks, eliminate
 from ._lapack import single_threaded_blas_available
 from ._plan import Plan
 from ._tuning import (
-    DENSE_BOX_THREADS_MAX_FRONT,
     GATHER_BLOCK_BYTES,
     NUMPY_FLAT_MAX_FRONT,
     PARALLEL_MIN_ENTRIES,
@@ -274,78 +273,51 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
     fronts = None  # eliminated frontals of the level below (their Schur blocks feed parents)
     for k, level in enumerate(plan.levels):
         level_fronts = workspace.level(k, level.classes)
-        level_blocks, level_kernels = [], []
-        for cls, F in zip(level.classes, level_fronts):
-            where = f"level {k} ({cls.n_boxes} boxes, {cls.n_elim} eliminated, {cls.n_boundary} kept)"
-            kernel = choose_kernel(xp, V.dtype, cls, k)
-            t0 = time.perf_counter()
+        level_blocks = [None] * len(level.classes)
+        level_kernels = [choose_kernel(xp, V.dtype, cls, k) for cls in level.classes]
+        seconds = [0.0] * len(level.classes)
 
-            def assemble(Fr, rows, cls=cls, k=k, n_parts=1):
-                if k == 0:
-                    _leaf_frontals_into(xp, Fr, V_padded, cls, rows, to_xp)
-                else:
-                    # a class run whole may spread its assembly over the pool (never from
-                    # inside the pool: its workers would wait on each other)
-                    spread = _pool(n_parts).map if n_parts > 1 else map
-                    child_classes = plan.levels[k - 1].classes
-                    _merge_frontals_into(xp, Fr, cls, fronts, child_classes, rows, to_xp, spread, n_parts)
-
-            if kernel == "dense":
-                # assembly spread over the engine's threads; then boxes on the engine's
-                # threads (single-threaded BLAS) or one after another on BLAS's threads
-                assemble(F, slice(0, cls.n_boxes), n_parts=n_threads)
-                if not native.supports_dtype(xp, F.dtype):
-                    _flush_tiny(F)  # the native assembly does this on the fly
-                box_threads = (
-                    n_threads > 1 and cls.n_front < DENSE_BOX_THREADS_MAX_FRONT
-                    and single_threaded_blas_available()
-                )  # fmt: skip
-                spread = dict(parallel_map=_pool(n_threads).map, n_parts=n_threads) if box_threads else {}
-                try:
-                    blk = factor_class(F, cls.n_elim, cholesky, a_norm, where, **spread)
-                except NotPositiveDefinite:
-                    # Hermitian but indefinite: LU from here on (the children are intact)
-                    cholesky = False
-                    assemble(F, slice(0, cls.n_boxes), n_parts=n_threads)
-                    blk = factor_class(F, cls.n_elim, False, a_norm, where, **spread)
-                level_blocks.append(blk)
+        def assemble(Fr, rows, cls, k=k, n_parts=1):
+            if k == 0:
+                _leaf_frontals_into(xp, Fr, V_padded, cls, rows, to_xp)
             else:
-                # host threads only help NumPy; a GPU runs each class as one batch
-                chunks = _row_chunks(cls.n_boxes, cls.n_front) if xp is np else [slice(0, cls.n_boxes)]
-                out = None
-                if len(chunks) > 1 or kernel == "native":  # chunks write rows of one allocation
-                    out = allocate_blocks(xp, cls.n_boxes, cls.n_elim, cls.n_boundary, V.dtype, hermitian)
+                # a class run whole may spread its assembly over the pool (never from
+                # inside the pool: its workers would wait on each other)
+                spread = _pool(n_parts).map if n_parts > 1 else map
+                child_classes = plan.levels[k - 1].classes
+                _merge_frontals_into(xp, Fr, cls, fronts, child_classes, rows, to_xp, spread, n_parts)
 
-                def work(rows, F=F, cls=cls, where=where, k=k, out=out, kernel=kernel, whole=len(chunks) == 1):
-                    Fr = F[rows, ...]
-                    out_rows = None
-                    if out is not None:
-                        out_rows = EliminatedBlocks(
-                            out.s_inv[rows, ...],
-                            out.x[rows, ...],
-                            None if out.r_s is None else out.r_s[rows, ...],
-                            1.0,
-                        )
-                    if kernel == "native":
-                        return native.factor_rows(
-                            Fr, out_rows, cls, rows, k, V_padded, fronts, hermitian, a_norm, where
-                        )
-                    assemble(Fr, rows, n_parts=n_threads if whole else 1)
-                    return eliminate(xp, Fr, cls.n_elim, hermitian, a_norm, where, out_rows)
-
-                if len(chunks) == 1:
-                    level_blocks.append(work(chunks[0]))
-                else:
-                    parts = list(_pool(len(chunks)).map(work, chunks))
-                    out.min_rcond = min(b.min_rcond for b in parts)
-                    level_blocks.append(out)
-            level_kernels.append(kernel)
+        dense = [ci for ci, kernel in enumerate(level_kernels) if kernel == "dense"]
+        for ci, (cls, F, kernel) in enumerate(zip(level.classes, level_fronts, level_kernels)):
+            if kernel != "dense":
+                t0 = time.perf_counter()
+                level_blocks[ci] = _eliminate_class(xp, F, cls, k, kernel, hermitian, a_norm, V_padded, fronts,
+                                                    n_threads, assemble)  # fmt: skip
+                seconds[ci] = time.perf_counter() - t0
+        if dense:
+            t0 = time.perf_counter()
+            try:
+                jobs = _dense_jobs(xp, level, level_fronts, dense, k, cholesky, a_norm, V_padded, fronts,
+                                   n_threads, assemble)  # fmt: skip
+                _run_dense_jobs(jobs, n_threads)
+            except NotPositiveDefinite:
+                # Hermitian but indefinite: LU for this level and all later (the children are intact)
+                cholesky = False
+                jobs = _dense_jobs(xp, level, level_fronts, dense, k, cholesky, a_norm, V_padded, fronts,
+                                   n_threads, assemble)  # fmt: skip
+                _run_dense_jobs(jobs, n_threads)
+            wall = time.perf_counter() - t0
+            busy = sum(job.seconds for job in jobs) or 1.0
+            for ci, job in zip(dense, jobs):
+                level_blocks[ci] = job.finish()
+                seconds[ci] = wall * job.seconds / busy  # the level's wall time, shared by work
+        for ci, (cls, F) in enumerate(zip(level.classes, level_fronts)):
             if cls.n_elim:
                 F[:, 0, 0] = 0  # S is spent: entry (0, 0) is the zero slot of flat gathers
             if timings is not None:
-                kind = getattr(level_blocks[-1], "kind", "inverse")
-                timings.append(ClassTiming(k, kernel, kind, cls.n_boxes, cls.n_elim, cls.n_boundary,
-                                           time.perf_counter() - t0))  # fmt: skip
+                kind = getattr(level_blocks[ci], "kind", "inverse")
+                timings.append(ClassTiming(k, level_kernels[ci], kind, cls.n_boxes, cls.n_elim, cls.n_boundary,
+                                           seconds[ci]))  # fmt: skip
         blocks.append(level_blocks)
         kernels.append(level_kernels)
         fronts = level_fronts
@@ -354,6 +326,68 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
         s = plan.levels[-1].classes[0].n_elim
         schur = xp.asarray(fronts[0][0, s:, s:], copy=True)
     return NumericFactor(plan, blocks, hermitian, V.dtype, kernels, schur)
+
+
+def _dense_jobs(xp, level, level_fronts, dense, k, cholesky, a_norm, V_padded, fronts, n_threads, assemble):
+    """One :class:`DenseJob` per dense class of a level.  Small frontals: the native kernel
+    gathers each box just before factoring it (in cache); larger ones are assembled here
+    first, spread over the engine's threads."""
+    jobs = []
+    for ci in dense:
+        cls, F = level.classes[ci], level_fronts[ci]
+        where = _where(k, cls)
+        source = (cls, k, V_padded, fronts) if native.supports(xp, F.dtype, cls, k) else None
+        if source is None:
+            assemble(F, slice(0, cls.n_boxes), cls, n_parts=n_threads)
+            if not native.supports_dtype(xp, F.dtype):
+                _flush_tiny(F)  # the native assembly does this on the fly
+        jobs.append(DenseJob(F, cls.n_elim, cholesky, a_norm, where, source))
+    return jobs
+
+
+def _run_dense_jobs(jobs, n_threads):
+    """A level's dense classes side by side on the engine's threads, each box with
+    single-threaded BLAS, when the level has a box per thread at least; otherwise box after
+    box on BLAS's own threads (the top levels).  Never both at once."""
+    boxes = sum(job.n_boxes for job in jobs if job.has_work)
+    side_by_side = n_threads > 1 and boxes >= n_threads and single_threaded_blas_available()
+    run_jobs(jobs, _pool(n_threads) if side_by_side else None, n_threads)
+
+
+def _where(k, cls) -> str:
+    return f"level {k} ({cls.n_boxes} boxes, {cls.n_elim} eliminated, {cls.n_boundary} kept)"
+
+
+def _eliminate_class(xp, F, cls, k, kernel, hermitian, a_norm, V_padded, fronts, n_threads, assemble):
+    """Assemble and eliminate one class by the native fused kernel or the portable one
+    (explicit inverses), in row chunks on the engine's threads when it is large."""
+    where = _where(k, cls)
+    # host threads only help NumPy; a GPU runs each class as one batch
+    chunks = _row_chunks(cls.n_boxes, cls.n_front) if xp is np else [slice(0, cls.n_boxes)]
+    out = None
+    if len(chunks) > 1 or kernel == "native":  # chunks write rows of one allocation
+        out = allocate_blocks(xp, cls.n_boxes, cls.n_elim, cls.n_boundary, F.dtype, hermitian)
+
+    def work(rows, whole=len(chunks) == 1):
+        Fr = F[rows, ...]
+        out_rows = None
+        if out is not None:
+            out_rows = EliminatedBlocks(
+                out.s_inv[rows, ...],
+                out.x[rows, ...],
+                None if out.r_s is None else out.r_s[rows, ...],
+                1.0,
+            )
+        if kernel == "native":
+            return native.factor_rows(Fr, out_rows, cls, rows, k, V_padded, fronts, hermitian, a_norm, where)
+        assemble(Fr, rows, cls, n_parts=n_threads if whole else 1)
+        return eliminate(xp, Fr, cls.n_elim, hermitian, a_norm, where, out_rows)
+
+    if len(chunks) == 1:
+        return work(chunks[0])
+    parts = list(_pool(len(chunks)).map(work, chunks))
+    out.min_rcond = min(b.min_rcond for b in parts)
+    return out
 
 
 def plain_trans(hermitian: bool, complex_: bool, trans: str):

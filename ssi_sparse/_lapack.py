@@ -35,9 +35,21 @@ _get_pointer.restype, _get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object
 _FN = ctypes.CFUNCTYPE(None)  # every Fortran argument is a pointer: no argtypes needed
 
 
-def _routine(module, name, prototype=_FN):
+def _address(module, name) -> int:
     capsule = module.__pyx_capi__[name]
-    return ctypes.cast(_get_pointer(capsule, _get_name(capsule)), prototype)
+    return _get_pointer(capsule, _get_name(capsule))
+
+
+def _routine(module, name, prototype=_FN):
+    return ctypes.cast(_address(module, name), prototype)
+
+
+class BlasTable(ctypes.Structure):
+    """The routines' addresses for the native dense kernel (``struct blas_table`` in
+    ``_csrc/frontal.c``: the same fields in the same order)."""
+
+    _fields_ = [(name, ctypes.c_void_p)
+                for name in ("gemm", "trsm", "rank_k", "getrf", "potrf", "gecon", "pocon", "lange", "laswp")]
 
 
 def _char(c: str):
@@ -76,6 +88,10 @@ class Lapack:
         self._lange = _routine(lapack, p + "lange", ctypes.CFUNCTYPE(scalar))
         rk = "herk" if self.complex else "syrk"
         self._fn["rank_k"] = _routine(blas, p + rk)
+        self.table = BlasTable(*(
+            _address(blas if name in ("gemm", "trsm", "rank_k") else lapack, p + (rk if name == "rank_k" else name))
+            for name, _ in BlasTable._fields_
+        ))  # fmt: skip
 
     def _value(self, v):
         if self.complex:

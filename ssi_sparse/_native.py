@@ -23,7 +23,8 @@ import numpy as np
 
 from ._kernels import EliminatedBlocks, check_rcond, exactly_singular
 
-__all__ = ["assemble_runs", "available", "describe", "factor_rows", "grid_reach", "grid_stencil_pass", "mirror_upper",
+__all__ = ["DenseFailure", "assemble_runs", "available", "dense_chunk", "dense_sweep", "describe", "factor_rows",
+           "fuses_assembly", "grid_reach", "grid_stencil_pass", "mirror_upper",
            "node_reduce", "reads", "scale_stencil", "stencil_matvec", "stencil_is_hermitian", "supports", "supports_dtype"]
 
 _SUFFIX = {
@@ -33,7 +34,9 @@ _SUFFIX = {
     np.dtype(np.complex64): "c64",
 }
 _INDEX = {np.dtype(np.int32): "i32", np.dtype(np.int64): "i64"}
-_MODE_LEAF, _MODE_MERGE = 0, 1
+_MODE_LEAF, _MODE_MERGE, _MODE_NONE = 0, 1, 2
+_BOX_NOT_PD, _BOX_SINGULAR = 1, 2
+SWEEPS = {("up", "N"): 0, ("up", "T"): 1, ("down", "N"): 2, ("down", "T"): 3}
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
 _ASSEMBLE_ARGTYPES = [_i64, _i64, _i64, _i64, _p,
@@ -43,6 +46,11 @@ _FACTOR_ARGTYPES = [_i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32,
                     _p, _i64, _p, _p, _i64, _p,
                     _p, _i64, _p, _p,
                     _p, _p, _p, _p, ctypes.c_double, _p, _p, _p]  # fmt: skip
+_DENSE_ARGTYPES = [_i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32,
+                   _p, _i64, _p, _p, _i64, _p,
+                   _p, _i64, _p, _p,
+                   _p, _p, _p, _p, _p, _p, ctypes.c_double,
+                   _p, _p, _p, _p]  # fmt: skip
 
 
 @lru_cache(maxsize=1)
@@ -61,6 +69,10 @@ def _library():
         fn.argtypes, fn.restype = _ASSEMBLE_ARGTYPES, None
         fn = getattr(lib, f"ssi_mirror_upper_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _p], None
+        fn = getattr(lib, f"ssi_dense_chunk_{suffix}")
+        fn.argtypes, fn.restype = _DENSE_ARGTYPES, _i64
+        fn = getattr(lib, f"ssi_dense_sweep_{suffix}")
+        fn.argtypes, fn.restype = [_i64, _i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32, _p, _p, _p, _p, _p, _p], None
     for suffix in _SUFFIX.values():
         fn = getattr(lib, f"ssi_node_reduce_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _p, _p, ctypes.c_int32], None
@@ -102,9 +114,7 @@ def supports_dtype(xp, dtype) -> bool:
 
 def supports(xp, dtype, cls, level: int) -> bool:
     """Whether the native kernel can assemble and eliminate this class (NumPy, small frontals)."""
-    if not supports_dtype(xp, dtype):
-        return False
-    return level == 0 or (len(cls.children) == 2 and cls.children[0].flat is not None)
+    return supports_dtype(xp, dtype) and fuses_assembly(cls, level)
 
 
 def _ptr(a, dtype=None) -> int:
@@ -112,6 +122,36 @@ def _ptr(a, dtype=None) -> int:
     if not a.flags.c_contiguous or (dtype is not None and a.dtype != dtype):
         raise ValueError("native kernel needs C-contiguous arrays of the frontal dtype")
     return a.ctypes.data
+
+
+def fuses_assembly(cls, level: int) -> bool:
+    """Whether the native kernels can gather this class's frontals box by box themselves
+    (leaves from the stencil, small merges by their flat maps)."""
+    return level == 0 or (len(cls.children) == 2 and cls.children[0].flat is not None)
+
+
+def _source(dtype, cls, rows: slice, level: int, V_padded, fronts):
+    """``(arguments, keep)``: what the C kernels read to assemble boxes ``rows`` of ``cls``
+    (``cls`` None: the frontals are assembled already), and the arrays that memory belongs
+    to (alive until the call returns)."""
+    null = None
+    if cls is None:
+        return (_MODE_NONE, null, 0, null, null, 0, null, null, 0, null, null), []
+    if level == 0:
+        nodes = np.ascontiguousarray(cls.closed_nodes[rows], dtype=np.int64)
+        template = np.ascontiguousarray(cls.leaf_template, dtype=np.int64).reshape(-1)
+        tnode, tslot = np.divmod(template, 9)
+        src = (_MODE_LEAF, _ptr(V_padded, dtype), 0, null, null, 0, null,
+               _ptr(nodes), nodes.shape[1], _ptr(tnode), _ptr(tslot))  # fmt: skip
+        return src, [nodes, tnode, tslot]
+    args, keep = [], []
+    for link in cls.children:
+        child = fronts[link.cls]
+        start = link.rows.start + rows.start
+        flat = np.ascontiguousarray(link.flat, dtype=np.int64)
+        keep.append(flat)
+        args += [_ptr(child, dtype) + start * child.strides[0], child.shape[1] * child.shape[2], _ptr(flat)]
+    return (_MODE_MERGE, *args, null, 0, null, null), keep
 
 
 def factor_rows(F, out: EliminatedBlocks, cls, rows: slice, level: int, V_padded, fronts,
@@ -126,23 +166,7 @@ def factor_rows(F, out: EliminatedBlocks, cls, rows: slice, level: int, V_padded
     dtype = F.dtype
     fn = getattr(_library(), f"ssi_factor_chunk_{_SUFFIX[dtype]}")
     null = None
-    keep = []  # arrays whose memory the call reads: alive until it returns
-    if level == 0:
-        nodes = np.ascontiguousarray(cls.closed_nodes[rows], dtype=np.int64)
-        template = np.ascontiguousarray(cls.leaf_template, dtype=np.int64).reshape(-1)
-        tnode, tslot = np.divmod(template, 9)
-        keep += [nodes, tnode, tslot]
-        src = (_MODE_LEAF, _ptr(V_padded, dtype), 0, null, null, 0, null,
-               _ptr(nodes), nodes.shape[1], _ptr(tnode), _ptr(tslot))  # fmt: skip
-    else:
-        args = []
-        for link in cls.children:
-            child = fronts[link.cls]
-            start = link.rows.start + rows.start
-            flat = np.ascontiguousarray(link.flat, dtype=np.int64)
-            keep.append(flat)
-            args += [_ptr(child, dtype) + start * child.strides[0], child.shape[1] * child.shape[2], _ptr(flat)]
-        src = (_MODE_MERGE, *args, null, 0, null, null)
+    src, keep = _source(dtype, cls, rows, level, V_padded, fronts)  # noqa: F841 (keep: alive)
     work = np.empty(s * s + s * f + s, dtype=dtype)
     piv = np.empty(max(s, 1), dtype=np.int64)
     min_rcond = ctypes.c_double(1.0)
@@ -153,6 +177,54 @@ def factor_rows(F, out: EliminatedBlocks, cls, rows: slice, level: int, V_padded
         raise exactly_singular(where)
     check_rcond(min_rcond.value, s, float(np.finfo(dtype).eps), where)
     return EliminatedBlocks(out.s_inv, out.x, out.r_s, min_rcond.value)
+
+
+class DenseFailure(Exception):
+    """Internal: box ``box`` of a dense chunk was not positive definite (``not_pd``) or had
+    an exact zero pivot."""
+
+    def __init__(self, box: int, not_pd: bool):
+        super().__init__(box, not_pd)
+        self.box, self.not_pd = box, not_pd
+
+
+def dense_chunk(F, p0: int, p1: int, s: int, cholesky: bool, a_norm: float, factor, x, w, perm, rconds,
+                table, source=(None, None, None, None)) -> None:
+    """Factor boxes ``[p0, p1)`` of ``F`` (P, f, f) in place with the dense kernel's
+    arithmetic (:mod:`._dense`), the loop in C; the outputs are the class's arrays (all P
+    boxes).  ``source``: ``(cls, level, V_padded, fronts)`` to assemble each box first
+    (``fronts`` None: assembled already).  ``table``: :attr:`._lapack.Lapack.table`.
+    Raises :class:`DenseFailure`."""
+    dtype = F.dtype
+    f = F.shape[1]
+    cls, level, V_padded, fronts = source
+    src, keep = _source(dtype, cls, slice(p0, p1), level, V_padded, fronts)  # noqa: F841
+    real = _real(dtype)
+    work = np.empty(4 * max(s, 1), dtype=dtype)
+    iwork = np.empty(2 * max(s, 1), dtype=real if dtype.kind == "c" else np.float64)
+    ipiv = np.empty(max(s, 1), dtype=np.intc)
+    fn = getattr(_library(), f"ssi_dense_chunk_{_SUFFIX[dtype]}")
+
+    def at(a, per_box):
+        return null if a is None else _ptr(a, a.dtype) + p0 * per_box * a.itemsize
+
+    null = None
+    r = f - s
+    status = fn(p1 - p0, f, s, int(cholesky), *src, at(F, f * f), at(factor, s * s), at(x, r * s), at(w, s * r),
+                at(perm, s), at(rconds, 1), float(a_norm), ctypes.byref(table),
+                _ptr(work), _ptr(iwork), _ptr(ipiv))  # fmt: skip
+    if status:
+        box, code = divmod(int(status), 4)
+        raise DenseFailure(p0 + box - 1, code == _BOX_NOT_PD)
+
+
+def dense_sweep(op: str, trans: str, cholesky: bool, factor, w, x, a, b, table) -> None:
+    """One solve sweep (``op`` 'up' or 'down', ``trans`` 'N' or 'T') over a class's stored
+    dense factors: ``a`` (P, s, k) in place, ``b`` (P, r, k) written (up) or read (down)."""
+    P, s, r = w.shape
+    fn = getattr(_library(), f"ssi_dense_sweep_{_SUFFIX[a.dtype]}")
+    fn(P, s, r, a.shape[2], SWEEPS[op, trans], int(cholesky), _ptr(factor, a.dtype), _ptr(w, a.dtype),
+       None if x is None else _ptr(x, a.dtype), _ptr(a, a.dtype), _ptr(b, a.dtype), ctypes.byref(table))  # fmt: skip
 
 
 def mirror_upper(D) -> bool:

@@ -28,15 +28,15 @@ CHUNK_BYTES = 8 << 20
 #: engine's threads (box-level parallelism for the small frontals).
 PARALLEL_MIN_ENTRIES = 1 << 20
 
-#: Frontals at least this wide are eliminated one box at a time by LAPACK/BLAS-3 (its own
-#: threads, never inside the engine's pool): factors, not inverses.  Below, the native fused
-#: kernel (or the portable one) runs many boxes per call.
-DENSE_MIN_FRONT = 257
+#: Frontals at least this wide are eliminated one box at a time by LAPACK/BLAS-3: factors,
+#: not inverses, the loop over boxes in C (``_csrc/dense_impl.h``).  Below, the native fused
+#: kernel runs many tiny boxes per call with inline loops (bench/bench_levels.py, 1025^2:
+#: levels with 96-223 wide frontals ran 1.3-2x faster through BLAS than inline).
+DENSE_MIN_FRONT = 64
 
-#: Dense-kernel classes of several boxes narrower than this run their boxes on the engine's
-#: threads, each with single-threaded BLAS (BLAS threads do not pay at these sizes); wider
-#: ones run box after box on BLAS's threads.  Never both at once.
-DENSE_BOX_THREADS_MAX_FRONT = 1024
+#: ... and without the native extension, where the dense kernel loops over boxes in Python:
+#: a few ctypes calls per box pay only on wide frontals; below, the portable batched kernel.
+DENSE_MIN_FRONT_PYTHON_LOOP = 257
 
 #: A masked grid found from the pattern goes to the engine only if its unknowns cover at least
 #: this share of the embedding grid: absent pixels cost like present ones, and below about half
@@ -67,8 +67,10 @@ def choose_kernel(xp, dtype, cls, level: int) -> str:
     """
     from . import _native as native  # the native module imports the kernels' helpers
 
-    if xp is np and cls.n_front >= DENSE_MIN_FRONT:
-        return "dense"
+    if xp is np:
+        in_c = native.supports_dtype(xp, dtype)
+        if cls.n_front >= (DENSE_MIN_FRONT if in_c else DENSE_MIN_FRONT_PYTHON_LOOP):
+            return "dense"
     if native.supports(xp, dtype, cls, level):
         return "native"
     return "portable"

@@ -1,7 +1,7 @@
 """The dense kernel (``ssi_sparse/_dense.py``: per-box LAPACK, factors instead of inverses).
 
-On real problems it runs only on frontals wider than ``DENSE_MIN_FRONT``; here the threshold
-is lowered so that every level of small grids goes through it, and its answers are compared
+On real problems it runs only on frontals wider than ``DENSE_MIN_FRONT`` (with the native box
+loop; ``DENSE_MIN_FRONT_PYTHON_LOOP`` without it); here the thresholds are lowered so that every level of small grids goes through it, and its answers are compared
 with SciPy's on every dtype, symmetric and not, definite and not, for every ``trans``.
 """
 
@@ -25,9 +25,14 @@ def _tol(dtype):
     return 1e-4 if np.dtype(dtype) in (np.float32, np.complex64) else 1e-10
 
 
+def _dense_from(mp, width):
+    mp.setattr(_tuning, "DENSE_MIN_FRONT", width)
+    mp.setattr(_tuning, "DENSE_MIN_FRONT_PYTHON_LOOP", width)
+
+
 @pytest.fixture
 def dense_everywhere(monkeypatch):
-    monkeypatch.setattr(_tuning, "DENSE_MIN_FRONT", 1)
+    _dense_from(monkeypatch, 1)
 
 
 def _kinds(factor):
@@ -91,7 +96,7 @@ def test_large_grid_uses_cholesky_on_spd():
 )
 def test_dense_kernel_random_grids(H, W, kind, dtype, k, seed):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_tuning, "DENSE_MIN_FRONT", 1)
+        _dense_from(mp, 1)
         rng = np.random.default_rng(seed)
         A = stencil_matrix(H, W, rng, kind, np.dtype(dtype))
         b = rng.standard_normal((H * W, k)).astype(dtype)
@@ -145,21 +150,69 @@ def test_factor_class_blocks(dtype):
             np.testing.assert_allclose(u_S, u[:, :s], rtol=tol, atol=tol * np.abs(u).max())
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cholesky", [True, False])
+def test_native_box_loop_matches_python_loop(monkeypatch, dtype, cholesky):
+    """The C loop over boxes (factors and both sweeps) against the same arithmetic from Python."""
+    from ssi_sparse import _native
+
+    if not _native.available():
+        pytest.skip("native kernel not built")
+    rng = np.random.default_rng(9)
+    P, f, s = 4, 30, 11
+    M = rng.standard_normal((P, f, f)) + (1j * rng.standard_normal((P, f, f)) if np.dtype(dtype).kind == "c" else 0)
+    F0 = (M @ np.conj(np.swapaxes(M, 1, 2)) + f * np.eye(f)).astype(dtype)
+    g = rng.standard_normal((P, s, 3)).astype(dtype)
+    u_R = rng.standard_normal((P, f - s, 3)).astype(dtype)
+    results = []
+    for on in (True, False):
+        monkeypatch.setattr(_native, "supports_dtype", lambda xp, dt, on=on: on)
+        F = np.array(F0)
+        blk = factor_class(F, s, cholesky, 1.0, "test")
+        sweeps = []
+        for trans in ["N"] + ([] if cholesky else ["T"]):
+            kept, upd = blk.up(np, g, trans)
+            sweeps += [kept.copy(), upd, blk.down(np, kept, u_R, trans)]
+        arrays = [F, blk.factor, blk.w] + ([] if cholesky else [blk.x, blk.perm])
+        results.append((arrays, sweeps, blk.min_rcond))
+    tol = 10 * _tol(dtype)
+    for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, np.abs(b).max()))
+    assert results[0][2] == pytest.approx(results[1][2], rel=1e-3)
+
+
 def test_factor_class_not_positive_definite():
     F = np.stack([np.diag([1.0, -1.0, 2.0, 3.0])])
     with pytest.raises(NotPositiveDefinite):
         factor_class(F, 2, True, 1.0, "test")
 
 
-def test_box_threads_agree_with_sequential(monkeypatch):
-    A = stencil_matrix(40, 44, np.random.default_rng(1), "nonsym", np.dtype(np.float64))
+@pytest.mark.parametrize("hermitian", [True, False])
+def test_classes_side_by_side_agree_with_sequential(monkeypatch, hermitian):
+    # two threads: a level's dense classes run side by side, box ranges in parallel
+    A = stencil_matrix(40, 44, np.random.default_rng(1), "spd" if hermitian else "nonsym", np.dtype(np.float64))
     b = np.random.default_rng(2).standard_normal(A.shape[0])
-    monkeypatch.setattr(_tuning, "DENSE_MIN_FRONT", 20)
+    _dense_from(monkeypatch, 20)
     answers = []
-    for limit in (0, 10**9):  # no box threads / always box threads
-        monkeypatch.setattr(ssi_sparse._engine, "DENSE_BOX_THREADS_MAX_FRONT", limit)
-        answers.append(ssi_sparse.factorize(A).solve(b))
+    for threads in ("1", "2"):
+        monkeypatch.setenv("SSI_SPARSE_NUM_THREADS", threads)
+        lu = ssi_sparse.factorize(A)
+        assert _kinds(lu) == {"cholesky" if hermitian else "lu"}
+        answers.append(lu.solve(b))
     np.testing.assert_allclose(answers[0], answers[1], rtol=1e-12, atol=1e-12)
+
+
+def test_indefinite_level_side_by_side_refactors_by_lu(monkeypatch):
+    # potrf fails in one class of a level whose classes run side by side: the whole level
+    # (and every later one) is refactored by LU, and the answer is right
+    monkeypatch.setenv("SSI_SPARSE_NUM_THREADS", "2")
+    _dense_from(monkeypatch, 1)
+    A = _helmholtz(23, 29, np.float64)
+    lu = ssi_sparse.factorize(A)
+    assert "lu" in _kinds(lu)
+    b = np.random.default_rng(0).standard_normal(A.shape[0])
+    x = lu.solve(b)
+    np.testing.assert_allclose(x, spla.spsolve(A.tocsc(), b), rtol=1e-9, atol=1e-9 * np.abs(x).max())
 
 
 @pytest.mark.parametrize("native_on", ["1", "0"])
@@ -168,7 +221,7 @@ def test_tiny_schur_entries_flushed_without_losing_accuracy(monkeypatch, native_
     # the assembly flushes to zero (speed); refinement against the exact matrix keeps the
     # answer at full accuracy
     monkeypatch.setenv("SSI_SPARSE_NATIVE", native_on)
-    monkeypatch.setattr(_tuning, "DENSE_MIN_FRONT", 40)
+    _dense_from(monkeypatch, 40)
     A = ssi_sparse.problems.convection_diffusion_2d(60, 70, peclet=1e6)
     b = np.random.default_rng(0).standard_normal(A.shape[0])
     x = ssi_sparse.factorize(A).solve(b)

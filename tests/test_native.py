@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import ssi_sparse
 from helpers import rel_residual, stencil_matrix
-from ssi_sparse import SingularMatrixError, _native
+from ssi_sparse import SingularMatrixError, _native, _tuning
 from ssi_sparse._dense import FactoredBlocks
 from ssi_sparse._engine import factorize_values, solve_values
 from ssi_sparse._grid import grid_stencil
@@ -38,6 +38,8 @@ def _tol(dtype):
 
 def _factor(A, dtype, native_on, monkeypatch):
     monkeypatch.setenv("SSI_SPARSE_NATIVE", "1" if native_on else "0")
+    # the same classes go to the dense kernel in both runs: the inline kernel is compared
+    monkeypatch.setattr(_tuning, "DENSE_MIN_FRONT", _tuning.DENSE_MIN_FRONT_PYTHON_LOOP)
     spec, V = grid_stencil(A)
     V = V.astype(dtype)
     shape = spec.engine_shape

@@ -24,7 +24,14 @@
 #define EXPORT __attribute__((visibility("default")))
 #endif
 
-enum { MODE_LEAF = 0, MODE_MERGE = 1 };
+enum { MODE_LEAF = 0, MODE_MERGE = 1, MODE_NONE = 2 };
+enum { BOX_NOT_PD = 1, BOX_SINGULAR = 2 };
+enum { SWEEP_UP_N = 0, SWEEP_UP_T = 1, SWEEP_DOWN_N = 2, SWEEP_DOWN_T = 3 };
+
+/* SciPy's BLAS/LAPACK routines for one dtype (dense_impl.h), as ssi_sparse/_lapack.py finds them */
+struct blas_table {
+    void *gemm, *trsm, *rank_k, *getrf, *potrf, *gecon, *pocon, *lange, *laswp;
+};
 
 struct source {
     int32_t mode;

@@ -270,6 +270,8 @@ EXPORT void FN(ssi_mirror_upper)(int64_t r, int64_t ld, void *D_)
     }
 }
 
+#include "dense_impl.h"
+
 #undef FN
 #undef T
 #undef R

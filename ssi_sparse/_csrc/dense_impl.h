@@ -1,0 +1,164 @@
+/* Dense kernel, box loop in C: LAPACK/BLAS-3 factors (not inverses) of one class's frontals.
+ *
+ * Included by frontal_impl.h once per dtype (T, R, FN set).  The arithmetic is
+ * ssi_sparse/_dense.py's (see its module doc: a C-ordered frontal F is its transpose G = F^T
+ * to LAPACK, column-major with leading dimension f); the loop over boxes, the assembly of
+ * each box and the solve sweeps run here so that no Python runs per box: the routines are
+ * SciPy's (scipy.linalg.cython_blas / cython_lapack), handed in as function pointers.
+ */
+
+typedef void (*FN(gemm_t))(char *, char *, int *, int *, int *, T *, T *, int *, T *, int *, T *, T *, int *);
+typedef void (*FN(trsm_t))(char *, char *, char *, char *, int *, int *, T *, T *, int *, T *, int *);
+typedef void (*FN(rank_k_t))(char *, char *, int *, int *, R *, T *, int *, R *, T *, int *);
+typedef void (*FN(getrf_t))(int *, int *, T *, int *, int *, int *);
+typedef void (*FN(potrf_t))(char *, int *, T *, int *, int *);
+/* gecon / pocon: the last work argument is iwork (real types) or rwork (complex) */
+typedef void (*FN(con_t))(char *, int *, T *, int *, R *, R *, T *, void *, int *);
+typedef R (*FN(lange_t))(char *, int *, int *, T *, int *, R *);
+typedef void (*FN(laswp_t))(int *, T *, int *, int *, int *, int *, int *);
+
+static void FN(gemm)(const struct blas_table *t, char ta, char tb, int m, int n, int k, T alpha,
+                     const T *a, int lda, const T *b, int ldb, T beta, T *c, int ldc)
+{
+    if (m == 0 || n == 0)
+        return;
+    lda = lda > 1 ? lda : 1;
+    ldb = ldb > 1 ? ldb : 1;
+    ((FN(gemm_t))t->gemm)(&ta, &tb, &m, &n, &k, &alpha, (T *)a, &lda, (T *)b, &ldb, &beta, c, &ldc);
+}
+
+static void FN(trsm)(const struct blas_table *t, char side, char uplo, char ta, char diag, int m, int n,
+                     const T *a, int lda, T *b, int ldb)
+{
+    if (m == 0 || n == 0)
+        return;
+    T one = 1;
+    ((FN(trsm_t))t->trsm)(&side, &uplo, &ta, &diag, &m, &n, &one, (T *)a, &lda, b, &ldb);
+}
+
+/* Returns 0, BOX_NOT_PD (Cholesky refused: F partly overwritten) or BOX_SINGULAR. */
+static int FN(dense_box)(const struct blas_table *t, T *F, int f, int s, int cholesky, T *factor, T *x, T *w,
+                         int64_t *perm, int *ipiv, T *work, void *iwork, R a_norm, double *rcond)
+{
+    int r = f - s; /* not const: LAPACK takes pointers */
+    T *g_ss = F, *g_sr = F + (int64_t)s * f, *g_rs = F + s, *g_rr = F + (int64_t)s * f + s;
+    int info = 0;
+    char one = '1', lower = 'L';
+    R rwork_norm[1];
+    R norm_s = ((FN(lange_t))t->lange)(&one, &s, &s, g_ss, &f, rwork_norm); /* ||G_SS||_1 = ||S||_inf */
+    R rc = 0;
+    if (cholesky) {
+        ((FN(potrf_t))t->potrf)(&lower, &s, g_ss, &f, &info);
+        if (info)
+            return BOX_NOT_PD;
+        ((FN(con_t))t->pocon)(&lower, &s, g_ss, &f, &norm_s, &rc, work, iwork, &info);
+        /* W = G_RS L^-H (= X^H), D_G -= W W^H on the lower half, then mirrored */
+        FN(trsm)(t, 'R', 'L', 'C', 'N', r, s, g_ss, f, g_rs, f);
+        if (r > 0) {
+            R minus = -1, plus = 1;
+            char no = 'N';
+            ((FN(rank_k_t))t->rank_k)(&lower, &no, &r, &s, &minus, g_rs, &f, &plus, g_rr, &f);
+            FN(ssi_mirror_upper)(r, f, g_rr);
+        }
+    } else {
+        ((FN(getrf_t))t->getrf)(&s, &s, g_ss, &f, ipiv, &info);
+        if (info)
+            return BOX_SINGULAR;
+        ((FN(con_t))t->gecon)(&one, &s, g_ss, &f, &norm_s, &rc, work, iwork, &info);
+        if (r > 0) {
+            int k1 = 1, inc = 1;
+            ((FN(laswp_t))t->laswp)(&r, g_sr, &f, &k1, &s, ipiv, &inc);
+        }
+        FN(trsm)(t, 'L', 'L', 'N', 'U', s, r, g_ss, f, g_sr, f); /* X = L^-1 P^T G_SR */
+        FN(trsm)(t, 'R', 'U', 'N', 'N', r, s, g_ss, f, g_rs, f); /* W = G_RS U^-1 */
+        FN(gemm)(t, 'N', 'N', r, r, s, -1, g_rs, f, g_sr, f, 1, g_rr, f);
+        for (int i = 0; i < s; i++)
+            perm[i] = i;
+        for (int i = 0; i < s; i++) { /* P^T v = v[perm] from getrf's 1-based interchanges */
+            int64_t j = ipiv[i] - 1, tmp = perm[i];
+            perm[i] = perm[j];
+            perm[j] = tmp;
+        }
+        for (int i = 0; i < r; i++) /* x = F[s:, :s] (X, ld s) */
+            for (int j = 0; j < s; j++)
+                x[(int64_t)i * s + j] = F[(int64_t)(s + i) * f + j];
+    }
+    /* measured against A too, as the portable kernel's rcond */
+    *rcond = norm_s > 0 ? (double)rc * norm_s / (norm_s > a_norm ? norm_s : a_norm) : 0.0;
+    for (int i = 0; i < s; i++) {
+        for (int j = 0; j < s; j++)
+            factor[(int64_t)i * s + j] = F[(int64_t)i * f + j];
+        for (int j = 0; j < r; j++)
+            w[(int64_t)i * r + j] = F[(int64_t)i * f + s + j];
+    }
+    return 0;
+}
+
+/* Boxes [0, P) of one chunk: assemble each (src->mode LEAF / MERGE; NONE: F holds it already),
+ * then factor it in place.  factor (P, s, s), x (P, r, s) (LU only), w (P, s, r), perm (P, s)
+ * (LU only), rcond (P).  work: 4 s entries of T; iwork: 2 s entries of R; ipiv: s ints.
+ * Returns 0, or (1 + box) * 4 + status for the first box that failed. */
+EXPORT int64_t FN(ssi_dense_chunk)(
+    int64_t P, int64_t f, int64_t s, int32_t cholesky, int32_t mode,
+    const void *a, int64_t stride_a, const int64_t *idx_a,
+    const void *b, int64_t stride_b, const int64_t *idx_b,
+    const int64_t *nodes, int64_t n_nodes, const int64_t *tnode, const int64_t *tslot,
+    void *F_, void *factor_, void *x_, void *w_, int64_t *perm, double *rcond, double a_norm,
+    const struct blas_table *table, void *work_, void *iwork, int *ipiv)
+{
+    struct source src = {mode, a, stride_a, idx_a, b, stride_b, idx_b, nodes, n_nodes, tnode, tslot};
+    T *F = (T *)F_, *factor = (T *)factor_, *x = (T *)x_, *w = (T *)w_, *work = (T *)work_;
+    const int64_t r = f - s;
+    for (int64_t p = 0; p < P; p++) {
+        T *Fp = F + p * f * f;
+        if (mode != MODE_NONE)
+            FN(assemble)(&src, p, f * f, Fp);
+        if (s == 0)
+            continue;
+        int status = FN(dense_box)(table, Fp, (int)f, (int)s, cholesky, factor + p * s * s,
+                                   cholesky ? NULL : x + p * r * s, w + p * s * r, cholesky ? NULL : perm + p * s,
+                                   ipiv, work, iwork, (R)a_norm, rcond + p);
+        if (status)
+            return (p + 1) * 4 + status;
+    }
+    return 0;
+}
+
+/* One solve sweep over P boxes' stored factors (FactoredBlocks' up / down), right-hand
+ * sides with k columns, every block C-ordered (column-major transposes, as in _dense.py):
+ * a (P, s, k) is updated in place; b (P, r, k) is written (up) or read (down). */
+EXPORT void FN(ssi_dense_sweep)(int64_t P, int64_t s, int64_t r, int64_t k, int32_t op, int32_t cholesky,
+                                const void *factor_, const void *w_, const void *x_, void *a_, void *b_,
+                                const struct blas_table *t)
+{
+    const T *factor = (const T *)factor_, *w = (const T *)w_, *x = (const T *)x_;
+    T *a = (T *)a_, *b = (T *)b_;
+    const int si = (int)s, ri = (int)r, ki = (int)k;
+    for (int64_t p = 0; p < P; p++) {
+        const T *fp = factor + p * s * s, *wp = w + p * s * r, *xp = cholesky ? NULL : x + p * r * s;
+        T *ap = a + p * s * k, *bp = b + p * r * k;
+        switch (op) {
+        case SWEEP_UP_N: /* a^T := a^T U^-1 (or L^-H); b^T := a^T X (or W^H) */
+            if (cholesky) {
+                FN(trsm)(t, 'R', 'L', 'C', 'N', ki, si, fp, si, ap, ki);
+                FN(gemm)(t, 'N', 'C', ki, ri, si, 1, ap, ki, wp, ri, 0, bp, ki);
+            } else {
+                FN(trsm)(t, 'R', 'U', 'N', 'N', ki, si, fp, si, ap, ki);
+                FN(gemm)(t, 'N', 'N', ki, ri, si, 1, ap, ki, xp, si, 0, bp, ki);
+            }
+            break;
+        case SWEEP_UP_T: /* a = P^T f_S already; a^T := a^T L^-T; b^T := a^T W^T */
+            FN(trsm)(t, 'R', 'L', 'T', 'U', ki, si, fp, si, ap, ki);
+            FN(gemm)(t, 'N', 'T', ki, ri, si, 1, ap, ki, wp, ri, 0, bp, ki);
+            break;
+        case SWEEP_DOWN_N: /* a^T -= b^T W ; a^T := a^T L^-T (unit for LU) */
+            FN(gemm)(t, 'N', 'N', ki, si, ri, -1, bp, ki, wp, ri, 1, ap, ki);
+            FN(trsm)(t, 'R', 'L', 'N', cholesky ? 'N' : 'U', ki, si, fp, si, ap, ki);
+            break;
+        case SWEEP_DOWN_T: /* a^T -= b^T X^T ; a^T := a^T U^-T */
+            FN(gemm)(t, 'N', 'T', ki, si, ri, -1, bp, ki, xp, si, 1, ap, ki);
+            FN(trsm)(t, 'R', 'U', 'T', 'N', ki, si, fp, si, ap, ki);
+            break;
+        }
+    }
+}
