@@ -14,9 +14,7 @@ same stored blocks transposed.
 
 from __future__ import annotations
 
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +24,9 @@ from ._dense import DenseJob, NotPositiveDefinite, run_jobs
 from ._kernels import EliminatedBlocks, allocate_blocks, eliminate
 from ._lapack import single_threaded_blas_available
 from ._plan import Plan
+from ._threads import num_threads as _num_threads
+from ._threads import pool as _pool
+from ._threads import thread_budget  # noqa: F401  (the engine's public knob, used by .mpi)
 from ._tuning import (
     GATHER_BLOCK_BYTES,
     NUMPY_FLAT_MAX_FRONT,
@@ -189,65 +190,6 @@ class _Workspace:
             fronts.append(self.xp.reshape(view, (c.n_boxes, c.n_front, c.n_front)))
             offset += size
         return fronts
-
-
-_THREAD_BUDGET = None  # set by thread_budget (one process of several on a machine)
-
-
-def _num_threads() -> int:
-    if _THREAD_BUDGET is not None:
-        return _THREAD_BUDGET
-    env = os.environ.get("SSI_SPARSE_NUM_THREADS")
-    return max(1, int(env)) if env else (os.cpu_count() or 1)
-
-
-class thread_budget:
-    """Context manager: the engine's pool and SciPy's BLAS use at most ``n`` threads inside
-    (for one process of several sharing a machine, such as MPI ranks on one node).  An
-    explicit ``SSI_SPARSE_NUM_THREADS`` still wins for the engine's pool."""
-
-    def __init__(self, n: int):
-        self.n = max(1, int(n))
-
-    def __enter__(self):
-        global _THREAD_BUDGET
-        from ._lapack import blas_thread_count
-
-        self._saved = _THREAD_BUDGET
-        if not os.environ.get("SSI_SPARSE_NUM_THREADS"):
-            _THREAD_BUDGET = self.n
-        self._blas = blas_thread_count(self.n)
-        return self
-
-    def __exit__(self, *exc):
-        global _THREAD_BUDGET
-        from ._lapack import blas_thread_count
-
-        _THREAD_BUDGET = self._saved
-        if self._blas is not None:
-            blas_thread_count(self._blas)
-        return False
-
-
-_POOL = None
-
-
-def _pool(n):
-    global _POOL
-    if _POOL is None or _POOL._max_workers != n:
-        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ssi_sparse")
-    return _POOL
-
-
-def _forget_pool():
-    # a forked child inherits the pool object but not its threads: work sent to it would
-    # wait forever (multiprocessing with "fork" after a factorization in the parent)
-    global _POOL
-    _POOL = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _row_chunks(P, f):

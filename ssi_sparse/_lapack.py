@@ -49,7 +49,8 @@ class BlasTable(ctypes.Structure):
     ``_csrc/frontal.c``: the same fields in the same order)."""
 
     _fields_ = [(name, ctypes.c_void_p)
-                for name in ("gemm", "trsm", "rank_k", "getrf", "potrf", "gecon", "pocon", "lange", "laswp")]
+                for name in ("gemm", "trsm", "rank_k", "getrf", "potrf", "gecon", "pocon", "lange", "laswp", "gemv",
+                             "trsv")]
 
 
 def _char(c: str):
@@ -89,7 +90,8 @@ class Lapack:
         rk = "herk" if self.complex else "syrk"
         self._fn["rank_k"] = _routine(blas, p + rk)
         self.table = BlasTable(*(
-            _address(blas if name in ("gemm", "trsm", "rank_k") else lapack, p + (rk if name == "rank_k" else name))
+            _address(blas if name in ("gemm", "trsm", "rank_k", "gemv", "trsv") else lapack,
+                     p + (rk if name == "rank_k" else name))
             for name, _ in BlasTable._fields_
         ))  # fmt: skip
 

@@ -81,7 +81,7 @@ def _library():
         fn = getattr(lib, f"ssi_hermitian_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _i64, _p], ctypes.c_int32
         fn = getattr(lib, f"ssi_matvec_{suffix}")
-        fn.argtypes, fn.restype = [_i64, _i64, _i64, _i64, _p, _p, _p], None
+        fn.argtypes, fn.restype = [_i64, _i64, _i64, _i64, _i64, _i64, _p, _p, _p], None
     for index in _INDEX.values():
         for suffix in _SUFFIX.values():
             fn = getattr(lib, f"ssi_reach_{index}_{suffix}")
@@ -368,12 +368,20 @@ def stencil_is_hermitian(V, dims):
     return None if fn is None else bool(fn(*dims, V.ctypes.data))
 
 
-def stencil_matvec(V, dims, x):
-    """``A @ x`` for ``x`` (n, m) of ``V``'s dtype, or None where the pass does not apply."""
+def stencil_matvec(V, dims, x, parallel_map=map, n_parts=1):
+    """``A @ x`` for ``x`` (n, m) of ``V``'s dtype, or None where the pass does not apply;
+    the grid's rows cut into ``n_parts`` ranges run by ``parallel_map`` (the engine's threads:
+    ctypes releases the GIL)."""
     fn = _stencil_fn("matvec", V)
     if fn is None or x.dtype != V.dtype or x.ndim != 2:
         return None
     x = np.ascontiguousarray(x)
     out = np.empty_like(x)
-    fn(*dims, x.shape[1], V.ctypes.data, x.ctypes.data, out.ctypes.data)
+    h = dims[0]
+    cuts = np.linspace(0, h, max(1, min(n_parts, h)) + 1).astype(int).tolist()
+
+    def rows(bounds):
+        fn(*dims, x.shape[1], *bounds, V.ctypes.data, x.ctypes.data, out.ctypes.data)
+
+    list(parallel_map(rows, list(zip(cuts[:-1], cuts[1:]))))
     return out

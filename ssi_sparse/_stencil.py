@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _native as native
 from ._plan import STENCIL_OFFSETS
+from ._threads import parallel_map
 
 __all__ = [
     "stencil_matvec",
@@ -44,7 +45,7 @@ def _blocks(xp, V, shape):
 def stencil_matvec(xp, V, shape, x):
     """``A @ x`` for ``x`` of shape (n, m), n = H * W * k."""
     h, w, k = _dims(shape)
-    if xp is np and (native_product := native.stencil_matvec(V, (h, w, k), x)) is not None:
+    if xp is np and (native_product := native.stencil_matvec(V, (h, w, k), x, *parallel_map())) is not None:
         return native_product
     m = x.shape[1]
     out = xp.zeros((h, w, k, m), dtype=xp.result_type(V.dtype, x.dtype))

@@ -152,7 +152,8 @@ def test_factor_class_blocks(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cholesky", [True, False])
-def test_native_box_loop_matches_python_loop(monkeypatch, dtype, cholesky):
+@pytest.mark.parametrize("k", [1, 3])  # one column: the C sweeps' matrix-vector path
+def test_native_box_loop_matches_python_loop(monkeypatch, dtype, cholesky, k):
     """The C loop over boxes (factors and both sweeps) against the same arithmetic from Python."""
     from ssi_sparse import _native
 
@@ -162,8 +163,8 @@ def test_native_box_loop_matches_python_loop(monkeypatch, dtype, cholesky):
     P, f, s = 4, 30, 11
     M = rng.standard_normal((P, f, f)) + (1j * rng.standard_normal((P, f, f)) if np.dtype(dtype).kind == "c" else 0)
     F0 = (M @ np.conj(np.swapaxes(M, 1, 2)) + f * np.eye(f)).astype(dtype)
-    g = rng.standard_normal((P, s, 3)).astype(dtype)
-    u_R = rng.standard_normal((P, f - s, 3)).astype(dtype)
+    g = (rng.standard_normal((P, s, k)) + (1j * rng.standard_normal((P, s, k)) if np.dtype(dtype).kind == "c" else 0)).astype(dtype)
+    u_R = rng.standard_normal((P, f - s, k)).astype(dtype)
     results = []
     for on in (True, False):
         monkeypatch.setattr(_native, "supports_dtype", lambda xp, dt, on=on: on)

@@ -172,8 +172,9 @@ def _numpy_only():
     hermitian=st.booleans(),
     perturb=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
+    m=st.integers(1, 3),  # one column and one unknown per pixel: the matvec's own loop
 )
-def test_whole_grid_passes_agree_with_numpy(h, w, k, dtype, hermitian, perturb, seed):
+def test_whole_grid_passes_agree_with_numpy(h, w, k, dtype, hermitian, perturb, seed, m):
     """Row maxima and sums, equilibration and the exact Hermitian test: the native passes
     give the NumPy versions' answers (maxima and scaled values bit for bit)."""
     from ssi_sparse._stencil import equilibrate, is_hermitian, stencil_matvec, stencil_row_sums, stencil_to_csr
@@ -209,7 +210,7 @@ def test_whole_grid_passes_agree_with_numpy(h, w, k, dtype, hermitian, perturb, 
             np.testing.assert_allclose(Vs, Vs_ref, rtol=16 * eps, atol=16 * eps * np.abs(Vs_ref).max())
         assert is_hermitian(np, Vs, dims) or not ours[2]  # scaling keeps an exactly Hermitian matrix so
     assert ours[2] == theirs[2]
-    x = rng.standard_normal((n, 3)).astype(dtype)
+    x = rng.standard_normal((n, m)).astype(dtype)
     with _numpy_only():
         reference = stencil_matvec(np, V, dims, x)
     product = stencil_matvec(np, V, dims, x)

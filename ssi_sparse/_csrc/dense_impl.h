@@ -16,6 +16,8 @@ typedef void (*FN(potrf_t))(char *, int *, T *, int *, int *);
 typedef void (*FN(con_t))(char *, int *, T *, int *, R *, R *, T *, void *, int *);
 typedef R (*FN(lange_t))(char *, int *, int *, T *, int *, R *);
 typedef void (*FN(laswp_t))(int *, T *, int *, int *, int *, int *, int *);
+typedef void (*FN(gemv_t))(char *, int *, int *, T *, T *, int *, T *, int *, T *, T *, int *);
+typedef void (*FN(trsv_t))(char *, char *, char *, int *, T *, int *, T *, int *);
 
 static void FN(gemm)(const struct blas_table *t, char ta, char tb, int m, int n, int k, T alpha,
                      const T *a, int lda, const T *b, int ldb, T beta, T *c, int ldc)
@@ -34,6 +36,64 @@ static void FN(trsm)(const struct blas_table *t, char side, char uplo, char ta, 
         return;
     T one = 1;
     ((FN(trsm_t))t->trsm)(&side, &uplo, &ta, &diag, &m, &n, &one, (T *)a, &lda, b, &ldb);
+}
+
+/* y := alpha op(A) x + beta y, A m x n (column-major, ld lda) */
+static void FN(gemv)(const struct blas_table *t, char ta, int m, int n, T alpha, const T *a, int lda, const T *x,
+                     T beta, T *y)
+{
+    if (m == 0 || n == 0)
+        return;
+    int inc = 1;
+    lda = lda > 1 ? lda : 1;
+    ((FN(gemv_t))t->gemv)(&ta, &m, &n, &alpha, (T *)a, &lda, (T *)x, &inc, &beta, y, &inc);
+}
+
+static void FN(trsv)(const struct blas_table *t, char uplo, char ta, char diag, int n, const T *a, int lda, T *x)
+{
+    if (n == 0)
+        return;
+    int inc = 1;
+    ((FN(trsv_t))t->trsv)(&uplo, &ta, &diag, &n, (T *)a, &lda, x, &inc);
+}
+
+static inline void FN(conj_in_place)(T *v, int n)
+{
+    for (int i = 0; i < n; i++)
+        v[i] = CONJ(v[i]);
+}
+
+/* One column (k = 1): the sweeps below as matrix-vector BLAS-2 calls (a BLAS-3 call per box
+ * costs several times more at this size).  With a^T op(M) = c^T read as op(M)^T a = c. */
+static void FN(sweep_vector)(const struct blas_table *t, int32_t op, int32_t cholesky, int s, int r, const T *fp,
+                             const T *wp, const T *xp, T *a, T *b)
+{
+    switch (op) {
+    case SWEEP_UP_N:
+        if (cholesky) { /* a := conj(L)^-1 a, b := conj(W) a, by conjugating around L and W */
+            FN(conj_in_place)(a, s);
+            FN(trsv)(t, 'L', 'N', 'N', s, fp, s, a);
+            FN(gemv)(t, 'N', r, s, 1, wp, r, a, 0, b);
+            FN(conj_in_place)(a, s);
+            FN(conj_in_place)(b, r);
+        } else { /* a := U^-T a, b := X^T a */
+            FN(trsv)(t, 'U', 'T', 'N', s, fp, s, a);
+            FN(gemv)(t, 'T', s, r, 1, xp, s, a, 0, b);
+        }
+        break;
+    case SWEEP_UP_T: /* a := L^-1 a (unit), b := W a */
+        FN(trsv)(t, 'L', 'N', 'U', s, fp, s, a);
+        FN(gemv)(t, 'N', r, s, 1, wp, r, a, 0, b);
+        break;
+    case SWEEP_DOWN_N: /* a -= W^T b, a := L^-T a */
+        FN(gemv)(t, 'T', r, s, -1, wp, r, b, 1, a);
+        FN(trsv)(t, 'L', 'T', cholesky ? 'N' : 'U', s, fp, s, a);
+        break;
+    case SWEEP_DOWN_T: /* a -= X b, a := U^-1 a */
+        FN(gemv)(t, 'N', s, r, -1, xp, s, b, 1, a);
+        FN(trsv)(t, 'U', 'N', 'N', s, fp, s, a);
+        break;
+    }
 }
 
 /* Returns 0, BOX_NOT_PD (Cholesky refused: F partly overwritten) or BOX_SINGULAR. */
@@ -137,6 +197,10 @@ EXPORT void FN(ssi_dense_sweep)(int64_t P, int64_t s, int64_t r, int64_t k, int3
     for (int64_t p = 0; p < P; p++) {
         const T *fp = factor + p * s * s, *wp = w + p * s * r, *xp = cholesky ? NULL : x + p * r * s;
         T *ap = a + p * s * k, *bp = b + p * r * k;
+        if (k == 1) {
+            FN(sweep_vector)(t, op, cholesky, si, ri, fp, wp, xp, ap, bp);
+            continue;
+        }
         switch (op) {
         case SWEEP_UP_N: /* a^T := a^T U^-1 (or L^-H); b^T := a^T X (or W^H) */
             if (cholesky) {

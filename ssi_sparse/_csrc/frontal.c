@@ -30,7 +30,7 @@ enum { SWEEP_UP_N = 0, SWEEP_UP_T = 1, SWEEP_DOWN_N = 2, SWEEP_DOWN_T = 3 };
 
 /* SciPy's BLAS/LAPACK routines for one dtype (dense_impl.h), as ssi_sparse/_lapack.py finds them */
 struct blas_table {
-    void *gemm, *trsm, *rank_k, *getrf, *potrf, *gecon, *pocon, *lange, *laswp;
+    void *gemm, *trsm, *rank_k, *getrf, *potrf, *gecon, *pocon, *lange, *laswp, *gemv, *trsv;
 };
 
 struct source {

@@ -154,12 +154,42 @@ DEFINE_STENCIL_OPS(f64, double, double)
 DEFINE_STENCIL_OPS(c64, float _Complex, float)
 DEFINE_STENCIL_OPS(c128, double _Complex, double)
 
-/* out (n, m) = A x for x (n, m), both row-major, n = h * w * k nodes: the residuals of every
- * refined solve, one pass over V instead of nine shifted whole-grid products. */
+/* Rows [r0, r1) of the grid of out (n, m) = A x for x (n, m), both row-major, n = h * w * k
+ * nodes: the residuals of every refined solve, one pass over V instead of nine shifted
+ * whole-grid products (row ranges: the caller's threads split the grid).  One unknown per
+ * pixel and one column, the common case, has its own loop without bounds tests inside. */
 #define DEFINE_STENCIL_MATVEC(NAME, T)                                                           \
-    EXPORT void ssi_matvec_##NAME(int64_t h, int64_t w, int64_t k, int64_t m, const T *V,      \
-                                  const T *x, T *out) {                                         \
-        for (int64_t r = 0; r < h; ++r) {                                                       \
+    static void matvec_scalar_##NAME(int64_t h, int64_t w, int64_t r0, int64_t r1, const T *V, \
+                                     const T *x, T *out) {                                     \
+        for (int64_t r = r0; r < r1; ++r) {                                                     \
+            const int inner_row = r > 0 && r + 1 < h;                                           \
+            for (int64_t c = 0; c < w; ++c) {                                                   \
+                int64_t p = r * w + c;                                                          \
+                const T *v = V + p * 9;                                                         \
+                T sum = 0;                                                                      \
+                if (inner_row && c > 0 && c + 1 < w) {                                          \
+                    const T *up = x + p - w, *mid = x + p, *down = x + p + w;                   \
+                    sum = v[0] * up[-1] + v[1] * up[0] + v[2] * up[1] + v[3] * mid[-1] +        \
+                          v[4] * mid[0] + v[5] * mid[1] + v[6] * down[-1] + v[7] * down[0] +    \
+                          v[8] * down[1];                                                       \
+                } else {                                                                        \
+                    for (int64_t slot = 0; slot < 9; ++slot) {                                  \
+                        int64_t rr = r + slot / 3 - 1, cc = c + slot % 3 - 1;                   \
+                        if (rr < 0 || rr >= h || cc < 0 || cc >= w) continue;                   \
+                        sum += v[slot] * x[rr * w + cc];                                        \
+                    }                                                                           \
+                }                                                                               \
+                out[p] = sum;                                                                   \
+            }                                                                                   \
+        }                                                                                       \
+    }                                                                                           \
+    EXPORT void ssi_matvec_##NAME(int64_t h, int64_t w, int64_t k, int64_t m, int64_t r0,      \
+                                  int64_t r1, const T *V, const T *x, T *out) {                 \
+        if (k == 1 && m == 1) {                                                                 \
+            matvec_scalar_##NAME(h, w, r0, r1, V, x, out);                                      \
+            return;                                                                             \
+        }                                                                                       \
+        for (int64_t r = r0; r < r1; ++r) {                                                     \
             for (int64_t c = 0; c < w; ++c) {                                                   \
                 int64_t p = r * w + c;                                                          \
                 for (int64_t a = 0; a < k; ++a) {                                               \
