@@ -158,8 +158,10 @@ static inline int FN(eliminate)(T *restrict F, int64_t f, int64_t s, int hermiti
         }
     }
     /* D -= R_S X, with R_S = S_R^H for Hermitian frontals; four rows of X per pass over a
-     * row of D (register blocking: a quarter of the loads and stores of D) */
+     * row of D (register blocking: a quarter of the loads and stores of D).  A Hermitian D
+     * gets its upper triangle only (columns j >= i: half the work), mirrored below. */
     for (int64_t i = 0; i < r; i++) {
+        const int64_t j0 = hermitian ? i : 0;
         T *restrict d = F + (s + i) * f + s;
         for (int64_t k = 0; k < s; k++)
             lrow[k] = hermitian ? CONJ(F[k * f + s + i]) : F[(s + i) * f + k];
@@ -167,14 +169,21 @@ static inline int FN(eliminate)(T *restrict F, int64_t f, int64_t s, int hermiti
         for (; k + 4 <= s; k += 4) {
             const T l0 = lrow[k], l1 = lrow[k + 1], l2 = lrow[k + 2], l3 = lrow[k + 3];
             const T *x0 = x + k * r, *x1 = x0 + r, *x2 = x1 + r, *x3 = x2 + r;
-            for (int64_t j = 0; j < r; j++)
+            for (int64_t j = j0; j < r; j++)
                 d[j] -= l0 * x0[j] + l1 * x1[j] + l2 * x2[j] + l3 * x3[j];
         }
         for (; k < s; k++) {
             const T l = lrow[k];
             const T *xk = x + k * r;
-            for (int64_t j = 0; j < r; j++)
+            for (int64_t j = j0; j < r; j++)
                 d[j] -= l * xk[j];
+        }
+    }
+    if (hermitian) {
+        for (int64_t i = 1; i < r; i++) {
+            T *restrict d = F + (s + i) * f + s;
+            for (int64_t j = 0; j < i; j++)
+                d[j] = CONJ(F[(s + j) * f + s + i]);
         }
     }
     return 0;
