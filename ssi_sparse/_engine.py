@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _native as native
 from ._dense import DenseJob, NotPositiveDefinite, run_jobs
-from ._kernels import EliminatedBlocks, allocate_blocks, eliminate
+from ._kernels import EliminatedBlocks, allocate_blocks, check_rcond, eliminate
 from ._lapack import single_threaded_blas_available
 from ._plan import Plan
 from ._threads import num_threads as _num_threads
@@ -175,9 +175,10 @@ class _Workspace:
     factorization at 1025 x 1025.
     """
 
-    def __init__(self, xp, dtype, plan: Plan):
+    def __init__(self, xp, dtype, plan: Plan, skip=()):
         self.xp = xp
-        sizes = [sum(c.n_boxes * c.n_front * c.n_front for c in level.classes) for level in plan.levels]
+        sizes = [0 if k in skip else sum(c.n_boxes * c.n_front * c.n_front for c in level.classes)
+                 for k, level in enumerate(plan.levels)]  # fmt: skip
         self.arenas = [xp.empty(max([1, *sizes[parity::2]]), dtype=dtype) for parity in (0, 1)]
 
     def level(self, k, classes):
@@ -207,16 +208,26 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
     ``timings``: a list that receives one :class:`ClassTiming` per class (benchmarks).
     """
     V_padded = xp.concat([V, xp.zeros((1, 9), dtype=V.dtype)], axis=0)
-    workspace = _Workspace(xp, V.dtype, plan)
+    fused = _leaves_fused_into_level_1(xp, V.dtype, plan)
+    workspace = _Workspace(xp, V.dtype, plan, skip=(0,) if fused else ())
     to_xp = plan.device(xp)
     blocks, kernels = [], []
     n_threads = _num_threads() if xp is np else 1
     cholesky = hermitian  # until a block proves the matrix indefinite
     fronts = None  # eliminated frontals of the level below (their Schur blocks feed parents)
+    leaves = None  # fused: the leaf classes' blocks, filled by level 1
     for k, level in enumerate(plan.levels):
+        level_kernels = [choose_kernel(xp, V.dtype, cls, k) for cls in level.classes]
+        if k == 0 and fused:
+            leaves = [allocate_blocks(xp, c.n_boxes, c.n_elim, c.n_boundary, V.dtype, hermitian) for c in level.classes]
+            blocks.append(leaves)
+            kernels.append(level_kernels)
+            if timings is not None:  # their time counts in level 1's
+                timings += [ClassTiming(0, "native", "inverse", c.n_boxes, c.n_elim, c.n_boundary, 0.0)
+                            for c in level.classes]  # fmt: skip
+            continue
         level_fronts = workspace.level(k, level.classes)
         level_blocks = [None] * len(level.classes)
-        level_kernels = [choose_kernel(xp, V.dtype, cls, k) for cls in level.classes]
         seconds = [0.0] * len(level.classes)
 
         def assemble(Fr, rows, cls, k=k, n_parts=1):
@@ -230,12 +241,22 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
                 _merge_frontals_into(xp, Fr, cls, fronts, child_classes, rows, to_xp, spread, n_parts)
 
         dense = [ci for ci, kernel in enumerate(level_kernels) if kernel == "dense"]
+        leaf_rconds = [[] for _ in plan.levels[0].classes] if k == 1 and fused else None
         for ci, (cls, F, kernel) in enumerate(zip(level.classes, level_fronts, level_kernels)):
             if kernel != "dense":
                 t0 = time.perf_counter()
-                level_blocks[ci] = _eliminate_class(xp, F, cls, k, kernel, hermitian, a_norm, V_padded, fronts,
-                                                    n_threads, assemble)  # fmt: skip
+                if leaf_rconds is not None:
+                    level_blocks[ci] = _eliminate_with_leaves(F, cls, hermitian, a_norm, V_padded,
+                                                              plan.levels[0].classes, leaves, leaf_rconds)  # fmt: skip
+                else:
+                    level_blocks[ci] = _eliminate_class(xp, F, cls, k, kernel, hermitian, a_norm, V_padded, fronts,
+                                                        n_threads, assemble)  # fmt: skip
                 seconds[ci] = time.perf_counter() - t0
+        if leaf_rconds is not None:
+            for lc, blk, rcs in zip(plan.levels[0].classes, leaves, leaf_rconds):
+                blk.min_rcond = float(np.min(rcs)) if rcs else 1.0  # NaN propagates
+                if lc.n_elim:
+                    check_rcond(blk.min_rcond, lc.n_elim, float(np.finfo(V.dtype).eps), _where(0, lc))
         if dense:
             t0 = time.perf_counter()
             try:
@@ -300,6 +321,40 @@ def _where(k, cls) -> str:
     return f"level {k} ({cls.n_boxes} boxes, {cls.n_elim} eliminated, {cls.n_boundary} kept)"
 
 
+def _leaves_fused_into_level_1(xp, dtype, plan: Plan) -> bool:
+    """Whether level 1 assembles and eliminates its leaves itself (``native.factor_leaf_pairs``):
+    every class of both levels on the native inline kernel."""
+    if xp is not np or len(plan.levels) < 2:
+        return False
+    return all(choose_kernel(xp, dtype, c, k) == "native" for k in (0, 1) for c in plan.levels[k].classes)
+
+
+def _row_view(out: EliminatedBlocks, rows) -> EliminatedBlocks:
+    return EliminatedBlocks(out.s_inv[rows, ...], out.x[rows, ...],
+                            None if out.r_s is None else out.r_s[rows, ...], 1.0)  # fmt: skip
+
+
+def _eliminate_with_leaves(F, cls, hermitian, a_norm, V_padded, leaf_classes, leaves, leaf_rconds):
+    """A level-1 class with its two leaves per box, in row chunks on the engine's threads:
+    the leaves' blocks land in ``leaves``, their smallest rconds in ``leaf_rconds``."""
+    where = _where(1, cls)
+    leaf_wheres = [_where(0, leaf_classes[link.cls]) for link in cls.children]
+    out = allocate_blocks(np, cls.n_boxes, cls.n_elim, cls.n_boundary, F.dtype, hermitian)
+
+    def work(rows):
+        blk, rcs = native.factor_leaf_pairs(F[rows, ...], _row_view(out, rows), cls, rows, leaf_classes, leaves,
+                                            V_padded, hermitian, a_norm, where, leaf_wheres)  # fmt: skip
+        return blk.min_rcond, rcs
+
+    chunks = _row_chunks(cls.n_boxes, cls.n_front)
+    results = list(_pool(len(chunks)).map(work, chunks)) if len(chunks) > 1 else [work(chunks[0])]
+    for _, rcs in results:
+        for link, rc in zip(cls.children, rcs):
+            leaf_rconds[link.cls].append(rc)
+    out.min_rcond = float(np.min([rc for rc, _ in results]))
+    return out
+
+
 def _eliminate_class(xp, F, cls, k, kernel, hermitian, a_norm, V_padded, fronts, n_threads, assemble):
     """Assemble and eliminate one class by the native fused kernel or the portable one
     (explicit inverses), in row chunks on the engine's threads when it is large."""
@@ -314,12 +369,7 @@ def _eliminate_class(xp, F, cls, k, kernel, hermitian, a_norm, V_padded, fronts,
         Fr = F[rows, ...]
         out_rows = None
         if out is not None:
-            out_rows = EliminatedBlocks(
-                out.s_inv[rows, ...],
-                out.x[rows, ...],
-                None if out.r_s is None else out.r_s[rows, ...],
-                1.0,
-            )
+            out_rows = _row_view(out, rows)
         if kernel == "native":
             return native.factor_rows(Fr, out_rows, cls, rows, k, V_padded, fronts, hermitian, a_norm, where)
         assemble(Fr, rows, cls, n_parts=n_threads if whole else 1)

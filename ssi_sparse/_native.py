@@ -24,7 +24,7 @@ import numpy as np
 from ._kernels import EliminatedBlocks, check_rcond, exactly_singular
 
 __all__ = ["DenseFailure", "assemble_runs", "available", "dense_chunk", "dense_sweep", "describe", "factor_rows",
-           "fuses_assembly", "grid_reach", "grid_stencil_pass", "mirror_upper",
+           "factor_leaf_pairs", "fuses_assembly", "grid_reach", "grid_stencil_pass", "mirror_upper",
            "node_reduce", "reads", "scale_stencil", "stencil_matvec", "stencil_is_hermitian", "supports", "supports_dtype"]
 
 _SUFFIX = {
@@ -69,6 +69,9 @@ def _library():
         fn.argtypes, fn.restype = _ASSEMBLE_ARGTYPES, None
         fn = getattr(lib, f"ssi_mirror_upper_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _p], None
+        fn = getattr(lib, f"ssi_factor_leaf_pairs_{suffix}")
+        fn.argtypes = [_i64, _i64, _i64, ctypes.c_int32, _p, _p, _p, _p, _p, _p, _p, _p, ctypes.c_double, _p, _p, _p]
+        fn.restype = _i64
         fn = getattr(lib, f"ssi_dense_chunk_{suffix}")
         fn.argtypes, fn.restype = _DENSE_ARGTYPES, _i64
         fn = getattr(lib, f"ssi_dense_sweep_{suffix}")
@@ -177,6 +180,55 @@ def factor_rows(F, out: EliminatedBlocks, cls, rows: slice, level: int, V_padded
         raise exactly_singular(where)
     check_rcond(min_rcond.value, s, float(np.finfo(dtype).eps), where)
     return EliminatedBlocks(out.s_inv, out.x, out.r_s, min_rcond.value)
+
+
+class _LeafSource(ctypes.Structure):
+    # struct leaf_source in _csrc/frontal.c: the same fields in the same order
+    _fields_ = [("nodes", _p), ("n_nodes", _i64), ("tnode", _p), ("tslot", _p), ("f", _i64), ("s", _i64),
+                ("s_inv", _p), ("x", _p), ("r_s", _p), ("min_rcond", ctypes.c_double)]  # fmt: skip
+
+
+def factor_leaf_pairs(F, out: EliminatedBlocks, cls, rows: slice, leaf_classes, leaf_blocks, V_padded,
+                      hermitian: bool, a_norm: float, where: str, leaf_wheres):
+    """Boxes ``rows`` of the level-1 class ``cls`` with their two leaves, in one pass (see
+    ``ssi_factor_leaf_pairs``): each leaf is assembled and eliminated in cache, its blocks
+    written into ``leaf_blocks[link.cls]`` (whole-class arrays), the level-1 frontal into
+    ``F`` and ``out`` (row views).  Returns ``(blocks, leaf_rconds)``: this chunk's
+    :class:`EliminatedBlocks` and each child link's smallest leaf rcond.  Raises
+    :class:`SingularMatrixError` naming the box's or the leaf's level."""
+    P, f = F.shape[0], F.shape[1]
+    s = cls.n_elim
+    dtype = F.dtype
+    leaves, keep = (_LeafSource * 2)(), []
+    leaf_need = 0
+    for c, link in enumerate(cls.children):
+        lc, blk = leaf_classes[link.cls], leaf_blocks[link.cls]
+        first = link.rows.start + rows.start
+        nodes = np.ascontiguousarray(lc.closed_nodes[first : first + P], dtype=np.int64)
+        tnode, tslot = np.divmod(np.ascontiguousarray(lc.leaf_template, dtype=np.int64).reshape(-1), 9)
+        keep += [nodes, tnode, tslot]
+        fl, sl = lc.n_front, lc.n_elim
+        item = np.dtype(dtype).itemsize
+        leaves[c] = _LeafSource(
+            _ptr(nodes), nodes.shape[1], _ptr(tnode), _ptr(tslot), fl, sl,
+            _ptr(blk.s_inv, dtype) + first * sl * sl * item, _ptr(blk.x, dtype) + first * sl * (fl - sl) * item,
+            None if blk.r_s is None else _ptr(blk.r_s, dtype) + first * (fl - sl) * sl * item, 1.0,
+        )  # fmt: skip
+        leaf_need = max(leaf_need, sl * sl + sl * fl + sl)
+    flat = [np.ascontiguousarray(link.flat, dtype=np.int64) for link in cls.children]
+    work = np.empty(sum(leaf_classes[link.cls].n_front ** 2 for link in cls.children) + leaf_need
+                    + s * s + s * f + s, dtype=dtype)  # fmt: skip
+    piv = np.empty(max([s, 1] + [leaf_classes[link.cls].n_elim for link in cls.children]), dtype=np.int64)
+    min_rcond = ctypes.c_double(1.0)
+    fn = getattr(_library(), f"ssi_factor_leaf_pairs_{_SUFFIX[dtype]}")
+    status = fn(P, f, s, int(hermitian), _ptr(V_padded, dtype), leaves, _ptr(flat[0]), _ptr(flat[1]),
+                _ptr(F), _ptr(out.s_inv), _ptr(out.x), None if out.r_s is None else _ptr(out.r_s),
+                float(a_norm), ctypes.byref(min_rcond), _ptr(work), _ptr(piv))  # fmt: skip
+    if status:
+        part = int(status) % 4
+        raise exactly_singular(where if part == 0 else leaf_wheres[part - 1])
+    check_rcond(min_rcond.value, s, float(np.finfo(dtype).eps), where)
+    return EliminatedBlocks(out.s_inv, out.x, out.r_s, min_rcond.value), [leaves[0].min_rcond, leaves[1].min_rcond]
 
 
 class DenseFailure(Exception):

@@ -46,6 +46,17 @@ struct source {
     const int64_t *tnode, *tslot; /* leaf: template split into (closed node, stencil slot) */
 };
 
+/* One leaf child of a level-1 box (ssi_factor_leaf_pairs): its class's closed nodes and
+ * template, and where its eliminated blocks go, each at the first leaf of the chunk. */
+struct leaf_source {
+    const int64_t *nodes;
+    int64_t n_nodes;
+    const int64_t *tnode, *tslot;
+    int64_t f, s;
+    void *s_inv, *x, *r_s; /* r_s NULL for Hermitian frontals */
+    double min_rcond;      /* out: the smallest over this chunk's leaves (NaN wins) */
+};
+
 /* |x| and conj(x) for whichever scalar type the template is instantiated with */
 #define ABS(v) _Generic((v), float: fabsf, double: fabs, float _Complex: cabsf, double _Complex: cabs)(v)
 #define CONJ(v) _Generic((v), float _Complex: conjf, double _Complex: conj, default: real_identity)(v)

@@ -225,6 +225,73 @@ EXPORT int64_t FN(ssi_factor_chunk)(
     return 0;
 }
 
+/* Level-1 boxes [0, P) of one chunk whose two children are leaves: each leaf is assembled
+ * from V and eliminated in a scratch buffer (its blocks stored as ssi_factor_chunk stores
+ * them), then the level-1 frontal is gathered from the two scratch frontals by the flat maps
+ * and eliminated into F.  The leaves' frontals never go to memory.  work: f0^2 + f1^2 +
+ * max over the leaves of (s^2 + s f + s) + (s^2 + s f + s) of this class; piv: max s.
+ * Returns 0, or (1 + box) * 4 + part for the first exact zero pivot (part 0: the level-1
+ * box, 1 or 2: its first or second leaf).  *min_rcond: this class's, leaves[c].min_rcond:
+ * each leaf link's. */
+EXPORT int64_t FN(ssi_factor_leaf_pairs)(
+    int64_t P, int64_t f, int64_t s, int32_t hermitian, const void *V_, struct leaf_source *leaves,
+    const int64_t *idx_a, const int64_t *idx_b, void *F_, void *s_inv_, void *x_, void *r_s_,
+    double a_norm, double *min_rcond, void *work_, int64_t *piv)
+{
+    T *F = (T *)F_, *s_inv = (T *)s_inv_, *x = (T *)x_, *r_s = (T *)r_s_, *work = (T *)work_;
+    const int64_t r = f - s;
+    T *scratch[2] = {work, work + leaves[0].f * leaves[0].f};
+    T *leaf_work = scratch[1] + leaves[1].f * leaves[1].f;
+    int64_t leaf_need = 0;
+    for (int c = 0; c < 2; c++) {
+        const int64_t need = leaves[c].s * leaves[c].s + leaves[c].s * leaves[c].f + leaves[c].s;
+        leaf_need = need > leaf_need ? need : leaf_need;
+    }
+    T *own = leaf_work + leaf_need;
+    T *lu = own, *B = own + s * s, *lrow = B + s * f;
+    double worst[3] = {1.0, 1.0, 1.0};
+    int saw_nan[3] = {0, 0, 0};
+    for (int64_t p = 0; p < P; p++) {
+        for (int c = 0; c < 2; c++) {
+            const struct leaf_source *lf = &leaves[c];
+            const int64_t fl = lf->f, sl = lf->s, rl = fl - sl;
+            const struct source src = {MODE_LEAF, V_, 0, NULL, NULL, 0, NULL, lf->nodes, lf->n_nodes, lf->tnode,
+                                       lf->tslot};
+            FN(assemble)(&src, p, fl * fl, scratch[c]);
+            if (sl == 0)
+                continue;
+            R rc;
+            T *l_lu = leaf_work, *l_B = leaf_work + sl * sl, *l_lrow = l_B + sl * fl;
+            if (FN(eliminate)(scratch[c], fl, sl, hermitian, l_lu, l_B, l_lrow, piv, (T *)lf->s_inv + p * sl * sl,
+                              (T *)lf->x + p * sl * rl, hermitian ? NULL : (T *)lf->r_s + p * rl * sl,
+                              (R)a_norm, &rc))
+                return (p + 1) * 4 + 1 + c;
+            if (rc != rc)
+                saw_nan[1 + c] = 1;
+            else if ((double)rc < worst[1 + c])
+                worst[1 + c] = (double)rc;
+            scratch[c][0] = 0; /* S is spent: entry (0, 0) is the flat maps' zero slot */
+        }
+        T *Fp = F + p * f * f;
+        for (int64_t j = 0; j < f * f; j++)
+            Fp[j] = FN(flush)(scratch[0][idx_a[j]] + scratch[1][idx_b[j]]);
+        if (s == 0)
+            continue;
+        R rc;
+        if (FN(eliminate)(Fp, f, s, hermitian, lu, B, lrow, piv, s_inv + p * s * s, x + p * s * r,
+                          hermitian ? NULL : r_s + p * r * s, (R)a_norm, &rc))
+            return (p + 1) * 4;
+        if (rc != rc)
+            saw_nan[0] = 1;
+        else if ((double)rc < worst[0])
+            worst[0] = (double)rc;
+    }
+    *min_rcond = saw_nan[0] ? NAN : worst[0];
+    for (int c = 0; c < 2; c++)
+        leaves[c].min_rcond = saw_nan[1 + c] ? NAN : worst[1 + c];
+    return 0;
+}
+
 /* Assemble rows [row_lo, row_hi) of P large merge frontals (f x f) from the two children's
  * Schur blocks, one row at a time (zero it, add each child's runs), so every row of F is
  * written once while it is in cache.  rowmap_c[i]: the child-c boundary index feeding row i
