@@ -224,7 +224,7 @@ class DenseJob:
     other classes' jobs of the same level), then :meth:`finish` once.
 
     ``F`` (P, f, f) is eliminated in place; afterwards ``F[:, s:, s:]`` holds the Schur
-    complements.  ``source``: ``(cls, level, V_padded, fronts)`` when the native kernel
+    complements.  ``source``: ``(cls, level, V, fronts)`` when the native kernel
     assembles each box just before factoring it (:func:`._native.dense_chunk`), None when
     ``F`` is assembled already.
     """

@@ -207,7 +207,11 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
     ``a_norm`` (the matrix's infinity-norm) is the scale singular blocks are measured against.
     ``timings``: a list that receives one :class:`ClassTiming` per class (benchmarks).
     """
-    V_padded = xp.concat([V, xp.zeros((1, 9), dtype=V.dtype)], axis=0)
+    if native.supports_dtype(xp, V.dtype):
+        V = np.ascontiguousarray(V)  # the native kernels read V itself (no zero row: see _source)
+        V_padded = None
+    else:  # the gathers' zero slot: a zero row after the last node
+        V_padded = xp.concat([V, xp.zeros((1, 9), dtype=V.dtype)], axis=0)
     fused = _leaves_fused_into_level_1(xp, V.dtype, plan)
     workspace = _Workspace(xp, V.dtype, plan, skip=(0,) if fused else ())
     to_xp = plan.device(xp)
@@ -246,10 +250,10 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
             if kernel != "dense":
                 t0 = time.perf_counter()
                 if leaf_rconds is not None:
-                    level_blocks[ci] = _eliminate_with_leaves(F, cls, hermitian, a_norm, V_padded,
+                    level_blocks[ci] = _eliminate_with_leaves(F, cls, hermitian, a_norm, V,
                                                               plan.levels[0].classes, leaves, leaf_rconds)  # fmt: skip
                 else:
-                    level_blocks[ci] = _eliminate_class(xp, F, cls, k, kernel, hermitian, a_norm, V_padded, fronts,
+                    level_blocks[ci] = _eliminate_class(xp, F, cls, k, kernel, hermitian, a_norm, V, fronts,
                                                         n_threads, assemble)  # fmt: skip
                 seconds[ci] = time.perf_counter() - t0
         if leaf_rconds is not None:
@@ -260,13 +264,13 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
         if dense:
             t0 = time.perf_counter()
             try:
-                jobs = _dense_jobs(xp, level, level_fronts, dense, k, cholesky, a_norm, V_padded, fronts,
+                jobs = _dense_jobs(xp, level, level_fronts, dense, k, cholesky, a_norm, V, fronts,
                                    n_threads, assemble)  # fmt: skip
                 _run_dense_jobs(jobs, n_threads)
             except NotPositiveDefinite:
                 # Hermitian but indefinite: LU for this level and all later (the children are intact)
                 cholesky = False
-                jobs = _dense_jobs(xp, level, level_fronts, dense, k, cholesky, a_norm, V_padded, fronts,
+                jobs = _dense_jobs(xp, level, level_fronts, dense, k, cholesky, a_norm, V, fronts,
                                    n_threads, assemble)  # fmt: skip
                 _run_dense_jobs(jobs, n_threads)
             wall = time.perf_counter() - t0
@@ -291,7 +295,7 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
     return NumericFactor(plan, blocks, hermitian, V.dtype, kernels, schur)
 
 
-def _dense_jobs(xp, level, level_fronts, dense, k, cholesky, a_norm, V_padded, fronts, n_threads, assemble):
+def _dense_jobs(xp, level, level_fronts, dense, k, cholesky, a_norm, V, fronts, n_threads, assemble):
     """One :class:`DenseJob` per dense class of a level.  Small frontals: the native kernel
     gathers each box just before factoring it (in cache); larger ones are assembled here
     first, spread over the engine's threads."""
@@ -299,7 +303,7 @@ def _dense_jobs(xp, level, level_fronts, dense, k, cholesky, a_norm, V_padded, f
     for ci in dense:
         cls, F = level.classes[ci], level_fronts[ci]
         where = _where(k, cls)
-        source = (cls, k, V_padded, fronts) if native.supports(xp, F.dtype, cls, k) else None
+        source = (cls, k, V, fronts) if native.supports(xp, F.dtype, cls, k) else None
         if source is None:
             assemble(F, slice(0, cls.n_boxes), cls, n_parts=n_threads)
             if not native.supports_dtype(xp, F.dtype):
@@ -334,7 +338,7 @@ def _row_view(out: EliminatedBlocks, rows) -> EliminatedBlocks:
                             None if out.r_s is None else out.r_s[rows, ...], 1.0)  # fmt: skip
 
 
-def _eliminate_with_leaves(F, cls, hermitian, a_norm, V_padded, leaf_classes, leaves, leaf_rconds):
+def _eliminate_with_leaves(F, cls, hermitian, a_norm, V, leaf_classes, leaves, leaf_rconds):
     """A level-1 class with its two leaves per box, in row chunks on the engine's threads:
     the leaves' blocks land in ``leaves``, their smallest rconds in ``leaf_rconds``."""
     where = _where(1, cls)
@@ -343,7 +347,7 @@ def _eliminate_with_leaves(F, cls, hermitian, a_norm, V_padded, leaf_classes, le
 
     def work(rows):
         blk, rcs = native.factor_leaf_pairs(F[rows, ...], _row_view(out, rows), cls, rows, leaf_classes, leaves,
-                                            V_padded, hermitian, a_norm, where, leaf_wheres)  # fmt: skip
+                                            V, hermitian, a_norm, where, leaf_wheres)  # fmt: skip
         return blk.min_rcond, rcs
 
     chunks = _row_chunks(cls.n_boxes, cls.n_front)
@@ -355,7 +359,7 @@ def _eliminate_with_leaves(F, cls, hermitian, a_norm, V_padded, leaf_classes, le
     return out
 
 
-def _eliminate_class(xp, F, cls, k, kernel, hermitian, a_norm, V_padded, fronts, n_threads, assemble):
+def _eliminate_class(xp, F, cls, k, kernel, hermitian, a_norm, V, fronts, n_threads, assemble):
     """Assemble and eliminate one class by the native fused kernel or the portable one
     (explicit inverses), in row chunks on the engine's threads when it is large."""
     where = _where(k, cls)
@@ -371,7 +375,7 @@ def _eliminate_class(xp, F, cls, k, kernel, hermitian, a_norm, V_padded, fronts,
         if out is not None:
             out_rows = _row_view(out, rows)
         if kernel == "native":
-            return native.factor_rows(Fr, out_rows, cls, rows, k, V_padded, fronts, hermitian, a_norm, where)
+            return native.factor_rows(Fr, out_rows, cls, rows, k, V, fronts, hermitian, a_norm, where)
         assemble(Fr, rows, cls, n_parts=n_threads if whole else 1)
         return eliminate(xp, Fr, cls.n_elim, hermitian, a_norm, where, out_rows)
 

@@ -70,7 +70,8 @@ def _library():
         fn = getattr(lib, f"ssi_mirror_upper_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _p], None
         fn = getattr(lib, f"ssi_factor_leaf_pairs_{suffix}")
-        fn.argtypes = [_i64, _i64, _i64, ctypes.c_int32, _p, _p, _p, _p, _p, _p, _p, _p, ctypes.c_double, _p, _p, _p]
+        fn.argtypes = [_i64, _i64, _i64, ctypes.c_int32, _p, _i64, _p, _p, _p, _p, _p, _p, _p, ctypes.c_double,
+                       _p, _p, _p]  # fmt: skip
         fn.restype = _i64
         fn = getattr(lib, f"ssi_dense_chunk_{suffix}")
         fn.argtypes, fn.restype = _DENSE_ARGTYPES, _i64
@@ -133,7 +134,7 @@ def fuses_assembly(cls, level: int) -> bool:
     return level == 0 or (len(cls.children) == 2 and cls.children[0].flat is not None)
 
 
-def _source(dtype, cls, rows: slice, level: int, V_padded, fronts):
+def _source(dtype, cls, rows: slice, level: int, V, fronts):
     """``(arguments, keep)``: what the C kernels read to assemble boxes ``rows`` of ``cls``
     (``cls`` None: the frontals are assembled already), and the arrays that memory belongs
     to (alive until the call returns)."""
@@ -144,7 +145,7 @@ def _source(dtype, cls, rows: slice, level: int, V_padded, fronts):
         nodes = np.ascontiguousarray(cls.closed_nodes[rows], dtype=np.int64)
         template = np.ascontiguousarray(cls.leaf_template, dtype=np.int64).reshape(-1)
         tnode, tslot = np.divmod(template, 9)
-        src = (_MODE_LEAF, _ptr(V_padded, dtype), 0, null, null, 0, null,
+        src = (_MODE_LEAF, _ptr(V, dtype), V.shape[0], null, null, 0, null,
                _ptr(nodes), nodes.shape[1], _ptr(tnode), _ptr(tslot))  # fmt: skip
         return src, [nodes, tnode, tslot]
     args, keep = [], []
@@ -157,19 +158,18 @@ def _source(dtype, cls, rows: slice, level: int, V_padded, fronts):
     return (_MODE_MERGE, *args, null, 0, null, null), keep
 
 
-def factor_rows(F, out: EliminatedBlocks, cls, rows: slice, level: int, V_padded, fronts,
+def factor_rows(F, out: EliminatedBlocks, cls, rows: slice, level: int, V, fronts,
                 hermitian: bool, a_norm: float, where: str) -> EliminatedBlocks:
     """Assemble and eliminate the boxes ``rows`` of ``cls`` into ``F`` and ``out`` (row views).
 
-    ``V_padded``: the stencil with its zero row (leaves); ``fronts``: the level below's
-    frontals (merges).  Raises :class:`SingularMatrixError` as :func:`._kernels.eliminate`.
+    ``V``: the stencil array (n, 9) (leaves); ``fronts``: the level below's frontals (merges).  Raises :class:`SingularMatrixError` as :func:`._kernels.eliminate`.
     """
     P, f = F.shape[0], F.shape[1]
     s = cls.n_elim
     dtype = F.dtype
     fn = getattr(_library(), f"ssi_factor_chunk_{_SUFFIX[dtype]}")
     null = None
-    src, keep = _source(dtype, cls, rows, level, V_padded, fronts)  # noqa: F841 (keep: alive)
+    src, keep = _source(dtype, cls, rows, level, V, fronts)  # noqa: F841 (keep: alive)
     work = np.empty(s * s + s * f + s, dtype=dtype)
     piv = np.empty(max(s, 1), dtype=np.int64)
     min_rcond = ctypes.c_double(1.0)
@@ -188,7 +188,7 @@ class _LeafSource(ctypes.Structure):
                 ("s_inv", _p), ("x", _p), ("r_s", _p), ("min_rcond", ctypes.c_double)]  # fmt: skip
 
 
-def factor_leaf_pairs(F, out: EliminatedBlocks, cls, rows: slice, leaf_classes, leaf_blocks, V_padded,
+def factor_leaf_pairs(F, out: EliminatedBlocks, cls, rows: slice, leaf_classes, leaf_blocks, V,
                       hermitian: bool, a_norm: float, where: str, leaf_wheres):
     """Boxes ``rows`` of the level-1 class ``cls`` with their two leaves, in one pass (see
     ``ssi_factor_leaf_pairs``): each leaf is assembled and eliminated in cache, its blocks
@@ -221,7 +221,7 @@ def factor_leaf_pairs(F, out: EliminatedBlocks, cls, rows: slice, leaf_classes, 
     piv = np.empty(max([s, 1] + [leaf_classes[link.cls].n_elim for link in cls.children]), dtype=np.int64)
     min_rcond = ctypes.c_double(1.0)
     fn = getattr(_library(), f"ssi_factor_leaf_pairs_{_SUFFIX[dtype]}")
-    status = fn(P, f, s, int(hermitian), _ptr(V_padded, dtype), leaves, _ptr(flat[0]), _ptr(flat[1]),
+    status = fn(P, f, s, int(hermitian), _ptr(V, dtype), V.shape[0], leaves, _ptr(flat[0]), _ptr(flat[1]),
                 _ptr(F), _ptr(out.s_inv), _ptr(out.x), None if out.r_s is None else _ptr(out.r_s),
                 float(a_norm), ctypes.byref(min_rcond), _ptr(work), _ptr(piv))  # fmt: skip
     if status:
@@ -244,13 +244,13 @@ def dense_chunk(F, p0: int, p1: int, s: int, cholesky: bool, a_norm: float, fact
                 table, source=(None, None, None, None)) -> None:
     """Factor boxes ``[p0, p1)`` of ``F`` (P, f, f) in place with the dense kernel's
     arithmetic (:mod:`._dense`), the loop in C; the outputs are the class's arrays (all P
-    boxes).  ``source``: ``(cls, level, V_padded, fronts)`` to assemble each box first
+    boxes).  ``source``: ``(cls, level, V, fronts)`` to assemble each box first
     (``fronts`` None: assembled already).  ``table``: :attr:`._lapack.Lapack.table`.
     Raises :class:`DenseFailure`."""
     dtype = F.dtype
     f = F.shape[1]
-    cls, level, V_padded, fronts = source
-    src, keep = _source(dtype, cls, slice(p0, p1), level, V_padded, fronts)  # noqa: F841
+    cls, level, V, fronts = source
+    src, keep = _source(dtype, cls, slice(p0, p1), level, V, fronts)  # noqa: F841
     real = _real(dtype)
     work = np.empty(4 * max(s, 1), dtype=dtype)
     iwork = np.empty(2 * max(s, 1), dtype=real if dtype.kind == "c" else np.float64)

@@ -35,8 +35,8 @@ struct blas_table {
 
 struct source {
     int32_t mode;
-    const void *a;        /* leaf: V (n+1, 9); merge: first child's frontals at this chunk */
-    int64_t stride_a;     /* merge: entries per child frontal */
+    const void *a;        /* leaf: V (n, 9); merge: first child's frontals at this chunk */
+    int64_t stride_a;     /* leaf: n (a closed node >= n reads zero); merge: entries per child frontal */
     const int64_t *idx_a; /* merge: flat gather into the first child's frontal */
     const void *b;
     int64_t stride_b;

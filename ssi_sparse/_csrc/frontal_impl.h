@@ -20,11 +20,13 @@ static inline T FN(flush)(T v)
 static inline void FN(assemble)(const struct source *src, int64_t p, int64_t ff, T *restrict F)
 {
     if (src->mode == MODE_LEAF) {
-        /* leaf: F[j] = V[nodes[p, tnode[j]], tslot[j]] */
+        /* leaf: F[j] = V[nodes[p, tnode[j]], tslot[j]], zero past the grid's last node */
         const T *V = (const T *)src->a;
-        const int64_t *nodes = src->nodes + p * src->n_nodes;
-        for (int64_t j = 0; j < ff; j++)
-            F[j] = V[nodes[src->tnode[j]] * 9 + src->tslot[j]];
+        const int64_t *nodes = src->nodes + p * src->n_nodes, n = src->stride_a;
+        for (int64_t j = 0; j < ff; j++) {
+            const int64_t q = nodes[src->tnode[j]];
+            F[j] = q < n ? V[q * 9 + src->tslot[j]] : (T)0;
+        }
     } else {
         /* merge: sum of the two children's flat gathers (index 0 is each child's zero slot) */
         const T *c1 = (const T *)src->a + p * src->stride_a;
@@ -228,13 +230,14 @@ EXPORT int64_t FN(ssi_factor_chunk)(
 /* Level-1 boxes [0, P) of one chunk whose two children are leaves: each leaf is assembled
  * from V and eliminated in a scratch buffer (its blocks stored as ssi_factor_chunk stores
  * them), then the level-1 frontal is gathered from the two scratch frontals by the flat maps
- * and eliminated into F.  The leaves' frontals never go to memory.  work: f0^2 + f1^2 +
+ * and eliminated into F.  The leaves' frontals never go to memory.  V: (n_rows, 9).  work: f0^2 + f1^2 +
  * max over the leaves of (s^2 + s f + s) + (s^2 + s f + s) of this class; piv: max s.
  * Returns 0, or (1 + box) * 4 + part for the first exact zero pivot (part 0: the level-1
  * box, 1 or 2: its first or second leaf).  *min_rcond: this class's, leaves[c].min_rcond:
  * each leaf link's. */
 EXPORT int64_t FN(ssi_factor_leaf_pairs)(
-    int64_t P, int64_t f, int64_t s, int32_t hermitian, const void *V_, struct leaf_source *leaves,
+    int64_t P, int64_t f, int64_t s, int32_t hermitian, const void *V_, int64_t n_rows,
+    struct leaf_source *leaves,
     const int64_t *idx_a, const int64_t *idx_b, void *F_, void *s_inv_, void *x_, void *r_s_,
     double a_norm, double *min_rcond, void *work_, int64_t *piv)
 {
@@ -255,7 +258,7 @@ EXPORT int64_t FN(ssi_factor_leaf_pairs)(
         for (int c = 0; c < 2; c++) {
             const struct leaf_source *lf = &leaves[c];
             const int64_t fl = lf->f, sl = lf->s, rl = fl - sl;
-            const struct source src = {MODE_LEAF, V_, 0, NULL, NULL, 0, NULL, lf->nodes, lf->n_nodes, lf->tnode,
+            const struct source src = {MODE_LEAF, V_, n_rows, NULL, NULL, 0, NULL, lf->nodes, lf->n_nodes, lf->tnode,
                                        lf->tslot};
             FN(assemble)(&src, p, fl * fl, scratch[c]);
             if (sl == 0)
