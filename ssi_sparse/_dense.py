@@ -224,7 +224,7 @@ class DenseJob:
     other classes' jobs of the same level), then :meth:`finish` once.
 
     ``F`` (P, f, f) is eliminated in place; afterwards ``F[:, s:, s:]`` holds the Schur
-    complements.  ``source``: ``(cls, level, V, fronts)`` when the native kernel
+    complements.  ``source``: ``(cls, level, V, fronts, child_classes)`` when the native kernel
     assembles each box just before factoring it (:func:`._native.dense_chunk`), None when
     ``F`` is assembled already.
     """
@@ -281,7 +281,7 @@ class DenseJob:
         try:
             native.dense_chunk(self.F, *bounds, self.s, self.cholesky, self.a_norm, self.factor, self.x, self.w,
                                self.perm, self.rconds, lapack_for(self.F.dtype).table,
-                               self.source or (None, None, None, None))  # fmt: skip
+                               self.source or (None, None, None, None, None))  # fmt: skip
         except native.DenseFailure as failure:
             if failure.not_pd:
                 raise NotPositiveDefinite(self.where) from None

@@ -264,13 +264,13 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
         if dense:
             t0 = time.perf_counter()
             try:
-                jobs = _dense_jobs(xp, level, level_fronts, dense, k, cholesky, a_norm, V, fronts,
+                jobs = _dense_jobs(xp, plan.levels, level_fronts, dense, k, cholesky, a_norm, V, fronts,
                                    n_threads, assemble)  # fmt: skip
                 _run_dense_jobs(jobs, n_threads)
             except NotPositiveDefinite:
                 # Hermitian but indefinite: LU for this level and all later (the children are intact)
                 cholesky = False
-                jobs = _dense_jobs(xp, level, level_fronts, dense, k, cholesky, a_norm, V, fronts,
+                jobs = _dense_jobs(xp, plan.levels, level_fronts, dense, k, cholesky, a_norm, V, fronts,
                                    n_threads, assemble)  # fmt: skip
                 _run_dense_jobs(jobs, n_threads)
             wall = time.perf_counter() - t0
@@ -295,15 +295,18 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
     return NumericFactor(plan, blocks, hermitian, V.dtype, kernels, schur)
 
 
-def _dense_jobs(xp, level, level_fronts, dense, k, cholesky, a_norm, V, fronts, n_threads, assemble):
-    """One :class:`DenseJob` per dense class of a level.  Small frontals: the native kernel
-    gathers each box just before factoring it (in cache); larger ones are assembled here
-    first, spread over the engine's threads."""
+def _dense_jobs(xp, plan_levels, level_fronts, dense, k, cholesky, a_norm, V, fronts, n_threads, assemble):
+    """One :class:`DenseJob` per dense class of level ``k``.  With the native kernel, each box
+    is gathered just before it is factored, on the thread that factors it (in cache, and
+    beside the other threads' arithmetic); otherwise the frontals are assembled here first."""
+    level = plan_levels[k]
     jobs = []
+    child_classes = plan_levels[k - 1].classes if k else None
     for ci in dense:
         cls, F = level.classes[ci], level_fronts[ci]
         where = _where(k, cls)
-        source = (cls, k, V, fronts) if native.supports(xp, F.dtype, cls, k) else None
+        fusable = native.supports_dtype(xp, F.dtype) and (k == 0 or len(cls.children) == 2)
+        source = (cls, k, V, fronts, child_classes) if fusable else None
         if source is None:
             assemble(F, slice(0, cls.n_boxes), cls, n_parts=n_threads)
             if not native.supports_dtype(xp, F.dtype):

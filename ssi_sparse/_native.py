@@ -34,7 +34,7 @@ _SUFFIX = {
     np.dtype(np.complex64): "c64",
 }
 _INDEX = {np.dtype(np.int32): "i32", np.dtype(np.int64): "i64"}
-_MODE_LEAF, _MODE_MERGE, _MODE_NONE = 0, 1, 2
+_MODE_LEAF, _MODE_MERGE, _MODE_NONE, _MODE_RUNS = 0, 1, 2, 3
 _BOX_NOT_PD, _BOX_SINGULAR = 1, 2
 SWEEPS = {("up", "N"): 0, ("up", "T"): 1, ("down", "N"): 2, ("down", "T"): 3}
 _p = ctypes.c_void_p
@@ -48,7 +48,7 @@ _FACTOR_ARGTYPES = [_i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32,
                     _p, _p, _p, _p, ctypes.c_double, _p, _p, _p]  # fmt: skip
 _DENSE_ARGTYPES = [_i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32,
                    _p, _i64, _p, _p, _i64, _p,
-                   _p, _i64, _p, _p,
+                   _p, _i64, _p, _p, _p,
                    _p, _p, _p, _p, _p, _p, ctypes.c_double,
                    _p, _p, _p, _p]  # fmt: skip
 
@@ -134,19 +134,29 @@ def fuses_assembly(cls, level: int) -> bool:
     return level == 0 or (len(cls.children) == 2 and cls.children[0].flat is not None)
 
 
-def _source(dtype, cls, rows: slice, level: int, V, fronts):
+def _source(dtype, cls, rows: slice, level: int, V, fronts, child_classes=None):
     """``(arguments, keep)``: what the C kernels read to assemble boxes ``rows`` of ``cls``
     (``cls`` None: the frontals are assembled already), and the arrays that memory belongs
-    to (alive until the call returns)."""
+    to (alive until the call returns).  Merges without flat maps are assembled by runs: the
+    last argument (``struct runs_source``, dense kernel only; ``child_classes`` needed)."""
     null = None
     if cls is None:
-        return (_MODE_NONE, null, 0, null, null, 0, null, null, 0, null, null), []
+        return (_MODE_NONE, null, 0, null, null, 0, null, null, 0, null, null, null), []
+    if level and cls.children[0].flat is None:
+        per_child = _children_by_runs(cls, fronts, child_classes, cls.n_front)
+        runs = _RunsSource()
+        for c, (child, start, s, rowmap, link_runs) in enumerate(per_child):
+            runs.c[c] = _ptr(child, dtype) + (start + rows.start) * child.strides[0]
+            runs.f[c], runs.s[c] = child.shape[1], s
+            runs.rowmap[c], runs.runs[c], runs.n_runs[c] = _ptr(rowmap), _ptr(link_runs), link_runs.shape[0]
+        keep = [a for *_, rowmap, link_runs in per_child for a in (rowmap, link_runs)] + [runs]
+        return (_MODE_RUNS, null, 0, null, null, 0, null, null, 0, null, null, ctypes.pointer(runs)), keep
     if level == 0:
         nodes = np.ascontiguousarray(cls.closed_nodes[rows], dtype=np.int64)
         template = np.ascontiguousarray(cls.leaf_template, dtype=np.int64).reshape(-1)
         tnode, tslot = np.divmod(template, 9)
         src = (_MODE_LEAF, _ptr(V, dtype), V.shape[0], null, null, 0, null,
-               _ptr(nodes), nodes.shape[1], _ptr(tnode), _ptr(tslot))  # fmt: skip
+               _ptr(nodes), nodes.shape[1], _ptr(tnode), _ptr(tslot), null)  # fmt: skip
         return src, [nodes, tnode, tslot]
     args, keep = [], []
     for link in cls.children:
@@ -155,7 +165,7 @@ def _source(dtype, cls, rows: slice, level: int, V, fronts):
         flat = np.ascontiguousarray(link.flat, dtype=np.int64)
         keep.append(flat)
         args += [_ptr(child, dtype) + start * child.strides[0], child.shape[1] * child.shape[2], _ptr(flat)]
-    return (_MODE_MERGE, *args, null, 0, null, null), keep
+    return (_MODE_MERGE, *args, null, 0, null, null, null), keep
 
 
 def factor_rows(F, out: EliminatedBlocks, cls, rows: slice, level: int, V, fronts,
@@ -170,6 +180,7 @@ def factor_rows(F, out: EliminatedBlocks, cls, rows: slice, level: int, V, front
     fn = getattr(_library(), f"ssi_factor_chunk_{_SUFFIX[dtype]}")
     null = None
     src, keep = _source(dtype, cls, rows, level, V, fronts)  # noqa: F841 (keep: alive)
+    src = src[:-1]  # the inline kernel takes flat maps only
     work = np.empty(s * s + s * f + s, dtype=dtype)
     piv = np.empty(max(s, 1), dtype=np.int64)
     min_rcond = ctypes.c_double(1.0)
@@ -241,16 +252,16 @@ class DenseFailure(Exception):
 
 
 def dense_chunk(F, p0: int, p1: int, s: int, cholesky: bool, a_norm: float, factor, x, w, perm, rconds,
-                table, source=(None, None, None, None)) -> None:
+                table, source=(None, None, None, None, None)) -> None:
     """Factor boxes ``[p0, p1)`` of ``F`` (P, f, f) in place with the dense kernel's
     arithmetic (:mod:`._dense`), the loop in C; the outputs are the class's arrays (all P
-    boxes).  ``source``: ``(cls, level, V, fronts)`` to assemble each box first
-    (``fronts`` None: assembled already).  ``table``: :attr:`._lapack.Lapack.table`.
+    boxes).  ``source``: ``(cls, level, V, fronts, child_classes)`` to assemble each box
+    first (``cls`` None: assembled already).  ``table``: :attr:`._lapack.Lapack.table`.
     Raises :class:`DenseFailure`."""
     dtype = F.dtype
     f = F.shape[1]
-    cls, level, V, fronts = source
-    src, keep = _source(dtype, cls, slice(p0, p1), level, V, fronts)  # noqa: F841
+    cls, level, V, fronts, child_classes = source
+    src, keep = _source(dtype, cls, slice(p0, p1), level, V, fronts, child_classes)  # noqa: F841
     real = _real(dtype)
     work = np.empty(4 * max(s, 1), dtype=dtype)
     iwork = np.empty(2 * max(s, 1), dtype=real if dtype.kind == "c" else np.float64)
@@ -289,6 +300,25 @@ def mirror_upper(D) -> bool:
     return True
 
 
+class _RunsSource(ctypes.Structure):
+    # struct runs_source in _csrc/frontal.c: the same fields in the same order
+    _fields_ = [("c", _p * 2), ("f", _i64 * 2), ("s", _i64 * 2), ("rowmap", _p * 2), ("runs", _p * 2),
+                ("n_runs", _i64 * 2)]  # fmt: skip
+
+
+def _children_by_runs(cls, fronts, child_classes, f):
+    """Per child link: ``(child frontals, first child row, child's n_elim, rowmap, runs)`` for
+    ``ssi_assemble_runs`` (``rowmap[i]``: the child boundary index feeding row ``i``, or -1)."""
+    per_child = []
+    for link in cls.children:
+        rowmap = np.full(f, -1, dtype=np.int64)
+        runs = np.ascontiguousarray(link.runs, dtype=np.int64)
+        for dst, src, length in runs.tolist():
+            rowmap[dst : dst + length] = np.arange(src, src + length)
+        per_child.append((fronts[link.cls], link.rows.start, child_classes[link.cls].n_elim, rowmap, runs))
+    return per_child
+
+
 def assemble_runs(F, cls, fronts, child_classes, rows: slice, parallel_map=map, n_parts=1) -> None:
     """Assemble the large merge frontals ``F`` (boxes ``rows`` of ``cls``) from the children's
     Schur blocks by the plan's runs, each row of ``F`` written once.
@@ -299,20 +329,13 @@ def assemble_runs(F, cls, fronts, child_classes, rows: slice, parallel_map=map, 
     """
     P, f = F.shape[0], F.shape[1]
     fn = getattr(_library(), f"ssi_assemble_runs_{_SUFFIX[F.dtype]}")
-    per_child = []
-    for link in cls.children:
-        child = fronts[link.cls]
-        rowmap = np.full(f, -1, dtype=np.int64)
-        runs = np.ascontiguousarray(link.runs, dtype=np.int64)
-        for dst, src, length in runs.tolist():
-            rowmap[dst : dst + length] = np.arange(src, src + length)
-        per_child.append((child, link.rows.start + rows.start, child_classes[link.cls].n_elim, rowmap, runs))
+    per_child = _children_by_runs(cls, fronts, child_classes, f)
 
     def part(bounds):
         (p0, p1), (i0, i1) = bounds
         args = []
         for child, start, s, rowmap, runs in per_child:
-            ptr = _ptr(child, F.dtype) + (start + p0) * child.strides[0]
+            ptr = _ptr(child, F.dtype) + (start + rows.start + p0) * child.strides[0]
             args += [ptr, child.shape[1], s, _ptr(rowmap), _ptr(runs), runs.shape[0]]
         fn(p1 - p0, f, i0, i1, _ptr(F) + p0 * F.strides[0], *args)
 

@@ -24,7 +24,7 @@
 #define EXPORT __attribute__((visibility("default")))
 #endif
 
-enum { MODE_LEAF = 0, MODE_MERGE = 1, MODE_NONE = 2 };
+enum { MODE_LEAF = 0, MODE_MERGE = 1, MODE_NONE = 2, MODE_RUNS = 3 };
 enum { BOX_NOT_PD = 1, BOX_SINGULAR = 2 };
 enum { SWEEP_UP_N = 0, SWEEP_UP_T = 1, SWEEP_DOWN_N = 2, SWEEP_DOWN_T = 3 };
 
@@ -44,6 +44,15 @@ struct source {
     const int64_t *nodes; /* leaf: closed nodes of every box (P, n_nodes) */
     int64_t n_nodes;
     const int64_t *tnode, *tslot; /* leaf: template split into (closed node, stencil slot) */
+};
+
+/* The two children of a merge class assembled by runs (MODE_RUNS, frontals too wide for flat
+ * maps; see ssi_assemble_runs), each child's frontals at the chunk's first box. */
+struct runs_source {
+    const void *c[2];
+    int64_t f[2], s[2];
+    const int64_t *rowmap[2], *runs[2];
+    int64_t n_runs[2];
 };
 
 /* One leaf child of a level-1 box (ssi_factor_leaf_pairs): its class's closed nodes and
