@@ -688,6 +688,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="BLAS/OpenMP threads for every solver and the matmul reference (sets "
                          "OMP/OPENBLAS/MKL_NUM_THREADS and restarts the script)")
+    ap.add_argument("--warm-memory-gib", type=float, default=0.0,
+                    help="first touch (and free) this much memory in a throwaway process: on a "
+                         "fresh VM the first touch of guest memory costs ~1-2 s/GiB (host page "
+                         "faults), which otherwise lands on whichever solver runs first")
     ap.add_argument("--_child", type=str, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child is not None:
@@ -725,6 +729,12 @@ def main(argv=None) -> int:
     mm = {} if args.no_matmul else matmul_gflops()
     mm_peak = max(mm.values()) if mm else None
 
+    if args.warm_memory_gib > 0:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import numpy as np; a = np.ones(int(%d)); del a"
+                        % int(args.warm_memory_gib * 2**30 / 8)], check=True)  # fmt: skip
+        print(f"  warmed {args.warm_memory_gib:g} GiB of memory first (touched and freed in "
+              f"{time.perf_counter() - t:.2f} s): first calls below see warm memory")
     avail = {s: _available(s) for s in BASELINES}
     for s, (ok, why) in avail.items():
         if not ok:

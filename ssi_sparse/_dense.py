@@ -359,11 +359,16 @@ def run_jobs(jobs, pool=None, n_threads: int = 1) -> None:
         futures = [pool.submit(job.run, bounds) for _, job, bounds in tasks]
         wait(futures)
     errors = [f.exception() for f in futures if f.exception() is not None]
-    for e in errors:
-        if isinstance(e, NotPositiveDefinite):
-            raise e
-    if errors:
-        raise errors[0]
+    first = next((e for e in errors if isinstance(e, NotPositiveDefinite)), errors[0] if errors else None)
+    # drop every reference from this frame first: the raised exception's traceback holds the
+    # frame, and a frame -> future -> exception cycle would keep the level's arrays (the
+    # whole factorization in flight) alive until the cyclic collector ran
+    del futures, errors, tasks
+    if first is not None:
+        try:
+            raise first
+        finally:
+            first = None
 
 
 def factor_class(F, s: int, cholesky: bool, a_norm: float, where: str, pool=None, n_threads: int = 1,

@@ -199,6 +199,9 @@ class _LeafSource(ctypes.Structure):
                 ("s_inv", _p), ("x", _p), ("r_s", _p), ("min_rcond", ctypes.c_double)]  # fmt: skip
 
 
+_LeafPair = _LeafSource * 2  # one array type (ctypes builds a new, self-referencing one per product)
+
+
 def factor_leaf_pairs(F, out: EliminatedBlocks, cls, rows: slice, leaf_classes, leaf_blocks, V,
                       hermitian: bool, a_norm: float, where: str, leaf_wheres):
     """Boxes ``rows`` of the level-1 class ``cls`` with their two leaves, in one pass (see
@@ -210,7 +213,7 @@ def factor_leaf_pairs(F, out: EliminatedBlocks, cls, rows: slice, leaf_classes, 
     P, f = F.shape[0], F.shape[1]
     s = cls.n_elim
     dtype = F.dtype
-    leaves, keep = (_LeafSource * 2)(), []
+    leaves, keep = _LeafPair(), []
     leaf_need = 0
     for c, link in enumerate(cls.children):
         lc, blk = leaf_classes[link.cls], leaf_blocks[link.cls]

@@ -216,6 +216,30 @@ def test_indefinite_level_side_by_side_refactors_by_lu(monkeypatch):
     np.testing.assert_allclose(x, spla.spsolve(A.tocsc(), b), rtol=1e-9, atol=1e-9 * np.abs(x).max())
 
 
+@pytest.mark.parametrize("case", ["indefinite, dense everywhere", "spd, default kernels"])
+def test_factorization_leaves_no_reference_cycles(monkeypatch, case):
+    # e.g. the failed Cholesky attempt's exception must not keep the level's arrays alive in
+    # a frame -> future -> exception cycle (measured: 4 GB instead of 1.6 GB peak at 1025^2)
+    import gc
+
+    monkeypatch.setenv("SSI_SPARSE_NUM_THREADS", "2")
+    if case.startswith("indefinite"):
+        _dense_from(monkeypatch, 1)
+        A = _helmholtz(23, 29, np.float64)
+    else:
+        A = stencil_matrix(70, 90, np.random.default_rng(0), "spd", np.dtype(np.float64))
+    ssi_sparse.factorize(A)  # warm: imports, plan cache
+    gc.collect()
+    gc.disable()
+    try:
+        lu = ssi_sparse.factorize(A)
+        assert ("lu" in _kinds(lu)) == case.startswith("indefinite")
+        del lu
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize("native_on", ["1", "0"])
 def test_tiny_schur_entries_flushed_without_losing_accuracy(monkeypatch, native_on):
     # strong upwind convection: Schur complements decay towards the subnormal range, which
