@@ -1,12 +1,15 @@
-"""Native CPU kernels (C, via ctypes): the small frontals, and assembly of the large ones.
+"""Native CPU kernels (C, via ctypes): the narrow frontals inline, the dense kernel's box loop.
 
-The bottom levels of the box tree hold tens of thousands of frontals up to 256 wide.  The
+The bottom levels of the box tree hold tens of thousands of frontals a few dozen wide.  The
 portable path (:mod:`._engine` with :func:`._kernels.eliminate`) spends most of its time there
 in per-matrix LAPACK calls and index gathers; ``_csrc/frontal.c`` gathers and eliminates each
 box while it is in cache, with the same arithmetic (LU with partial pivoting, explicit
 ``S^-1``, ``X = S^-1 S_R``, Schur complement) and the same singularity checks
-(:func:`factor_rows`).  Larger frontals are eliminated by NumPy's stacked LAPACK/BLAS; the C
-code only assembles them, writing each row once (:func:`assemble_runs`).
+(:func:`factor_rows`; level 1 with its leaves: :func:`factor_leaf_pairs`).  Wider frontals
+go to the dense kernel (:mod:`._dense`), whose loop over boxes, per-box assembly and solve
+sweeps run in ``_csrc/dense_impl.h`` (:func:`dense_chunk`, :func:`dense_sweep`) with SciPy's
+BLAS/LAPACK; :func:`assemble_runs` assembles wide frontals for other callers, writing each
+row once.
 
 The extension is optional: it is compiled when the package is installed with a C compiler at
 hand, and without it (or with ``SSI_SPARSE_NATIVE=0``) the engine runs the portable path.
@@ -42,15 +45,16 @@ _i64 = ctypes.c_int64
 _ASSEMBLE_ARGTYPES = [_i64, _i64, _i64, _i64, _p,
                       _p, _i64, _i64, _p, _p, _i64,
                       _p, _i64, _i64, _p, _p, _i64]  # fmt: skip
-_FACTOR_ARGTYPES = [_i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32,
-                    _p, _i64, _p, _p, _i64, _p,
-                    _p, _i64, _p, _p,
-                    _p, _p, _p, _p, ctypes.c_double, _p, _p, _p]  # fmt: skip
-_DENSE_ARGTYPES = [_i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32,
-                   _p, _i64, _p, _p, _i64, _p,
-                   _p, _i64, _p, _p, _p,
-                   _p, _p, _p, _p, _p, _p, ctypes.c_double,
+_FACTOR_ARGTYPES = [_i64, _i64, _i64, ctypes.c_int32, _p, _p, _p, _p, _p, ctypes.c_double, _p, _p, _p]
+_DENSE_ARGTYPES = [_i64, _i64, _i64, ctypes.c_int32, _p, _p, _p, _p, _p, _p, _p, _p, ctypes.c_double,
                    _p, _p, _p, _p]  # fmt: skip
+
+
+class _Source(ctypes.Structure):
+    # struct source in _csrc/frontal.c: the same fields in the same order
+    _fields_ = [("mode", ctypes.c_int32), ("a", _p), ("stride_a", _i64), ("idx_a", _p), ("b", _p),
+                ("stride_b", _i64), ("idx_b", _p), ("nodes", _p), ("n_nodes", _i64), ("tnode", _p),
+                ("tslot", _p)]  # fmt: skip
 
 
 @lru_cache(maxsize=1)
@@ -135,29 +139,28 @@ def fuses_assembly(cls, level: int) -> bool:
 
 
 def _source(dtype, cls, rows: slice, level: int, V, fronts, child_classes=None):
-    """``(arguments, keep)``: what the C kernels read to assemble boxes ``rows`` of ``cls``
-    (``cls`` None: the frontals are assembled already), and the arrays that memory belongs
-    to (alive until the call returns).  Merges without flat maps are assembled by runs: the
-    last argument (``struct runs_source``, dense kernel only; ``child_classes`` needed)."""
-    null = None
+    """``(source, runs, keep)``: what the C kernels read to assemble boxes ``rows`` of ``cls``
+    (``struct source``; ``cls`` None: the frontals are assembled already), the ``struct
+    runs_source`` of a merge without flat maps (dense kernel only; ``child_classes`` needed)
+    or None, and the arrays that memory belongs to (alive until the call returns)."""
     if cls is None:
-        return (_MODE_NONE, null, 0, null, null, 0, null, null, 0, null, null, null), []
-    if level and cls.children[0].flat is None:
+        return _Source(_MODE_NONE), None, []
+    if level == 0:
+        nodes = np.ascontiguousarray(cls.closed_nodes[rows], dtype=np.int64)
+        template = np.ascontiguousarray(cls.leaf_template, dtype=np.int64).reshape(-1)
+        tnode, tslot = np.divmod(template, 9)
+        src = _Source(_MODE_LEAF, _ptr(V, dtype), V.shape[0], nodes=_ptr(nodes), n_nodes=nodes.shape[1],
+                      tnode=_ptr(tnode), tslot=_ptr(tslot))  # fmt: skip
+        return src, None, [nodes, tnode, tslot]
+    if cls.children[0].flat is None:
         per_child = _children_by_runs(cls, fronts, child_classes, cls.n_front)
         runs = _RunsSource()
         for c, (child, start, s, rowmap, link_runs) in enumerate(per_child):
             runs.c[c] = _ptr(child, dtype) + (start + rows.start) * child.strides[0]
             runs.f[c], runs.s[c] = child.shape[1], s
             runs.rowmap[c], runs.runs[c], runs.n_runs[c] = _ptr(rowmap), _ptr(link_runs), link_runs.shape[0]
-        keep = [a for *_, rowmap, link_runs in per_child for a in (rowmap, link_runs)] + [runs]
-        return (_MODE_RUNS, null, 0, null, null, 0, null, null, 0, null, null, ctypes.pointer(runs)), keep
-    if level == 0:
-        nodes = np.ascontiguousarray(cls.closed_nodes[rows], dtype=np.int64)
-        template = np.ascontiguousarray(cls.leaf_template, dtype=np.int64).reshape(-1)
-        tnode, tslot = np.divmod(template, 9)
-        src = (_MODE_LEAF, _ptr(V, dtype), V.shape[0], null, null, 0, null,
-               _ptr(nodes), nodes.shape[1], _ptr(tnode), _ptr(tslot), null)  # fmt: skip
-        return src, [nodes, tnode, tslot]
+        keep = [a for *_, rowmap, link_runs in per_child for a in (rowmap, link_runs)]
+        return _Source(_MODE_RUNS), runs, keep
     args, keep = [], []
     for link in cls.children:
         child = fronts[link.cls]
@@ -165,7 +168,7 @@ def _source(dtype, cls, rows: slice, level: int, V, fronts, child_classes=None):
         flat = np.ascontiguousarray(link.flat, dtype=np.int64)
         keep.append(flat)
         args += [_ptr(child, dtype) + start * child.strides[0], child.shape[1] * child.shape[2], _ptr(flat)]
-    return (_MODE_MERGE, *args, null, 0, null, null, null), keep
+    return _Source(_MODE_MERGE, *args), None, keep
 
 
 def factor_rows(F, out: EliminatedBlocks, cls, rows: slice, level: int, V, fronts,
@@ -179,12 +182,11 @@ def factor_rows(F, out: EliminatedBlocks, cls, rows: slice, level: int, V, front
     dtype = F.dtype
     fn = getattr(_library(), f"ssi_factor_chunk_{_SUFFIX[dtype]}")
     null = None
-    src, keep = _source(dtype, cls, rows, level, V, fronts)  # noqa: F841 (keep: alive)
-    src = src[:-1]  # the inline kernel takes flat maps only
+    src, _, keep = _source(dtype, cls, rows, level, V, fronts)  # noqa: F841 (keep: alive)
     work = np.empty(s * s + s * f + s, dtype=dtype)
     piv = np.empty(max(s, 1), dtype=np.int64)
     min_rcond = ctypes.c_double(1.0)
-    status = fn(P, f, s, int(hermitian), *src,
+    status = fn(P, f, s, int(hermitian), ctypes.byref(src),
                 _ptr(F), _ptr(out.s_inv), _ptr(out.x), null if out.r_s is None else _ptr(out.r_s),
                 float(a_norm), ctypes.byref(min_rcond), _ptr(work), _ptr(piv))  # fmt: skip
     if status:
@@ -264,7 +266,7 @@ def dense_chunk(F, p0: int, p1: int, s: int, cholesky: bool, a_norm: float, fact
     dtype = F.dtype
     f = F.shape[1]
     cls, level, V, fronts, child_classes = source
-    src, keep = _source(dtype, cls, slice(p0, p1), level, V, fronts, child_classes)  # noqa: F841
+    src, runs, keep = _source(dtype, cls, slice(p0, p1), level, V, fronts, child_classes)  # noqa: F841
     real = _real(dtype)
     work = np.empty(4 * max(s, 1), dtype=dtype)
     iwork = np.empty(2 * max(s, 1), dtype=real if dtype.kind == "c" else np.float64)
@@ -276,7 +278,8 @@ def dense_chunk(F, p0: int, p1: int, s: int, cholesky: bool, a_norm: float, fact
 
     null = None
     r = f - s
-    status = fn(p1 - p0, f, s, int(cholesky), *src, at(F, f * f), at(factor, s * s), at(x, r * s), at(w, s * r),
+    status = fn(p1 - p0, f, s, int(cholesky), ctypes.byref(src), None if runs is None else ctypes.byref(runs),
+                at(F, f * f), at(factor, s * s), at(x, r * s), at(w, s * r),
                 at(perm, s), at(rconds, 1), float(a_norm), ctypes.byref(table),
                 _ptr(work), _ptr(iwork), _ptr(ipiv))  # fmt: skip
     if status:

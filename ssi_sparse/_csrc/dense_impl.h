@@ -154,21 +154,16 @@ static int FN(dense_box)(const struct blas_table *t, T *F, int f, int s, int cho
     return 0;
 }
 
-/* Boxes [0, P) of one chunk: assemble each (mode LEAF / MERGE from src, RUNS from runs; NONE:
- * F holds it already),
- * then factor it in place.  factor (P, s, s), x (P, r, s) (LU only), w (P, s, r), perm (P, s)
+/* Boxes [0, P) of one chunk: assemble each (src->mode LEAF / MERGE from src, RUNS from runs;
+ * NONE: F holds it already), then factor it in place.  factor (P, s, s), x (P, r, s) (LU only), w (P, s, r), perm (P, s)
  * (LU only), rcond (P).  work: 4 s entries of T; iwork: 2 s entries of R; ipiv: s ints.
  * Returns 0, or (1 + box) * 4 + status for the first box that failed. */
 EXPORT int64_t FN(ssi_dense_chunk)(
-    int64_t P, int64_t f, int64_t s, int32_t cholesky, int32_t mode,
-    const void *a, int64_t stride_a, const int64_t *idx_a,
-    const void *b, int64_t stride_b, const int64_t *idx_b,
-    const int64_t *nodes, int64_t n_nodes, const int64_t *tnode, const int64_t *tslot,
-    const struct runs_source *runs,
+    int64_t P, int64_t f, int64_t s, int32_t cholesky, const struct source *src, const struct runs_source *runs,
     void *F_, void *factor_, void *x_, void *w_, int64_t *perm, double *rcond, double a_norm,
     const struct blas_table *table, void *work_, void *iwork, int *ipiv)
 {
-    struct source src = {mode, a, stride_a, idx_a, b, stride_b, idx_b, nodes, n_nodes, tnode, tslot};
+    const int32_t mode = src->mode;
     T *F = (T *)F_, *factor = (T *)factor_, *x = (T *)x_, *w = (T *)w_, *work = (T *)work_;
     const int64_t r = f - s;
     for (int64_t p = 0; p < P; p++) {
@@ -180,7 +175,7 @@ EXPORT int64_t FN(ssi_dense_chunk)(
                                   (const T *)runs->c[1] + p * runs->f[1] * runs->f[1], runs->f[1], runs->s[1],
                                   runs->rowmap[1], runs->runs[1], runs->n_runs[1]);
         else if (mode != MODE_NONE)
-            FN(assemble)(&src, p, f * f, Fp);
+            FN(assemble)(src, p, f * f, Fp);
         if (s == 0)
             continue;
         int status = FN(dense_box)(table, Fp, (int)f, (int)s, cholesky, factor + p * s * s,

@@ -194,14 +194,10 @@ static inline int FN(eliminate)(T *restrict F, int64_t f, int64_t s, int hermiti
 /* Assemble and eliminate boxes [0, P) of one chunk.  Returns 0, or 1 + the first box with an
  * exact zero pivot.  *min_rcond receives the smallest reciprocal condition number (NaN wins). */
 EXPORT int64_t FN(ssi_factor_chunk)(
-    int64_t P, int64_t f, int64_t s, int32_t hermitian, int32_t mode,
-    const void *a, int64_t stride_a, const int64_t *idx_a,
-    const void *b, int64_t stride_b, const int64_t *idx_b,
-    const int64_t *nodes, int64_t n_nodes, const int64_t *tnode, const int64_t *tslot,
+    int64_t P, int64_t f, int64_t s, int32_t hermitian, const struct source *src,
     void *F_, void *s_inv_, void *x_, void *r_s_, double a_norm, double *min_rcond,
     void *work_, int64_t *piv)
 {
-    struct source src = {mode, a, stride_a, idx_a, b, stride_b, idx_b, nodes, n_nodes, tnode, tslot};
     T *F = (T *)F_, *s_inv = (T *)s_inv_, *x = (T *)x_, *r_s = (T *)r_s_, *work = (T *)work_;
     const int64_t r = f - s;
     T *lu = work, *B = work + s * s, *lrow = B + s * f; /* s*s + s*f + s entries */
@@ -209,7 +205,7 @@ EXPORT int64_t FN(ssi_factor_chunk)(
     int saw_nan = 0;
     for (int64_t p = 0; p < P; p++) {
         T *Fp = F + p * f * f;
-        FN(assemble)(&src, p, f * f, Fp);
+        FN(assemble)(src, p, f * f, Fp);
         if (s == 0)
             continue;
         R rc;
