@@ -1,5 +1,7 @@
 """The factor object: reuse, refactorization with new values, inverse LinearOperator."""
 
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -175,3 +177,16 @@ def test_factorize_in_forked_child_after_parent():
     with multiprocessing.get_context("fork").Pool(1) as pool:
         (residual,) = pool.map_async(_factorize_in_child, [0]).get(timeout=120)
     assert residual < 1e-9
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_DONTNEED) is Linux's")
+def test_arena_tail_goes_back_to_the_system():
+    # the engine hands back the pages of a level arena that no later level reaches
+    from ssi_sparse._engine import _release_tail
+
+    arena = np.ones(1 << 20)  # 8 MiB
+    keep = 300_001
+    _release_tail(arena, keep)
+    assert np.all(arena[:keep] == 1.0)  # the part still in use is untouched
+    # whole pages past the kept part read back as zeros (the partial pages at both ends stay)
+    assert np.all(arena[keep + 1024 : -1024] == 0.0)
