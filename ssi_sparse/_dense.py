@@ -1,7 +1,10 @@
-"""Dense kernel for the large frontals on the CPU: factors, not inverses, one box at a time.
+"""Dense kernel for the wider frontals on the CPU: factors, not inverses, one box at a time.
 
 Each frontal ``F = [[S, S_R], [R_S, R]]`` is eliminated in place with LAPACK/BLAS-3 on
-sub-blocks (:mod:`._lapack`, SciPy's library, its threads): no explicit inverse, no copies.
+sub-blocks (:mod:`._lapack`, SciPy's library): no explicit inverse, no copies.  The loop over
+boxes (with each box's assembly just before it) and the solve sweeps run in C
+(:func:`._native.dense_chunk`, :func:`._native.dense_sweep`); the same arithmetic from Python
+serves where the extension is not built.  :func:`run_jobs` runs a level's classes side by side.
 
 The routines see a C-ordered frontal as its transpose ``G = F^T`` (column-major).  Eliminating
 the leading block of ``G`` leaves ``D^T`` in the same memory, which is the parent's ``D`` read
@@ -11,7 +14,7 @@ C-ordered, so the arithmetic below is written for ``G``:
   ``D_G = G_RR - W X`` (one gemm): ``2 s^3 / 3 + 2 s^2 r + 2 r^2 s`` flops.
 - Cholesky (Hermitian frontals, tried first): ``G_SS = L L^H`` (potrf), ``W = G_RS L^-H``,
   ``D_G = G_RR - W W^H`` (herk/syrk, lower half, then mirrored): about half of that.  A block
-  that is not positive definite makes potrf fail; the engine then refactors that class, and
+  that is not positive definite makes potrf fail; the engine then refactors that level, and
   every later one, by LU (Hermitian indefinite matrices such as real Helmholtz).
 
 Both are ``G = [[P L, 0], [W, I]] [[U, X], [0, D_G]]`` (Cholesky: ``P = I, U = L^H, W = X^H``),
