@@ -350,8 +350,7 @@ def _dense_jobs(xp, plan_levels, level_fronts, dense, k, cholesky, a_norm, V, fr
     for ci in dense:
         cls, F = level.classes[ci], level_fronts[ci]
         where = _where(k, cls)
-        fusable = native.supports_dtype(xp, F.dtype) and (k == 0 or len(cls.children) == 2)
-        source = (cls, k, V, fronts, child_classes) if fusable else None
+        source = (cls, k, V, fronts, child_classes) if native.gathers_dense(xp, F.dtype, cls, k) else None
         if source is None:
             assemble(F, slice(0, cls.n_boxes), cls, n_parts=n_threads)
             if not native.supports_dtype(xp, F.dtype):

@@ -27,7 +27,7 @@ import numpy as np
 from ._kernels import EliminatedBlocks, check_rcond, exactly_singular
 
 __all__ = ["DenseFailure", "assemble_runs", "available", "dense_chunk", "dense_sweep", "describe", "factor_rows",
-           "factor_leaf_pairs", "fuses_assembly", "grid_reach", "grid_stencil_pass", "mirror_upper",
+           "factor_leaf_pairs", "fuses_assembly", "gathers_dense", "grid_reach", "grid_stencil_pass", "mirror_upper",
            "node_reduce", "reads", "scale_stencil", "stencil_matvec", "stencil_is_hermitian", "supports", "supports_dtype"]
 
 _SUFFIX = {
@@ -136,6 +136,12 @@ def fuses_assembly(cls, level: int) -> bool:
     """Whether the native kernels can gather this class's frontals box by box themselves
     (leaves from the stencil, small merges by their flat maps)."""
     return level == 0 or (len(cls.children) == 2 and cls.children[0].flat is not None)
+
+
+def gathers_dense(xp, dtype, cls, level: int) -> bool:
+    """Whether :func:`dense_chunk` can gather this class's boxes itself: leaves, and merges of
+    two children (by flat maps, or by runs where the frontals are too wide for them)."""
+    return supports_dtype(xp, dtype) and (level == 0 or len(cls.children) == 2)
 
 
 def _source(dtype, cls, rows: slice, level: int, V, fronts, child_classes=None):
