@@ -692,6 +692,9 @@ def main(argv=None) -> int:
                     help="first touch (and free) this much memory in a throwaway process: on a "
                          "fresh VM the first touch of guest memory costs ~1-2 s/GiB (host page "
                          "faults), which otherwise lands on whichever solver runs first")
+    ap.add_argument("--busy-core", action="store_true",
+                    help="keep one core busy (a spinning process) for the whole run: behaviour under "
+                         "load, every solver alike")
     ap.add_argument("--_child", type=str, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child is not None:
@@ -735,6 +738,12 @@ def main(argv=None) -> int:
                         % int(args.warm_memory_gib * 2**30 / 8)], check=True)  # fmt: skip
         print(f"  warmed {args.warm_memory_gib:g} GiB of memory first (touched and freed in "
               f"{time.perf_counter() - t:.2f} s): first calls below see warm memory")
+    if args.busy_core:
+        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        import atexit
+
+        atexit.register(hog.kill)
+        print(f"  one core kept busy for the whole run (a spinning process, pid {hog.pid})")
     avail = {s: _available(s) for s in BASELINES}
     for s, (ok, why) in avail.items():
         if not ok:
