@@ -223,25 +223,30 @@ class FactoredBlocks:
 
 
 class DenseJob:
-    """One class's dense elimination: run in box ranges (:func:`run_jobs`, possibly beside
-    other classes' jobs of the same level), then :meth:`finish` once.
+    """One class's elimination into factors: run in box ranges (:func:`run_jobs`, possibly
+    beside other classes' jobs of the same level), then :meth:`finish` once.
 
     ``F`` (P, f, f) is eliminated in place; afterwards ``F[:, s:, s:]`` holds the Schur
-    complements.  ``source``: ``(cls, level, V, fronts, child_classes)`` when the native kernel
-    assembles each box just before factoring it (:func:`._native.dense_chunk`), None when
-    ``F`` is assembled already.
+    complements.  ``inline``: the native kernel's inline loops (narrow frontals) instead of
+    LAPACK/BLAS; the same factors either way.  ``source``: ``(cls, level, V, fronts,
+    child_classes, leaf_jobs)`` when the native kernel assembles each box just before it is
+    factored (:func:`._native.dense_chunk`), None when ``F`` is assembled already;
+    ``leaf_jobs`` (level 1 only, else None): the leaf classes' jobs (:meth:`for_leaves`),
+    whose boxes this job assembles and factors beside its own.
     """
 
-    def __init__(self, F, s: int, cholesky: bool, a_norm: float, where: str, source=None):
-        if not F.flags.c_contiguous:
+    def __init__(self, F, s: int, cholesky: bool, a_norm: float, where: str, source=None, inline: bool = False,
+                 shape=None, dtype=None):
+        P, f, _ = F.shape if F is not None else shape
+        dtype = np.dtype(F.dtype if F is not None else dtype)
+        if F is not None and not F.flags.c_contiguous:
             raise ValueError("dense kernel needs C-contiguous frontals")
-        P, f, _ = F.shape
         r = f - s
-        dtype = F.dtype
         self.F, self.s, self.cholesky, self.a_norm, self.where, self.source = F, s, cholesky, a_norm, where, source
+        self.n_boxes, self.n_front, self.dtype, self.inline = P, f, dtype, inline
         self.in_c = native.supports_dtype(np, dtype)
-        if source is not None and not self.in_c:
-            raise ValueError("fused assembly needs the native kernel")
+        if (source is not None or inline) and not self.in_c:
+            raise ValueError("fused assembly and the inline kernel need the native extension")
         self.factor = np.empty((P, s, s), dtype=dtype)
         self.x = None if cholesky else np.empty((P, r, s), dtype=dtype)
         self.w = np.empty((P, s, r), dtype=dtype)
@@ -249,19 +254,20 @@ class DenseJob:
         self.rconds = np.ones(P)
         self._task_seconds = []  # one entry per run (list.append is thread-safe)
 
-    @property
-    def n_boxes(self) -> int:
-        return self.F.shape[0]
+    @classmethod
+    def for_leaves(cls, P: int, f: int, s: int, dtype, cholesky: bool, a_norm: float, where: str) -> "DenseJob":
+        """Storage for a leaf class that its level-1 parents factor (no frontals of its own)."""
+        return cls(None, s, cholesky, a_norm, where, inline=True, shape=(P, f, f), dtype=dtype)
 
     def box_cost(self) -> float:
         """Flops of one box (the LU-type model, halved for Cholesky): for scheduling."""
-        s, r = float(self.s), float(self.F.shape[1] - self.s)
+        s, r = float(self.s), float(self.n_front - self.s)
         lu = 2.0 / 3.0 * s**3 + 2.0 * s * s * r + 2.0 * r * r * s
         return lu / 2 if self.cholesky else lu
 
     @property
     def has_work(self) -> bool:
-        return bool(self.s) or self.source is not None
+        return self.F is not None and (bool(self.s) or self.source is not None)
 
     def run(self, bounds) -> None:
         """Assemble (if fused) and factor boxes ``bounds = (p0, p1)``.  Raises
@@ -282,13 +288,14 @@ class DenseJob:
 
     def _run_native(self, bounds):
         try:
-            native.dense_chunk(self.F, *bounds, self.s, self.cholesky, self.a_norm, self.factor, self.x, self.w,
-                               self.perm, self.rconds, lapack_for(self.F.dtype).table,
-                               self.source or (None, None, None, None, None))  # fmt: skip
+            native.dense_chunk(self.F, *bounds, self.s, self.cholesky, self.inline, self.a_norm, self.factor, self.x,
+                               self.w, self.perm, self.rconds, lapack_for(self.F.dtype).table,
+                               self.source or (None, None, None, None, None, None))  # fmt: skip
         except native.DenseFailure as failure:
+            where = self.where if failure.leaf is None else self.source[5][failure.leaf].where
             if failure.not_pd:
-                raise NotPositiveDefinite(self.where) from None
-            raise exactly_singular(self.where) from None
+                raise NotPositiveDefinite(where) from None
+            raise exactly_singular(where) from None
 
     def _run_python(self, bounds):
         # the native loop's arithmetic box by box from Python (no native extension)
@@ -332,7 +339,7 @@ class DenseJob:
         P, s = self.n_boxes, self.s
         min_rcond = float(np.min(self.rconds)) if P and s else 1.0  # NaN propagates
         if s:
-            check_rcond(min_rcond, s, float(np.finfo(self.F.dtype).eps), self.where)
+            check_rcond(min_rcond, s, float(np.finfo(self.dtype).eps), self.where)
         inv_perm = None
         if self.perm is not None:
             inv_perm = np.empty_like(self.perm)

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _native as native
 from ._dense import DenseJob, NotPositiveDefinite, run_jobs
-from ._kernels import EliminatedBlocks, allocate_blocks, check_rcond, eliminate
+from ._kernels import EliminatedBlocks, allocate_blocks, eliminate
 from ._lapack import single_threaded_blas_available
 from ._plan import Plan
 from ._threads import num_threads as _num_threads
@@ -89,6 +89,11 @@ class ClassTiming:
     n_elim: int
     n_boundary: int
     seconds: float
+
+    @classmethod
+    def of(cls, level, box_class, kernel, blocks, seconds) -> "ClassTiming":
+        kind = getattr(blocks, "kind", "inverse")
+        return cls(level, kernel, kind, box_class.n_boxes, box_class.n_elim, box_class.n_boundary, seconds)
 
     @property
     def flops(self) -> float:
@@ -262,16 +267,11 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
     n_threads = _num_threads() if xp is np else 1
     cholesky = hermitian  # until a block proves the matrix indefinite
     fronts = None  # eliminated frontals of the level below (their Schur blocks feed parents)
-    leaves = None  # fused: the leaf classes' blocks, filled by level 1
     for k, level in enumerate(plan.levels):
         level_kernels = [choose_kernel(xp, V.dtype, cls, k) for cls in level.classes]
-        if k == 0 and fused:
-            leaves = [allocate_blocks(xp, c.n_boxes, c.n_elim, c.n_boundary, V.dtype, hermitian) for c in level.classes]
-            blocks.append(leaves)
-            kernels.append(level_kernels)
-            if timings is not None:  # their time counts in level 1's
-                timings += [ClassTiming(0, "native", "inverse", c.n_boxes, c.n_elim, c.n_boundary, 0.0)
-                            for c in level.classes]  # fmt: skip
+        kernels.append(level_kernels)
+        if k == 0 and fused:  # level 1 factors them (their time counts in its)
+            blocks.append([None] * len(level.classes))
             continue
         level_fronts = workspace.level(k, level.classes)
         level_blocks = [None] * len(level.classes)
@@ -287,49 +287,42 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
                 child_classes = plan.levels[k - 1].classes
                 _merge_frontals_into(xp, Fr, cls, fronts, child_classes, rows, to_xp, spread, n_parts)
 
-        dense = [ci for ci, kernel in enumerate(level_kernels) if kernel == "dense"]
-        leaf_rconds = [[] for _ in plan.levels[0].classes] if k == 1 and fused else None
         for ci, (cls, F, kernel) in enumerate(zip(level.classes, level_fronts, level_kernels)):
-            if kernel != "dense":
+            if kernel == "portable":
                 t0 = time.perf_counter()
-                if leaf_rconds is not None:
-                    level_blocks[ci] = _eliminate_with_leaves(F, cls, hermitian, a_norm, V,
-                                                              plan.levels[0].classes, leaves, leaf_rconds)  # fmt: skip
-                else:
-                    level_blocks[ci] = _eliminate_class(xp, F, cls, k, kernel, hermitian, a_norm, V, fronts,
-                                                        n_threads, assemble)  # fmt: skip
+                level_blocks[ci] = _eliminate_class(xp, F, cls, k, hermitian, a_norm, fronts, n_threads, assemble)
                 seconds[ci] = time.perf_counter() - t0
-        if leaf_rconds is not None:
-            for lc, blk, rcs in zip(plan.levels[0].classes, leaves, leaf_rconds):
-                blk.min_rcond = float(np.min(rcs)) if rcs else 1.0  # NaN propagates
-                if lc.n_elim:
-                    check_rcond(blk.min_rcond, lc.n_elim, float(np.finfo(V.dtype).eps), _where(0, lc))
-        if dense:
+        boxed = [ci for ci, kernel in enumerate(level_kernels) if kernel != "portable"]
+        if boxed:
             t0 = time.perf_counter()
+            leaf_classes = plan.levels[0].classes if k == 1 and fused else None
             try:
-                jobs = _dense_jobs(xp, plan.levels, level_fronts, dense, k, cholesky, a_norm, V, fronts,
-                                   n_threads, assemble)  # fmt: skip
-                _run_dense_jobs(jobs, n_threads)
+                jobs, leaf_jobs = _box_jobs(xp, plan.levels, level_fronts, boxed, level_kernels, k, cholesky, a_norm,
+                                            V, fronts, leaf_classes, n_threads, assemble)  # fmt: skip
+                _run_box_jobs(jobs, n_threads)
             except NotPositiveDefinite:
                 # Hermitian but indefinite: LU for this level and all later (the children are intact)
                 cholesky = False
-                jobs = _dense_jobs(xp, plan.levels, level_fronts, dense, k, cholesky, a_norm, V, fronts,
-                                   n_threads, assemble)  # fmt: skip
-                _run_dense_jobs(jobs, n_threads)
+                jobs, leaf_jobs = _box_jobs(xp, plan.levels, level_fronts, boxed, level_kernels, k, cholesky, a_norm,
+                                            V, fronts, leaf_classes, n_threads, assemble)  # fmt: skip
+                _run_box_jobs(jobs, n_threads)
             wall = time.perf_counter() - t0
             busy = sum(job.seconds for job in jobs) or 1.0
-            for ci, job in zip(dense, jobs):
+            if leaf_jobs is not None:
+                blocks[0] = [job.finish() for job in leaf_jobs]
+            for ci, job in zip(boxed, jobs):
                 level_blocks[ci] = job.finish()
                 seconds[ci] = wall * job.seconds / busy  # the level's wall time, shared by work
         for ci, (cls, F) in enumerate(zip(level.classes, level_fronts)):
             if cls.n_elim:
                 F[:, 0, 0] = 0  # S is spent: entry (0, 0) is the zero slot of flat gathers
-            if timings is not None:
-                kind = getattr(level_blocks[ci], "kind", "inverse")
-                timings.append(ClassTiming(k, level_kernels[ci], kind, cls.n_boxes, cls.n_elim, cls.n_boundary,
-                                           seconds[ci]))  # fmt: skip
         blocks.append(level_blocks)
-        kernels.append(level_kernels)
+        if timings is not None:
+            if k == 1 and fused:  # the leaves' time counts in this level's
+                timings += [ClassTiming.of(0, c, kernel, blk, 0.0)
+                            for c, kernel, blk in zip(plan.levels[0].classes, kernels[0], blocks[0])]  # fmt: skip
+            timings += [ClassTiming.of(k, c, kernel, blk, sec)
+                        for c, kernel, blk, sec in zip(level.classes, level_kernels, level_blocks, seconds)]  # fmt: skip
         if k >= 1:
             workspace.done_with(k - 1)  # its frontals fed this level
         fronts = level_fronts
@@ -340,31 +333,42 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
     return NumericFactor(plan, blocks, hermitian, V.dtype, kernels, schur)
 
 
-def _dense_jobs(xp, plan_levels, level_fronts, dense, k, cholesky, a_norm, V, fronts, n_threads, assemble):
-    """One :class:`DenseJob` per dense class of level ``k``.  With the native kernel, each box
-    is gathered just before it is factored, on the thread that factors it (in cache, and
-    beside the other threads' arithmetic); otherwise the frontals are assembled here first."""
+def _box_jobs(xp, plan_levels, level_fronts, boxed, level_kernels, k, cholesky, a_norm, V, fronts, leaf_classes,
+              n_threads, assemble):
+    """``(jobs, leaf_jobs)``: one :class:`DenseJob` per class of level ``k`` that the native
+    or dense kernel factors box by box (``boxed``), and (``leaf_classes`` given: level 1 with
+    its leaves fused) one storage job per leaf class, factored by its parents.  With the
+    native kernel each box is gathered just before it is factored, on the thread that factors
+    it (in cache, and beside the other threads' arithmetic); otherwise the frontals are
+    assembled here first."""
     level = plan_levels[k]
-    jobs = []
     child_classes = plan_levels[k - 1].classes if k else None
-    for ci in dense:
+    leaf_jobs = None
+    if leaf_classes is not None:
+        leaf_jobs = [DenseJob.for_leaves(c.n_boxes, c.n_front, c.n_elim, V.dtype, cholesky, a_norm, _where(0, c))
+                     for c in leaf_classes]  # fmt: skip
+    jobs = []
+    for ci in boxed:
         cls, F = level.classes[ci], level_fronts[ci]
-        where = _where(k, cls)
-        source = (cls, k, V, fronts, child_classes) if native.gathers_dense(xp, F.dtype, cls, k) else None
-        if source is None:
+        source = None
+        if native.gathers_dense(xp, F.dtype, cls, k):
+            source = (cls, k, V, fronts, child_classes, leaf_jobs)
+        else:
             assemble(F, slice(0, cls.n_boxes), cls, n_parts=n_threads)
             if not native.supports_dtype(xp, F.dtype):
                 _flush_tiny(F)  # the native assembly does this on the fly
-        jobs.append(DenseJob(F, cls.n_elim, cholesky, a_norm, where, source))
-    return jobs
+        jobs.append(DenseJob(F, cls.n_elim, cholesky, a_norm, _where(k, cls), source,
+                             inline=level_kernels[ci] == "native"))  # fmt: skip
+    return jobs, leaf_jobs
 
 
-def _run_dense_jobs(jobs, n_threads):
-    """A level's dense classes side by side on the engine's threads, each box with
-    single-threaded BLAS, when the level has a box per thread at least; otherwise box after
-    box on BLAS's own threads (the top levels).  Never both at once."""
+def _run_box_jobs(jobs, n_threads):
+    """A level's classes side by side on the engine's threads, each box with single-threaded
+    BLAS, when the level has a box per thread at least; otherwise box after box on BLAS's
+    own threads (the top levels).  Never both at once."""
     boxes = sum(job.n_boxes for job in jobs if job.has_work)
-    side_by_side = n_threads > 1 and boxes >= n_threads and single_threaded_blas_available()
+    no_blas = all(job.inline for job in jobs)
+    side_by_side = n_threads > 1 and boxes >= n_threads and (no_blas or single_threaded_blas_available())
     run_jobs(jobs, _pool(n_threads) if side_by_side else None, n_threads)
 
 
@@ -373,56 +377,31 @@ def _where(k, cls) -> str:
 
 
 def _leaves_fused_into_level_1(xp, dtype, plan: Plan) -> bool:
-    """Whether level 1 assembles and eliminates its leaves itself (``native.factor_leaf_pairs``):
-    every class of both levels on the native inline kernel."""
+    """Whether level 1 assembles and factors its leaves itself (:func:`._native.dense_chunk`):
+    every class of both levels on the native inline kernel, level 1 merging two leaves each
+    by flat maps."""
     if xp is not np or len(plan.levels) < 2:
         return False
-    return all(choose_kernel(xp, dtype, c, k) == "native" for k in (0, 1) for c in plan.levels[k].classes)
+    return all(choose_kernel(xp, dtype, c, k) == "native" and native.fuses_assembly(c, k)
+               for k in (0, 1) for c in plan.levels[k].classes)  # fmt: skip
 
 
-def _row_view(out: EliminatedBlocks, rows) -> EliminatedBlocks:
-    return EliminatedBlocks(out.s_inv[rows, ...], out.x[rows, ...],
-                            None if out.r_s is None else out.r_s[rows, ...], 1.0)  # fmt: skip
-
-
-def _eliminate_with_leaves(F, cls, hermitian, a_norm, V, leaf_classes, leaves, leaf_rconds):
-    """A level-1 class with its two leaves per box, in row chunks on the engine's threads:
-    the leaves' blocks land in ``leaves``, their smallest rconds in ``leaf_rconds``."""
-    where = _where(1, cls)
-    leaf_wheres = [_where(0, leaf_classes[link.cls]) for link in cls.children]
-    out = allocate_blocks(np, cls.n_boxes, cls.n_elim, cls.n_boundary, F.dtype, hermitian)
-
-    def work(rows):
-        blk, rcs = native.factor_leaf_pairs(F[rows, ...], _row_view(out, rows), cls, rows, leaf_classes, leaves,
-                                            V, hermitian, a_norm, where, leaf_wheres)  # fmt: skip
-        return blk.min_rcond, rcs
-
-    chunks = _row_chunks(cls.n_boxes, cls.n_front)
-    results = list(_pool(len(chunks)).map(work, chunks)) if len(chunks) > 1 else [work(chunks[0])]
-    for _, rcs in results:
-        for link, rc in zip(cls.children, rcs):
-            leaf_rconds[link.cls].append(rc)
-    out.min_rcond = float(np.min([rc for rc, _ in results]))
-    return out
-
-
-def _eliminate_class(xp, F, cls, k, kernel, hermitian, a_norm, V, fronts, n_threads, assemble):
-    """Assemble and eliminate one class by the native fused kernel or the portable one
-    (explicit inverses), in row chunks on the engine's threads when it is large."""
+def _eliminate_class(xp, F, cls, k, hermitian, a_norm, fronts, n_threads, assemble):
+    """Assemble and eliminate one class by the portable kernel (explicit inverses), in row
+    chunks on the engine's threads when it is large."""
     where = _where(k, cls)
     # host threads only help NumPy; a GPU runs each class as one batch
     chunks = _row_chunks(cls.n_boxes, cls.n_front) if xp is np else [slice(0, cls.n_boxes)]
     out = None
-    if len(chunks) > 1 or kernel == "native":  # chunks write rows of one allocation
+    if len(chunks) > 1:  # chunks write rows of one allocation
         out = allocate_blocks(xp, cls.n_boxes, cls.n_elim, cls.n_boundary, F.dtype, hermitian)
 
     def work(rows, whole=len(chunks) == 1):
         Fr = F[rows, ...]
         out_rows = None
         if out is not None:
-            out_rows = _row_view(out, rows)
-        if kernel == "native":
-            return native.factor_rows(Fr, out_rows, cls, rows, k, V, fronts, hermitian, a_norm, where)
+            out_rows = EliminatedBlocks(out.s_inv[rows, ...], out.x[rows, ...],
+                                        None if out.r_s is None else out.r_s[rows, ...], 1.0)  # fmt: skip
         assemble(Fr, rows, cls, n_parts=n_threads if whole else 1)
         return eliminate(xp, Fr, cls.n_elim, hermitian, a_norm, where, out_rows)
 

@@ -1,15 +1,14 @@
-"""Native CPU kernels (C, via ctypes): the narrow frontals inline, the dense kernel's box loop.
+"""Native CPU kernels (C, via ctypes): every box of the tree assembled and factored in C.
 
 The bottom levels of the box tree hold tens of thousands of frontals a few dozen wide.  The
 portable path (:mod:`._engine` with :func:`._kernels.eliminate`) spends most of its time there
-in per-matrix LAPACK calls and index gathers; ``_csrc/frontal.c`` gathers and eliminates each
-box while it is in cache, with the same arithmetic (LU with partial pivoting, explicit
-``S^-1``, ``X = S^-1 S_R``, Schur complement) and the same singularity checks
-(:func:`factor_rows`; level 1 with its leaves: :func:`factor_leaf_pairs`).  Wider frontals
-go to the dense kernel (:mod:`._dense`), whose loop over boxes, per-box assembly and solve
-sweeps run in ``_csrc/dense_impl.h`` (:func:`dense_chunk`, :func:`dense_sweep`) with SciPy's
-BLAS/LAPACK; :func:`assemble_runs` assembles wide frontals for other callers, writing each
-row once.
+in per-matrix LAPACK calls and index gathers.  Here (:func:`dense_chunk`, ``_csrc/``) each box
+is gathered just before it is factored, on the thread that factors it, and factored into the
+dense kernel's format (:mod:`._dense`: factors, not inverses): narrow frontals by inline loops
+(``inline_impl.h``), wide ones by SciPy's BLAS/LAPACK (``dense_impl.h``); level 1 assembles
+and factors its two leaves per box first, so the leaves' frontals never reach memory.  The
+solve sweeps over the stored factors run there too (:func:`dense_sweep`);
+:func:`assemble_runs` assembles wide frontals for other callers, writing each row once.
 
 The extension is optional: it is compiled when the package is installed with a C compiler at
 hand, and without it (or with ``SSI_SPARSE_NATIVE=0``) the engine runs the portable path.
@@ -24,11 +23,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from ._kernels import EliminatedBlocks, check_rcond, exactly_singular
-
-__all__ = ["DenseFailure", "assemble_runs", "available", "dense_chunk", "dense_sweep", "describe", "factor_rows",
-           "factor_leaf_pairs", "fuses_assembly", "gathers_dense", "grid_reach", "grid_stencil_pass", "mirror_upper",
-           "node_reduce", "reads", "scale_stencil", "stencil_matvec", "stencil_is_hermitian", "supports", "supports_dtype"]
+__all__ = ["DenseFailure", "assemble_runs", "available", "dense_chunk", "dense_sweep", "describe",
+           "fuses_assembly", "gathers_dense", "grid_reach", "grid_stencil_pass", "mirror_upper",
+           "node_reduce", "reads", "scale_stencil", "stencil_matvec", "stencil_is_hermitian", "supports_dtype"]
 
 _SUFFIX = {
     np.dtype(np.float64): "f64",
@@ -45,9 +42,8 @@ _i64 = ctypes.c_int64
 _ASSEMBLE_ARGTYPES = [_i64, _i64, _i64, _i64, _p,
                       _p, _i64, _i64, _p, _p, _i64,
                       _p, _i64, _i64, _p, _p, _i64]  # fmt: skip
-_FACTOR_ARGTYPES = [_i64, _i64, _i64, ctypes.c_int32, _p, _p, _p, _p, _p, ctypes.c_double, _p, _p, _p]
-_DENSE_ARGTYPES = [_i64, _i64, _i64, ctypes.c_int32, _p, _p, _p, _p, _p, _p, _p, _p, ctypes.c_double,
-                   _p, _p, _p, _p]  # fmt: skip
+_DENSE_ARGTYPES = [_i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32, _p, _p, _p, _p, _i64,
+                   _p, _p, _p, _p, _p, _p, ctypes.c_double, _p, _p, _p, _p, _p]  # fmt: skip
 
 
 class _Source(ctypes.Structure):
@@ -67,16 +63,10 @@ def _library():
     except OSError:
         return None
     for suffix in _SUFFIX.values():
-        fn = getattr(lib, f"ssi_factor_chunk_{suffix}")
-        fn.argtypes, fn.restype = _FACTOR_ARGTYPES, _i64
         fn = getattr(lib, f"ssi_assemble_runs_{suffix}")
         fn.argtypes, fn.restype = _ASSEMBLE_ARGTYPES, None
         fn = getattr(lib, f"ssi_mirror_upper_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _p], None
-        fn = getattr(lib, f"ssi_factor_leaf_pairs_{suffix}")
-        fn.argtypes = [_i64, _i64, _i64, ctypes.c_int32, _p, _i64, _p, _p, _p, _p, _p, _p, _p, ctypes.c_double,
-                       _p, _p, _p]  # fmt: skip
-        fn.restype = _i64
         fn = getattr(lib, f"ssi_dense_chunk_{suffix}")
         fn.argtypes, fn.restype = _DENSE_ARGTYPES, _i64
         fn = getattr(lib, f"ssi_dense_sweep_{suffix}")
@@ -118,11 +108,6 @@ def describe() -> str:
 def supports_dtype(xp, dtype) -> bool:
     """Whether the native kernels can run on these arrays at all (NumPy, the four dtypes)."""
     return xp is np and np.dtype(dtype) in _SUFFIX and available()
-
-
-def supports(xp, dtype, cls, level: int) -> bool:
-    """Whether the native kernel can assemble and eliminate this class (NumPy, small frontals)."""
-    return supports_dtype(xp, dtype) and fuses_assembly(cls, level)
 
 
 def _ptr(a, dtype=None) -> int:
@@ -177,120 +162,88 @@ def _source(dtype, cls, rows: slice, level: int, V, fronts, child_classes=None):
     return _Source(_MODE_MERGE, *args), None, keep
 
 
-def factor_rows(F, out: EliminatedBlocks, cls, rows: slice, level: int, V, fronts,
-                hermitian: bool, a_norm: float, where: str) -> EliminatedBlocks:
-    """Assemble and eliminate the boxes ``rows`` of ``cls`` into ``F`` and ``out`` (row views).
-
-    ``V``: the stencil array (n, 9) (leaves); ``fronts``: the level below's frontals (merges).  Raises :class:`SingularMatrixError` as :func:`._kernels.eliminate`.
-    """
-    P, f = F.shape[0], F.shape[1]
-    s = cls.n_elim
-    dtype = F.dtype
-    fn = getattr(_library(), f"ssi_factor_chunk_{_SUFFIX[dtype]}")
-    null = None
-    src, _, keep = _source(dtype, cls, rows, level, V, fronts)  # noqa: F841 (keep: alive)
-    work = np.empty(s * s + s * f + s, dtype=dtype)
-    piv = np.empty(max(s, 1), dtype=np.int64)
-    min_rcond = ctypes.c_double(1.0)
-    status = fn(P, f, s, int(hermitian), ctypes.byref(src),
-                _ptr(F), _ptr(out.s_inv), _ptr(out.x), null if out.r_s is None else _ptr(out.r_s),
-                float(a_norm), ctypes.byref(min_rcond), _ptr(work), _ptr(piv))  # fmt: skip
-    if status:
-        raise exactly_singular(where)
-    check_rcond(min_rcond.value, s, float(np.finfo(dtype).eps), where)
-    return EliminatedBlocks(out.s_inv, out.x, out.r_s, min_rcond.value)
-
-
 class _LeafSource(ctypes.Structure):
     # struct leaf_source in _csrc/frontal.c: the same fields in the same order
     _fields_ = [("nodes", _p), ("n_nodes", _i64), ("tnode", _p), ("tslot", _p), ("f", _i64), ("s", _i64),
-                ("s_inv", _p), ("x", _p), ("r_s", _p), ("min_rcond", ctypes.c_double)]  # fmt: skip
+                ("factor", _p), ("x", _p), ("w", _p), ("perm", _p), ("rcond", _p)]  # fmt: skip
 
 
 _LeafPair = _LeafSource * 2  # one array type (ctypes builds a new, self-referencing one per product)
 
 
-def factor_leaf_pairs(F, out: EliminatedBlocks, cls, rows: slice, leaf_classes, leaf_blocks, V,
-                      hermitian: bool, a_norm: float, where: str, leaf_wheres):
-    """Boxes ``rows`` of the level-1 class ``cls`` with their two leaves, in one pass (see
-    ``ssi_factor_leaf_pairs``): each leaf is assembled and eliminated in cache, its blocks
-    written into ``leaf_blocks[link.cls]`` (whole-class arrays), the level-1 frontal into
-    ``F`` and ``out`` (row views).  Returns ``(blocks, leaf_rconds)``: this chunk's
-    :class:`EliminatedBlocks` and each child link's smallest leaf rcond.  Raises
-    :class:`SingularMatrixError` naming the box's or the leaf's level."""
-    P, f = F.shape[0], F.shape[1]
-    s = cls.n_elim
-    dtype = F.dtype
+def _leaf_pair(cls, rows: slice, child_classes, leaf_jobs, dtype):
+    """``(leaves, keep)``: the two leaves of boxes ``rows`` of the level-1 class ``cls`` (their
+    templates, and their jobs' output arrays at the chunk's first leaf), and the arrays that
+    memory belongs to."""
     leaves, keep = _LeafPair(), []
-    leaf_need = 0
     for c, link in enumerate(cls.children):
-        lc, blk = leaf_classes[link.cls], leaf_blocks[link.cls]
+        lc, job = child_classes[link.cls], leaf_jobs[link.cls]
         first = link.rows.start + rows.start
-        nodes = np.ascontiguousarray(lc.closed_nodes[first : first + P], dtype=np.int64)
+        nodes = np.ascontiguousarray(lc.closed_nodes[first : first + rows.stop - rows.start], dtype=np.int64)
         tnode, tslot = np.divmod(np.ascontiguousarray(lc.leaf_template, dtype=np.int64).reshape(-1), 9)
         keep += [nodes, tnode, tslot]
         fl, sl = lc.n_front, lc.n_elim
-        item = np.dtype(dtype).itemsize
-        leaves[c] = _LeafSource(
-            _ptr(nodes), nodes.shape[1], _ptr(tnode), _ptr(tslot), fl, sl,
-            _ptr(blk.s_inv, dtype) + first * sl * sl * item, _ptr(blk.x, dtype) + first * sl * (fl - sl) * item,
-            None if blk.r_s is None else _ptr(blk.r_s, dtype) + first * (fl - sl) * sl * item, 1.0,
-        )  # fmt: skip
-        leaf_need = max(leaf_need, sl * sl + sl * fl + sl)
-    flat = [np.ascontiguousarray(link.flat, dtype=np.int64) for link in cls.children]
-    work = np.empty(sum(leaf_classes[link.cls].n_front ** 2 for link in cls.children) + leaf_need
-                    + s * s + s * f + s, dtype=dtype)  # fmt: skip
-    piv = np.empty(max([s, 1] + [leaf_classes[link.cls].n_elim for link in cls.children]), dtype=np.int64)
-    min_rcond = ctypes.c_double(1.0)
-    fn = getattr(_library(), f"ssi_factor_leaf_pairs_{_SUFFIX[dtype]}")
-    status = fn(P, f, s, int(hermitian), _ptr(V, dtype), V.shape[0], leaves, _ptr(flat[0]), _ptr(flat[1]),
-                _ptr(F), _ptr(out.s_inv), _ptr(out.x), None if out.r_s is None else _ptr(out.r_s),
-                float(a_norm), ctypes.byref(min_rcond), _ptr(work), _ptr(piv))  # fmt: skip
-    if status:
-        part = int(status) % 4
-        raise exactly_singular(where if part == 0 else leaf_wheres[part - 1])
-    check_rcond(min_rcond.value, s, float(np.finfo(dtype).eps), where)
-    return EliminatedBlocks(out.s_inv, out.x, out.r_s, min_rcond.value), [leaves[0].min_rcond, leaves[1].min_rcond]
+
+        def at(a, per_box):
+            return None if a is None else _ptr(a, a.dtype) + first * per_box * a.itemsize
+
+        leaves[c] = _LeafSource(_ptr(nodes), nodes.shape[1], _ptr(tnode), _ptr(tslot), fl, sl,
+                                at(job.factor, sl * sl), at(job.x, (fl - sl) * sl), at(job.w, sl * (fl - sl)),
+                                at(job.perm, sl), at(job.rconds, 1))  # fmt: skip
+    return leaves, keep
 
 
 class DenseFailure(Exception):
-    """Internal: box ``box`` of a dense chunk was not positive definite (``not_pd``) or had
-    an exact zero pivot."""
+    """Internal: box ``box`` of a dense chunk (or its child leaf ``leaf``, a leaf class id)
+    was not positive definite (``not_pd``) or had an exact zero pivot."""
 
-    def __init__(self, box: int, not_pd: bool):
-        super().__init__(box, not_pd)
-        self.box, self.not_pd = box, not_pd
+    def __init__(self, box: int, not_pd: bool, leaf=None):
+        super().__init__(box, not_pd, leaf)
+        self.box, self.not_pd, self.leaf = box, not_pd, leaf
 
 
-def dense_chunk(F, p0: int, p1: int, s: int, cholesky: bool, a_norm: float, factor, x, w, perm, rconds,
-                table, source=(None, None, None, None, None)) -> None:
+def dense_chunk(F, p0: int, p1: int, s: int, cholesky: bool, inline: bool, a_norm: float, factor, x, w, perm, rconds,
+                table, source=(None, None, None, None, None, None)) -> None:
     """Factor boxes ``[p0, p1)`` of ``F`` (P, f, f) in place with the dense kernel's
-    arithmetic (:mod:`._dense`), the loop in C; the outputs are the class's arrays (all P
-    boxes).  ``source``: ``(cls, level, V, fronts, child_classes)`` to assemble each box
-    first (``cls`` None: assembled already).  ``table``: :attr:`._lapack.Lapack.table`.
-    Raises :class:`DenseFailure`."""
+    arithmetic (:mod:`._dense`), by inline loops (``inline``) or LAPACK/BLAS, the loop in C;
+    the outputs are the class's arrays (all P boxes).  ``source``: ``(cls, level, V, fronts,
+    child_classes, leaf_jobs)`` to assemble each box first (``cls`` None: assembled already;
+    ``leaf_jobs`` not None: level 1 factors its two leaves per box first, into those jobs'
+    arrays).  ``table``: :attr:`._lapack.Lapack.table`.  Raises :class:`DenseFailure`."""
     dtype = F.dtype
     f = F.shape[1]
-    cls, level, V, fronts, child_classes = source
-    src, runs, keep = _source(dtype, cls, slice(p0, p1), level, V, fronts, child_classes)  # noqa: F841
+    cls, level, V, fronts, child_classes, leaf_jobs = source
+    rows = slice(p0, p1)
+    leaves, s_max, scratch = None, s, 0
+    if leaf_jobs is not None:
+        leaves, keep_leaves = _leaf_pair(cls, rows, child_classes, leaf_jobs, dtype)  # noqa: F841
+        flat = [np.ascontiguousarray(link.flat, dtype=np.int64) for link in cls.children]
+        src, runs, keep = _Source(_MODE_MERGE, None, 0, _ptr(flat[0]), None, 0, _ptr(flat[1])), None, flat
+        s_max = max(s, leaves[0].s, leaves[1].s)
+        scratch = leaves[0].f ** 2 + leaves[1].f ** 2
+    else:
+        src, runs, keep = _source(dtype, cls, rows, level, V, fronts, child_classes)  # noqa: F841
     real = _real(dtype)
-    work = np.empty(4 * max(s, 1), dtype=dtype)
+    work = np.empty(4 * max(s_max, 1) + scratch, dtype=dtype)
     iwork = np.empty(2 * max(s, 1), dtype=real if dtype.kind == "c" else np.float64)
     ipiv = np.empty(max(s, 1), dtype=np.intc)
+    piv = np.empty(max(s_max, 1), dtype=np.int64)
     fn = getattr(_library(), f"ssi_dense_chunk_{_SUFFIX[dtype]}")
 
     def at(a, per_box):
-        return null if a is None else _ptr(a, a.dtype) + p0 * per_box * a.itemsize
+        return None if a is None else _ptr(a, a.dtype) + p0 * per_box * a.itemsize
 
-    null = None
     r = f - s
-    status = fn(p1 - p0, f, s, int(cholesky), ctypes.byref(src), None if runs is None else ctypes.byref(runs),
+    status = fn(p1 - p0, f, s, int(cholesky), int(inline), ctypes.byref(src),
+                None if runs is None else ctypes.byref(runs), leaves,
+                None if V is None else _ptr(V, dtype), 0 if V is None else V.shape[0],
                 at(F, f * f), at(factor, s * s), at(x, r * s), at(w, s * r),
                 at(perm, s), at(rconds, 1), float(a_norm), ctypes.byref(table),
-                _ptr(work), _ptr(iwork), _ptr(ipiv))  # fmt: skip
+                _ptr(work), _ptr(iwork), _ptr(ipiv), _ptr(piv))  # fmt: skip
     if status:
-        box, code = divmod(int(status), 4)
-        raise DenseFailure(p0 + box - 1, code == _BOX_NOT_PD)
+        box, part, code = int(status) // 16 - 1, int(status) // 4 % 4, int(status) % 4
+        leaf = None if part == 0 else cls.children[part - 1].cls
+        raise DenseFailure(p0 + box, code == _BOX_NOT_PD, leaf)
 
 
 def dense_sweep(op: str, trans: str, cholesky: bool, factor, w, x, a, b, table) -> None:

@@ -28,14 +28,14 @@ CHUNK_BYTES = 8 << 20
 #: engine's threads (box-level parallelism for the small frontals).
 PARALLEL_MIN_ENTRIES = 1 << 20
 
-#: Frontals at least this wide are eliminated one box at a time by LAPACK/BLAS-3: factors,
-#: not inverses, the loop over boxes in C (``_csrc/dense_impl.h``).  Below, the native fused
-#: kernel runs many tiny boxes per call with inline loops (bench/bench_levels.py, 1025^2:
-#: levels with 96-223 wide frontals ran 1.3-2x faster through BLAS than inline).
+#: With the native extension every box is factored in C into the same format (factors, not
+#: inverses): frontals at least this wide by LAPACK/BLAS-3 one box at a time
+#: (``_csrc/dense_impl.h``), narrower ones by inline loops (``_csrc/inline_impl.h``), whose
+#: arithmetic costs less than the library calls at that size (bench/bench_levels.py).
 DENSE_MIN_FRONT = 64
 
-#: ... and without the native extension, where the dense kernel loops over boxes in Python:
-#: a few ctypes calls per box pay only on wide frontals; below, the portable batched kernel.
+#: Without the native extension the dense kernel loops over boxes in Python: a few ctypes
+#: calls per box pay only on wide frontals; below, the portable batched inverse kernel.
 DENSE_MIN_FRONT_PYTHON_LOOP = 257
 
 #: A masked grid found from the pattern goes to the engine only if its unknowns cover at least
@@ -61,16 +61,15 @@ KERNELS = ("dense", "native", "portable")
 def choose_kernel(xp, dtype, cls, level: int) -> str:
     """Which kernel assembles and eliminates class ``cls`` of level ``level``.
 
-    ``"dense"``: per-box LAPACK (:mod:`._dense`), NumPy arrays only.  ``"native"``: the fused
-    C kernel (:mod:`._native`) for small frontals.  ``"portable"``: batched array-API
-    inverse kernel (:mod:`._kernels`), any namespace (CuPy, array_api_strict).
+    ``"dense"``: per-box LAPACK/BLAS (:mod:`._dense`), NumPy arrays only.  ``"native"``: the
+    inline C loops (:mod:`._native`) for narrow frontals, in the same format.  ``"portable"``:
+    the batched array-API inverse kernel (:mod:`._kernels`), any namespace (CuPy,
+    array_api_strict).
     """
     from . import _native as native  # the native module imports the kernels' helpers
 
-    if xp is np:
-        in_c = native.supports_dtype(xp, dtype)
-        if cls.n_front >= (DENSE_MIN_FRONT if in_c else DENSE_MIN_FRONT_PYTHON_LOOP):
-            return "dense"
-    if native.supports(xp, dtype, cls, level):
-        return "native"
-    return "portable"
+    if xp is not np:
+        return "portable"
+    if native.supports_dtype(xp, dtype):
+        return "dense" if cls.n_front >= DENSE_MIN_FRONT else "native"
+    return "dense" if cls.n_front >= DENSE_MIN_FRONT_PYTHON_LOOP else "portable"

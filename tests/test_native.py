@@ -1,8 +1,9 @@
 """The native CPU kernel (``ssi_sparse/_csrc``) against the portable NumPy kernel.
 
-Every stored block (``S^-1``, ``X``, ``R_S``) and every Schur complement handed upward must
-agree to rounding, on real and complex, Hermitian and nonsymmetric frontals, and singular
-blocks must be refused in the same way.  Skipped where the extension was not built, except
+The native kernel stores factors, the portable one inverses: every eliminated block's
+determinant and conditioning, the selected inverse and the solves must agree to rounding, on
+real and complex, Hermitian and nonsymmetric frontals, and singular blocks must be refused in
+the same way.  Skipped where the extension was not built, except
 under ``SSI_SPARSE_REQUIRE_NATIVE=1`` (set by CI), where a missing build is a failure.
 """
 
@@ -16,8 +17,7 @@ from hypothesis import strategies as st
 import ssi_sparse
 from helpers import rel_residual, stencil_matrix
 from ssi_sparse import SingularMatrixError, _native, _tuning
-from ssi_sparse._dense import FactoredBlocks
-from ssi_sparse._engine import factorize_values, solve_values
+from ssi_sparse._engine import factorize_values, selected_inverse, solve_values
 from ssi_sparse._grid import grid_stencil
 from ssi_sparse._plan import build_plan
 from ssi_sparse._stencil import equilibrate, is_hermitian
@@ -63,19 +63,20 @@ def test_native_blocks_match_portable(dtype, kind, shape, monkeypatch):
     if shape == (200, 210):
         assert max(c.n_front for level in native.plan.levels for c in level.classes) > 256
     tol = _tol(dtype)
-    for level_n, level_p in zip(native.blocks, portable.blocks):
-        for bn, bp in zip(level_n, level_p):
-            assert type(bn) is type(bp)
-            # frontals wider than the native kernel's go to the dense kernel in both runs
-            # (then only their assembly differs)
-            names = ("factor", "x", "w") if isinstance(bn, FactoredBlocks) else ("s_inv", "x", "r_s")
-            for a, b in [(getattr(bn, name), getattr(bp, name)) for name in names]:
-                if b is None:
-                    assert a is None
-                    continue
-                scale = max(1.0, float(np.abs(b).max(initial=0.0)))
-                np.testing.assert_allclose(a, b, rtol=tol, atol=tol * scale)
-            assert bn.min_rcond == pytest.approx(bp.min_rcond, rel=1e-3)
+    # the kernels store different things (factors; inverses): compare what both determine,
+    # every eliminated block's determinant, its conditioning, and the inverse's entries
+    for k, (level_n, level_p) in enumerate(zip(native.blocks, portable.blocks)):
+        for ci, (bn, bp) in enumerate(zip(level_n, level_p)):
+            if max(shape) < 100:
+                assert native.kernels[k][ci] == "native" and portable.kernels[k][ci] == "portable"
+            (sign_n, log_n), (sign_p, log_p) = bn.slogdet(np), bp.slogdet(np)
+            np.testing.assert_allclose(log_n, log_p, rtol=tol, atol=tol * max(1.0, np.abs(log_p).max(initial=0)))
+            np.testing.assert_allclose(sign_n, sign_p, atol=100 * tol)
+            # an estimate of ||S^-1|| (LAPACK's method) against the exact one: never smaller
+            # than a tenth, never above it (beyond rounding)
+            assert bp.min_rcond * (1 - 1e-3) <= bn.min_rcond <= 10 * bp.min_rcond
+    Z_n, Z_p = selected_inverse(native, np), selected_inverse(portable, np)
+    np.testing.assert_allclose(Z_n, Z_p, rtol=tol, atol=10 * tol * np.abs(Z_p).max())
 
 
 @needs_native

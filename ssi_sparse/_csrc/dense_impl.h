@@ -1,4 +1,5 @@
-/* Dense kernel, box loop in C: LAPACK/BLAS-3 factors (not inverses) of one class's frontals.
+/* Dense kernel, box loop in C: LAPACK/BLAS-3 factors (not inverses) of one class's frontals
+ * (or inline ones, inline_impl.h, for narrow frontals: the same format, the same sweeps).
  *
  * Included by frontal_impl.h once per dtype (T, R, FN set).  The arithmetic is
  * ssi_sparse/_dense.py's (see its module doc: a C-ordered frontal F is its transpose G = F^T
@@ -154,21 +155,77 @@ static int FN(dense_box)(const struct blas_table *t, T *F, int f, int s, int cho
     return 0;
 }
 
+/* Factor one assembled box by the chosen kernel (inline loops or LAPACK/BLAS). */
+static int FN(factor_box)(const struct blas_table *t, int inline_kernel, T *F, int64_t f, int64_t s, int cholesky,
+                          T *factor, T *x, T *w, int64_t *perm, int *ipiv, int64_t *piv, T *work, void *iwork,
+                          R a_norm, double *rcond)
+{
+    if (inline_kernel)
+        return FN(inline_box)(F, f, s, cholesky, factor, x, w, perm, piv, work, a_norm, rcond);
+    return FN(dense_box)(t, F, (int)f, (int)s, cholesky, factor, x, w, perm, ipiv, work, iwork, a_norm, rcond);
+}
+
+/* Assemble both leaves of level-1 box p into scratch[0], scratch[1] and factor them there
+ * (inline), their blocks stored into the leaves' arrays.  Returns 0 or (part << 2) | status,
+ * part 1 or 2 for the first or second leaf. */
+static int FN(leaf_pair)(const struct leaf_source *leaves, const void *V, int64_t n_rows, int64_t p, int cholesky,
+                         T *scratch[2], int64_t *piv, T *work, R a_norm)
+{
+    for (int c = 0; c < 2; c++) {
+        const struct leaf_source *lf = &leaves[c];
+        const int64_t fl = lf->f, sl = lf->s, rl = fl - sl;
+        const struct source src = {MODE_LEAF, V, n_rows, NULL, NULL, 0, NULL, lf->nodes, lf->n_nodes, lf->tnode,
+                                   lf->tslot};
+        FN(assemble)(&src, p, fl * fl, scratch[c]);
+        if (sl == 0)
+            continue;
+        int status = FN(inline_box)(scratch[c], fl, sl, cholesky, (T *)lf->factor + p * sl * sl,
+                                    cholesky ? NULL : (T *)lf->x + p * rl * sl, (T *)lf->w + p * sl * rl,
+                                    cholesky ? NULL : lf->perm + p * sl, piv, work, a_norm, lf->rcond + p);
+        if (status)
+            return ((1 + c) << 2) | status;
+        scratch[c][0] = 0; /* S is spent: entry (0, 0) is the flat maps' zero slot */
+    }
+    return 0;
+}
+
 /* Boxes [0, P) of one chunk: assemble each (src->mode LEAF / MERGE from src, RUNS from runs;
- * NONE: F holds it already), then factor it in place.  factor (P, s, s), x (P, r, s) (LU only), w (P, s, r), perm (P, s)
- * (LU only), rcond (P).  work: 4 s entries of T; iwork: 2 s entries of R; ipiv: s ints.
- * Returns 0, or (1 + box) * 4 + status for the first box that failed. */
+ * NONE: F holds it already; leaves not NULL: a level-1 box from its two leaves, assembled and
+ * factored in scratch first, src->idx_a / idx_b the flat maps from them), then factor it in
+ * place, inline or by LAPACK/BLAS.  factor (P, s, s), x (P, r, s) (LU only), w (P, s, r), perm
+ * (P, s) (LU only), rcond (P).  work: 4 s entries of T, then (with leaves) room for the two
+ * leaf frontals; iwork: 2 s entries of R; ipiv, piv: s ints (with leaves: the largest s).
+ * Returns 0, or ((1 + box) * 4 + part) * 4 + status for the first box that failed (part 0:
+ * the box itself, 1 or 2: its first or second leaf). */
 EXPORT int64_t FN(ssi_dense_chunk)(
-    int64_t P, int64_t f, int64_t s, int32_t cholesky, const struct source *src, const struct runs_source *runs,
+    int64_t P, int64_t f, int64_t s, int32_t cholesky, int32_t inline_kernel, const struct source *src,
+    const struct runs_source *runs, const struct leaf_source *leaves, const void *V, int64_t n_rows,
     void *F_, void *factor_, void *x_, void *w_, int64_t *perm, double *rcond, double a_norm,
-    const struct blas_table *table, void *work_, void *iwork, int *ipiv)
+    const struct blas_table *table, void *work_, void *iwork, int *ipiv, int64_t *piv)
 {
     const int32_t mode = src->mode;
     T *F = (T *)F_, *factor = (T *)factor_, *x = (T *)x_, *w = (T *)w_, *work = (T *)work_;
     const int64_t r = f - s;
+    T *scratch[2] = {NULL, NULL};
+    int64_t s_max = s;
+    if (leaves) {
+        for (int c = 0; c < 2; c++)
+            s_max = leaves[c].s > s_max ? leaves[c].s : s_max;
+        scratch[0] = work + 4 * (s_max > 1 ? s_max : 1);
+        scratch[1] = scratch[0] + leaves[0].f * leaves[0].f;
+    }
     for (int64_t p = 0; p < P; p++) {
         T *Fp = F + p * f * f;
-        if (mode == MODE_RUNS)
+        if (leaves) {
+            int status = FN(leaf_pair)(leaves, V, n_rows, p, cholesky, scratch, piv, work, (R)a_norm);
+            if (status)
+                return ((p + 1) * 4 + (status >> 2)) * 4 + (status & 3);
+            struct source pair = *src;
+            pair.a = scratch[0];
+            pair.b = scratch[1];
+            pair.stride_a = pair.stride_b = 0;
+            FN(assemble)(&pair, 0, f * f, Fp);
+        } else if (mode == MODE_RUNS)
             FN(ssi_assemble_runs)(1, f, 0, f, Fp,
                                   (const T *)runs->c[0] + p * runs->f[0] * runs->f[0], runs->f[0], runs->s[0],
                                   runs->rowmap[0], runs->runs[0], runs->n_runs[0],
@@ -178,11 +235,11 @@ EXPORT int64_t FN(ssi_dense_chunk)(
             FN(assemble)(src, p, f * f, Fp);
         if (s == 0)
             continue;
-        int status = FN(dense_box)(table, Fp, (int)f, (int)s, cholesky, factor + p * s * s,
-                                   cholesky ? NULL : x + p * r * s, w + p * s * r, cholesky ? NULL : perm + p * s,
-                                   ipiv, work, iwork, (R)a_norm, rcond + p);
+        int status = FN(factor_box)(table, inline_kernel, Fp, f, s, cholesky, factor + p * s * s,
+                                    cholesky ? NULL : x + p * r * s, w + p * s * r, cholesky ? NULL : perm + p * s,
+                                    ipiv, piv, work, iwork, (R)a_norm, rcond + p);
         if (status)
-            return (p + 1) * 4 + status;
+            return (p + 1) * 16 + status;
     }
     return 0;
 }

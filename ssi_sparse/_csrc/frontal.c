@@ -1,10 +1,11 @@
-/* Native CPU kernel of ssi_sparse: assemble and eliminate many small frontal matrices.
+/* Native CPU kernel of ssi_sparse: assemble and factor the frontal matrices of the box tree.
  *
  * The portable engine (ssi_sparse/_engine.py) does this level by level with NumPy gathers and
- * stacked LAPACK/BLAS calls, which cost a library call per tiny matrix and a pass over memory
- * per step.  Here each box's frontal is gathered and eliminated while it sits in cache.  The
- * arithmetic is the portable kernel's (LU with partial pivoting, explicit S^-1, X = S^-1 S_R,
- * Schur complement), so results agree to rounding; tests compare the two.
+ * stacked LAPACK inverses, which cost a library call per tiny matrix and a pass over memory
+ * per step.  Here each box's frontal is gathered and factored while it sits in cache, by
+ * inline loops (narrow frontals, inline_impl.h) or SciPy's LAPACK/BLAS (wide ones,
+ * dense_impl.h), both storing factors, not inverses; tests compare them with the portable
+ * kernel and with each other.
  *
  * Loaded with ctypes (ssi_sparse/_native.py), which releases the GIL during the call,
  * so the engine's thread pool runs chunks in parallel.  The module init below exists only so
@@ -55,21 +56,24 @@ struct runs_source {
     int64_t n_runs[2];
 };
 
-/* One leaf child of a level-1 box (ssi_factor_leaf_pairs): its class's closed nodes and
- * template, and where its eliminated blocks go, each at the first leaf of the chunk. */
+/* One leaf child of a level-1 box assembled and factored with its parent (ssi_dense_chunk):
+ * its class's closed nodes and template, and where its factors go, each at the chunk's first
+ * leaf (x and perm NULL for Cholesky). */
 struct leaf_source {
     const int64_t *nodes;
     int64_t n_nodes;
     const int64_t *tnode, *tslot;
     int64_t f, s;
-    void *s_inv, *x, *r_s; /* r_s NULL for Hermitian frontals */
-    double min_rcond;      /* out: the smallest over this chunk's leaves (NaN wins) */
+    void *factor, *x, *w;
+    int64_t *perm;
+    double *rcond;
 };
 
 /* |x| and conj(x) for whichever scalar type the template is instantiated with */
 #define ABS(v) _Generic((v), float: fabsf, double: fabs, float _Complex: cabsf, double _Complex: cabs)(v)
 #define CONJ(v) _Generic((v), float _Complex: conjf, double _Complex: conj, default: real_identity)(v)
 static inline double real_identity(double v) { return v; }
+#define SQRT(v) _Generic((v), float: sqrtf, default: sqrt)(v)
 
 /* One instantiation per dtype: FN names the functions, T is the scalar, R its real type. */
 #define FN(name) name##_f64
