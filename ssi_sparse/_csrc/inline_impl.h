@@ -17,12 +17,27 @@ enum { FN(INLINE_NB) = 4 };
 
 #define REAL_PART(v) _Generic((v), float _Complex: crealf, double _Complex: creal, default: real_identity)(v)
 
-/* c[i] -= a0 p0[i] + a1 p1[i] + a2 p2[i] + a3 p3[i] for i in [lo, hi): the blocked update */
+/* c[i] -= a0 p0[i] + a1 p1[i] (+ a2 p2[i] (+ a3 p3[i])) for i in [lo, hi): the blocked update,
+ * one pass over c for the whole block (block sizes 1 to 4 each get their own loop) */
 static inline void FN(update4)(T *restrict c, const T *restrict p0, const T *restrict p1, const T *restrict p2,
                                const T *restrict p3, T a0, T a1, T a2, T a3, int64_t lo, int64_t hi)
 {
     for (int64_t i = lo; i < hi; i++)
         c[i] -= a0 * p0[i] + a1 * p1[i] + a2 * p2[i] + a3 * p3[i];
+}
+
+static inline void FN(update3)(T *restrict c, const T *restrict p0, const T *restrict p1, const T *restrict p2,
+                               T a0, T a1, T a2, int64_t lo, int64_t hi)
+{
+    for (int64_t i = lo; i < hi; i++)
+        c[i] -= a0 * p0[i] + a1 * p1[i] + a2 * p2[i];
+}
+
+static inline void FN(update2)(T *restrict c, const T *restrict p0, const T *restrict p1, T a0, T a1, int64_t lo,
+                               int64_t hi)
+{
+    for (int64_t i = lo; i < hi; i++)
+        c[i] -= a0 * p0[i] + a1 * p1[i];
 }
 
 static inline void FN(update1)(T *restrict c, const T *restrict p, T a, int64_t lo, int64_t hi)
@@ -31,17 +46,24 @@ static inline void FN(update1)(T *restrict c, const T *restrict p, T a, int64_t 
         c[i] -= a * p[i];
 }
 
-/* c[i] -= sum_q a[q] col(k0 + q)[i], q < kb, for i in [lo, hi) (G with column stride f) */
+/* c[i] -= sum_q a[q] col(k0 + q)[i], q < kb <= 4, for i in [lo, hi) (G with column stride f) */
 static inline void FN(update_block)(T *c, const T *G, int64_t f, int64_t k0, int64_t kb, const T *a, int64_t lo,
                                     int64_t hi)
 {
-    if (kb == FN(INLINE_NB)) {
-        const T *p = G + k0 * f;
+    const T *p = G + k0 * f;
+    switch (kb) {
+    case 4:
         FN(update4)(c, p, p + f, p + 2 * f, p + 3 * f, a[0], a[1], a[2], a[3], lo, hi);
-        return;
+        break;
+    case 3:
+        FN(update3)(c, p, p + f, p + 2 * f, a[0], a[1], a[2], lo, hi);
+        break;
+    case 2:
+        FN(update2)(c, p, p + f, a[0], a[1], lo, hi);
+        break;
+    default:
+        FN(update1)(c, p, a[0], lo, hi);
     }
-    for (int64_t q = 0; q < kb; q++)
-        FN(update1)(c, G + (k0 + q) * f, a[q], lo, hi);
 }
 
 /* Partial Cholesky of G over its first s pivots, lower triangle only: L in G_SS, W in G_RS,
