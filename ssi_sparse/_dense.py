@@ -232,18 +232,20 @@ class DenseJob:
     child_classes, leaf_jobs)`` when the native kernel assembles each box just before it is
     factored (:func:`._native.dense_chunk`), None when ``F`` is assembled already;
     ``leaf_jobs`` (level 1 only, else None): the leaf classes' jobs (:meth:`for_leaves`),
-    whose boxes this job assembles and factors beside its own.
+    whose boxes this job assembles and factors beside its own.  ``compact``: the frontals may
+    hold decoupled nodes (a masked grid's absent pixels); the native kernel factors each box
+    without them (the results are the same).
     """
 
     def __init__(self, F, s: int, cholesky: bool, a_norm: float, where: str, source=None, inline: bool = False,
-                 shape=None, dtype=None):
+                 shape=None, dtype=None, compact: bool = False):
         P, f, _ = F.shape if F is not None else shape
         dtype = np.dtype(F.dtype if F is not None else dtype)
         if F is not None and not F.flags.c_contiguous:
             raise ValueError("dense kernel needs C-contiguous frontals")
         r = f - s
         self.F, self.s, self.cholesky, self.a_norm, self.where, self.source = F, s, cholesky, a_norm, where, source
-        self.n_boxes, self.n_front, self.dtype, self.inline = P, f, dtype, inline
+        self.n_boxes, self.n_front, self.dtype, self.inline, self.compact = P, f, dtype, inline, compact
         self.in_c = native.supports_dtype(np, dtype)
         if (source is not None or inline) and not self.in_c:
             raise ValueError("fused assembly and the inline kernel need the native extension")
@@ -290,7 +292,7 @@ class DenseJob:
         try:
             native.dense_chunk(self.F, *bounds, self.s, self.cholesky, self.inline, self.a_norm, self.factor, self.x,
                                self.w, self.perm, self.rconds, lapack_for(self.F.dtype).table,
-                               self.source or (None, None, None, None, None, None))  # fmt: skip
+                               self.source or (None, None, None, None, None, None), self.compact)  # fmt: skip
         except native.DenseFailure as failure:
             where = self.where if failure.leaf is None else self.source[5][failure.leaf].where
             if failure.not_pd:

@@ -249,10 +249,13 @@ def _row_chunks(P, f):
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timings=None) -> NumericFactor:
+def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timings=None,
+                     masked: bool = False) -> NumericFactor:
     """Numeric phase: eliminate every level of ``plan`` for the stencil values ``V`` (n, 9).
 
     ``a_norm`` (the matrix's infinity-norm) is the scale singular blocks are measured against.
+    ``masked``: some nodes are decoupled (a masked grid's absent pixels); the native dense
+    kernel then factors every box without them (the inline kernel skips their zero updates).
     ``timings``: a list that receives one :class:`ClassTiming` per class (benchmarks).
     """
     if native.supports_dtype(xp, V.dtype):
@@ -298,13 +301,13 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
             leaf_classes = plan.levels[0].classes if k == 1 and fused else None
             try:
                 jobs, leaf_jobs = _box_jobs(xp, plan.levels, level_fronts, boxed, level_kernels, k, cholesky, a_norm,
-                                            V, fronts, leaf_classes, n_threads, assemble)  # fmt: skip
+                                            V, fronts, leaf_classes, n_threads, assemble, masked)  # fmt: skip
                 _run_box_jobs(jobs, n_threads)
             except NotPositiveDefinite:
                 # Hermitian but indefinite: LU for this level and all later (the children are intact)
                 cholesky = False
                 jobs, leaf_jobs = _box_jobs(xp, plan.levels, level_fronts, boxed, level_kernels, k, cholesky, a_norm,
-                                            V, fronts, leaf_classes, n_threads, assemble)  # fmt: skip
+                                            V, fronts, leaf_classes, n_threads, assemble, masked)  # fmt: skip
                 _run_box_jobs(jobs, n_threads)
             wall = time.perf_counter() - t0
             busy = sum(job.seconds for job in jobs) or 1.0
@@ -334,7 +337,7 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
 
 
 def _box_jobs(xp, plan_levels, level_fronts, boxed, level_kernels, k, cholesky, a_norm, V, fronts, leaf_classes,
-              n_threads, assemble):
+              n_threads, assemble, masked=False):
     """``(jobs, leaf_jobs)``: one :class:`DenseJob` per class of level ``k`` that the native
     or dense kernel factors box by box (``boxed``), and (``leaf_classes`` given: level 1 with
     its leaves fused) one storage job per leaf class, factored by its parents.  With the
@@ -358,7 +361,7 @@ def _box_jobs(xp, plan_levels, level_fronts, boxed, level_kernels, k, cholesky, 
             if not native.supports_dtype(xp, F.dtype):
                 _flush_tiny(F)  # the native assembly does this on the fly
         jobs.append(DenseJob(F, cls.n_elim, cholesky, a_norm, _where(k, cls), source,
-                             inline=level_kernels[ci] == "native"))  # fmt: skip
+                             inline=level_kernels[ci] == "native", compact=masked and level_kernels[ci] == "dense"))  # fmt: skip
     return jobs, leaf_jobs
 
 

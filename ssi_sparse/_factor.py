@@ -206,7 +206,8 @@ class GridFactor:
     def _eliminate(self, Vs, hermitian) -> NumericFactor:
         """Numeric factorization of the equilibrated stencil ``Vs`` (in its dtype)."""
         a_norm = stencil_norm_inf(self._xp, Vs, self._dims)
-        return factorize_values(self._plan(), Vs, hermitian, a_norm, self._xp)
+        masked = self._absent is not None and self._absent.size > 0
+        return factorize_values(self._plan(), Vs, hermitian, a_norm, self._xp, masked=masked)
 
     def slogdet(self):
         """Sign and natural log of the absolute value of ``det(A)``, from the factorization.

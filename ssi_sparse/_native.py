@@ -43,7 +43,7 @@ _ASSEMBLE_ARGTYPES = [_i64, _i64, _i64, _i64, _p,
                       _p, _i64, _i64, _p, _p, _i64,
                       _p, _i64, _i64, _p, _p, _i64]  # fmt: skip
 _DENSE_ARGTYPES = [_i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32, _p, _p, _p, _p, _i64,
-                   _p, _p, _p, _p, _p, _p, ctypes.c_double, _p, _p, _p, _p, _p]  # fmt: skip
+                   _p, _p, _p, _p, _p, _p, ctypes.c_double, _p, _p, _p, _p, _p, ctypes.c_int32, _p, _p]  # fmt: skip
 
 
 class _Source(ctypes.Structure):
@@ -203,13 +203,15 @@ class DenseFailure(Exception):
 
 
 def dense_chunk(F, p0: int, p1: int, s: int, cholesky: bool, inline: bool, a_norm: float, factor, x, w, perm, rconds,
-                table, source=(None, None, None, None, None, None)) -> None:
+                table, source=(None, None, None, None, None, None), compact: bool = False) -> None:
     """Factor boxes ``[p0, p1)`` of ``F`` (P, f, f) in place with the dense kernel's
     arithmetic (:mod:`._dense`), by inline loops (``inline``) or LAPACK/BLAS, the loop in C;
     the outputs are the class's arrays (all P boxes).  ``source``: ``(cls, level, V, fronts,
     child_classes, leaf_jobs)`` to assemble each box first (``cls`` None: assembled already;
     ``leaf_jobs`` not None: level 1 factors its two leaves per box first, into those jobs'
-    arrays).  ``table``: :attr:`._lapack.Lapack.table`.  Raises :class:`DenseFailure`."""
+    arrays).  ``table``: :attr:`._lapack.Lapack.table`.  ``compact``: the frontals may hold
+    decoupled nodes (a masked grid's absent pixels), factored without them.  Raises
+    :class:`DenseFailure`."""
     dtype = F.dtype
     f = F.shape[1]
     cls, level, V, fronts, child_classes, leaf_jobs = source
@@ -218,7 +220,7 @@ def dense_chunk(F, p0: int, p1: int, s: int, cholesky: bool, inline: bool, a_nor
     if leaf_jobs is not None:
         leaves, keep_leaves = _leaf_pair(cls, rows, child_classes, leaf_jobs, dtype)  # noqa: F841
         flat = [np.ascontiguousarray(link.flat, dtype=np.int64) for link in cls.children]
-        src, runs, keep = _Source(_MODE_MERGE, None, 0, _ptr(flat[0]), None, 0, _ptr(flat[1])), None, flat
+        src, runs, keep = _Source(_MODE_MERGE, None, 0, _ptr(flat[0]), None, 0, _ptr(flat[1])), None, flat  # noqa: F841
         s_max = max(s, leaves[0].s, leaves[1].s)
         scratch = leaves[0].f ** 2 + leaves[1].f ** 2
     else:
@@ -228,6 +230,8 @@ def dense_chunk(F, p0: int, p1: int, s: int, cholesky: bool, inline: bool, a_nor
     iwork = np.empty(2 * max(s, 1), dtype=real if dtype.kind == "c" else np.float64)
     ipiv = np.empty(max(s, 1), dtype=np.intc)
     piv = np.empty(max(s_max, 1), dtype=np.int64)
+    compact_work = np.empty(f * f + s * s + 2 * s * (f - s) if compact else 1, dtype=dtype)
+    kept_nodes = np.empty(2 * f if compact else 1, dtype=np.int64)
     fn = getattr(_library(), f"ssi_dense_chunk_{_SUFFIX[dtype]}")
 
     def at(a, per_box):
@@ -239,7 +243,7 @@ def dense_chunk(F, p0: int, p1: int, s: int, cholesky: bool, inline: bool, a_nor
                 None if V is None else _ptr(V, dtype), 0 if V is None else V.shape[0],
                 at(F, f * f), at(factor, s * s), at(x, r * s), at(w, s * r),
                 at(perm, s), at(rconds, 1), float(a_norm), ctypes.byref(table),
-                _ptr(work), _ptr(iwork), _ptr(ipiv), _ptr(piv))  # fmt: skip
+                _ptr(work), _ptr(iwork), _ptr(ipiv), _ptr(piv), int(compact), _ptr(compact_work), _ptr(kept_nodes))  # fmt: skip
     if status:
         box, part, code = int(status) // 16 - 1, int(status) // 4 % 4, int(status) % 4
         leaf = None if part == 0 else cls.children[part - 1].cls

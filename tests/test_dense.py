@@ -261,3 +261,64 @@ def test_tiny_schur_entries_flushed_without_losing_accuracy(monkeypatch, native_
     x = ssi_sparse.factorize(A).solve(b)
     ref = spla.spsolve(A.tocsc(), b)
     np.testing.assert_allclose(x, ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())
+
+
+def _class_frontals(rng, P, f, dtype, hermitian):
+    cplx = np.dtype(dtype).kind == "c"
+    M = rng.standard_normal((P, f, f)) + (1j * rng.standard_normal((P, f, f)) if cplx else 0)
+    if hermitian:
+        return (M @ np.conj(np.swapaxes(M, 1, 2)) + f * np.eye(f)).astype(dtype)
+    return (M + 2 * np.sqrt(f) * np.eye(f)).astype(dtype)
+
+
+def _run_job(F, s, cholesky, inline, finish=True):
+    from ssi_sparse._dense import DenseJob, run_jobs
+
+    job = DenseJob(F, s, cholesky, 1.0, "test", inline=inline)
+    run_jobs([job])
+    return job.finish() if finish else job
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cholesky", [True, False])
+@pytest.mark.parametrize("s", [1, 3, 4, 9, 13])  # panel widths 1..4 and their remainders
+def test_inline_kernel_matches_lapack_kernel(dtype, cholesky, s):
+    """The native inline loops and LAPACK/BLAS store the same factors, X, W and Schur
+    complements (Cholesky is unique; these LU frontals pivot alike), and both estimate the
+    blocks' conditioning by the same method."""
+    from ssi_sparse import _native
+
+    if not _native.available():
+        pytest.skip("native kernel not built")
+    rng = np.random.default_rng(s)
+    F0 = _class_frontals(rng, 5, 21, dtype, cholesky)
+    results = []
+    for inline in (True, False):
+        F = np.array(F0)
+        blk = _run_job(F, s, cholesky, inline)
+        factor = np.tril(np.swapaxes(blk.factor, 1, 2)) if cholesky else blk.factor  # G's lower part
+        arrays = [F[:, s:, s:], factor, blk.w] + ([] if cholesky else [blk.x, blk.perm])
+        results.append((arrays, blk.min_rcond))
+    tol = 10 * _tol(dtype)
+    for a, b in zip(results[0][0], results[1][0]):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, np.abs(b).max()))
+    assert results[1][1] / 2 <= results[0][1] <= 2 * results[1][1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_inline_lu_pivots_do_not_depend_on_column_scaling(dtype):
+    """Scaled partial pivoting: the columns of F (the unknowns' units) scaled by powers of two
+    (exact) give the same pivots and the same factors, scaled back."""
+    from ssi_sparse import _native
+
+    if not _native.available():
+        pytest.skip("native kernel not built")
+    rng = np.random.default_rng(3)
+    P, f, s = 6, 19, 11
+    cplx = np.dtype(dtype).kind == "c"
+    F0 = (rng.standard_normal((P, f, f)) + (1j * rng.standard_normal((P, f, f)) if cplx else 0)).astype(dtype)
+    d = 2.0 ** rng.integers(-20, 21, (P, 1, f))
+    # (not finished: the scaled blocks' condition numbers are far beyond single precision's)
+    plain = _run_job(np.array(F0), s, False, True, finish=False)
+    scaled = _run_job(np.ascontiguousarray(F0 * d).astype(dtype), s, False, True, finish=False)
+    np.testing.assert_array_equal(plain.perm, scaled.perm)

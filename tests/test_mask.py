@@ -316,3 +316,47 @@ def test_masked_torch_layer():
     b = torch.randn(n, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda v, rhs: sst.spsolve(torch.sparse_coo_tensor(idx, v, (n, n)), rhs), (values, b))
+
+
+@pytest.mark.parametrize("case", [("spd", np.float64), ("nonsym", np.float64), ("spd", np.complex64),
+                                  ("complex", np.complex128), ("nonsym", np.float32)])  # fmt: skip
+@pytest.mark.parametrize("dense_from", [None, 1])  # the default kernels; LAPACK on every level
+def test_boxes_factored_without_absent_pixels_store_the_same_factors(monkeypatch, case, dense_from):
+    """Each box of a masked grid is factored without its absent pixels (decoupled nodes) and
+    the results scattered back: the stored factors, X, W, pivots and determinants equal those
+    of factoring the full frontals, and so do the solves."""
+    from ssi_sparse import _factor, _native, _tuning
+    from ssi_sparse._dense import FactoredBlocks
+
+    if not _native.available():
+        pytest.skip("native kernel not built")
+    if dense_from is not None:
+        monkeypatch.setattr(_tuning, "DENSE_MIN_FRONT", dense_from)
+    kind, dtype = case
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[:45, :52]
+    mask = ((yy - 22) ** 2 + (xx - 26) ** 2 < 21**2) & ((yy - 20) ** 2 + (xx - 30) ** 2 > 8**2)  # a ring
+    mask[30:, 5:9] = True  # and a thin strip, partly outside it
+    A, _ = masked_matrix(mask, rng, kind, dtype)
+    b = random_rhs(rng, A.shape[0], 2, dtype)
+    runs = []
+    plain = _factor.factorize_values
+    for compact in (True, False):
+        monkeypatch.setattr(_factor, "factorize_values", lambda *a, compact=compact, **kw: plain(*a, **{**kw, "masked": compact}))
+        lu = ssi_sparse.factorize(A, mask=mask)
+        runs.append((lu, lu.solve(b)))
+    (lu_c, x_c), (lu_f, x_f) = runs
+    tol = AGREE_TOL[_precision(dtype)]
+    for level_c, level_f in zip(lu_c._numeric.blocks, lu_f._numeric.blocks):
+        for bc, bf in zip(level_c, level_f):
+            assert isinstance(bc, FactoredBlocks) and bc.kind == bf.kind
+            factor_c, factor_f = (np.tril(np.swapaxes(b.factor, 1, 2)) if b.kind == "cholesky" else b.factor
+                                  for b in (bc, bf))  # fmt: skip
+            for a, ref in [(factor_c, factor_f), (bc.w, bf.w), (bc.x, bf.x)]:
+                if ref is not None:
+                    np.testing.assert_allclose(a, ref, rtol=tol, atol=tol * max(1.0, np.abs(ref).max(initial=0)))
+            if bf.perm is not None:
+                np.testing.assert_array_equal(bc.perm, bf.perm)
+            assert bf.min_rcond / 10 <= bc.min_rcond <= 10 * bf.min_rcond
+    np.testing.assert_allclose(x_c, x_f, rtol=tol, atol=tol * np.abs(x_f).max())
+    assert rel_residual(A, x_c, b) <= RESIDUAL_TOL[_precision(dtype)]

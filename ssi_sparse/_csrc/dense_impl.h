@@ -165,6 +165,118 @@ static int FN(factor_box)(const struct blas_table *t, int inline_kernel, T *F, i
     return FN(dense_box)(t, F, (int)f, (int)s, cholesky, factor, x, w, perm, ipiv, work, iwork, a_norm, rcond);
 }
 
+/* mark[i] = 1 where node i of frontal F is coupled to another node, 0 where it is not (an
+ * absent pixel of a masked grid: its row and column hold only the diagonal); one pass over F. */
+static inline void FN(mark_coupled)(const T *F, int64_t f, int64_t *mark)
+{
+    for (int64_t i = 0; i < f; i++)
+        mark[i] = 0;
+    for (int64_t i = 0; i < f; i++) {
+        const T *row = F + i * f;
+        int64_t any = 0;
+        for (int64_t j = 0; j < f; j++)
+            if (row[j] != 0 && j != i) {
+                any = 1;
+                mark[j] = 1;
+            }
+        mark[i] |= any;
+    }
+}
+
+/* factor_box for frontals that may hold decoupled nodes: the coupled ones are gathered into a
+ * smaller frontal and factored there (flops: the cube of the present share), and the results
+ * scattered back into the full format.  Decoupled nodes stay out of every update, so the full
+ * frontal's factorization is the compact one with their diagonal entries interleaved: L or
+ * L\U gets their pivot (Cholesky: its square root), W, X and their rows and columns of D stay
+ * zero, the pivoting maps through the kept nodes, and the block's rcond is the smaller of
+ * the compact block's and that of the decoupled pivots (measured against A, as everywhere).
+ * scratch: f^2 + s^2 + 2 s r entries; keep: 2 f. */
+static int FN(factor_box_compact)(const struct blas_table *t, int inline_kernel, T *F, int64_t f, int64_t s,
+                                  int cholesky, T *factor, T *x, T *w, int64_t *perm, int *ipiv, int64_t *piv,
+                                  T *work, void *iwork, R a_norm, double *rcond, T *scratch, int64_t *keep)
+{
+    const int64_t r = f - s;
+    int64_t ns = 0, nr = 0;
+    R d_min = 0;
+    int any_decoupled = 0;
+    int64_t *mark = keep + f; /* then the kept nodes */
+    FN(mark_coupled)(F, f, mark);
+    for (int64_t i = 0; i < f; i++) {
+        if (mark[i]) {
+            if (i < s)
+                keep[ns++] = i;
+            else
+                keep[s + nr++] = i; /* boundary ones after the largest possible ns */
+            continue;
+        }
+        if (i >= s)
+            continue;
+        const R d = ABS(F[i * f + i]);
+        if (!any_decoupled || !(d >= d_min))
+            d_min = d;
+        any_decoupled = 1;
+        if (d == 0)
+            return BOX_SINGULAR;
+        if (cholesky && !(REAL_PART(F[i * f + i]) > 0))
+            return BOX_NOT_PD;
+    }
+    if (ns == s && nr == r)
+        return FN(factor_box)(t, inline_kernel, F, f, s, cholesky, factor, x, w, perm, ipiv, piv, work, iwork,
+                              a_norm, rcond);
+    for (int64_t i = 0; i < s * s; i++)
+        factor[i] = 0;
+    for (int64_t i = 0; i < s; i++) /* the decoupled pivots, before mark is overwritten */
+        if (!mark[i]) {
+            T d = F[i * f + i];
+            factor[i * s + i] = cholesky ? (T)SQRT(REAL_PART(d)) : d;
+        }
+    int64_t *kept = mark; /* the kept nodes in order: S ones, then boundary ones */
+    for (int64_t a = 0; a < ns; a++)
+        kept[a] = keep[a];
+    for (int64_t b = 0; b < nr; b++)
+        kept[ns + b] = keep[s + b];
+    const int64_t fc = ns + nr;
+    T *G = scratch, *cf = G + fc * fc, *cx = cf + ns * ns, *cw = cx + nr * ns;
+    for (int64_t a = 0; a < fc; a++)
+        for (int64_t b = 0; b < fc; b++)
+            G[a * fc + b] = F[kept[a] * f + kept[b]];
+    double rc = 1.0;
+    if (ns > 0) {
+        int status = FN(factor_box)(t, inline_kernel, G, fc, ns, cholesky, cf, cholesky ? NULL : cx, cw,
+                                    cholesky ? NULL : keep, ipiv, piv, work, iwork, a_norm, &rc);
+        if (status)
+            return status;
+    }
+    if (any_decoupled) {
+        const double rd = (double)(d_min / a_norm); /* |d| <= ||A||: A's own diagonal entry */
+        rc = rd < rc || rd != rd ? rd : rc;
+    }
+    *rcond = rc;
+    for (int64_t i = 0; i < s * r; i++)
+        w[i] = 0;
+    for (int64_t a = 0; a < ns; a++) {
+        for (int64_t b = 0; b < ns; b++)
+            factor[kept[a] * s + kept[b]] = cf[a * ns + b];
+        for (int64_t b = 0; b < nr; b++)
+            w[kept[a] * r + kept[ns + b] - s] = cw[a * nr + b];
+    }
+    if (!cholesky) {
+        for (int64_t i = 0; i < r * s; i++)
+            x[i] = 0;
+        for (int64_t b = 0; b < nr; b++)
+            for (int64_t a = 0; a < ns; a++)
+                x[(kept[ns + b] - s) * s + kept[a]] = cx[b * ns + a];
+        for (int64_t i = 0; i < s; i++)
+            perm[i] = i;
+        for (int64_t a = 0; a < ns; a++) /* keep[0:ns] holds the compact perm now */
+            perm[kept[a]] = kept[keep[a]];
+    }
+    for (int64_t a = 0; a < nr; a++) /* the coupled boundary's Schur complement */
+        for (int64_t b = 0; b < nr; b++)
+            F[kept[ns + a] * f + kept[ns + b]] = G[(ns + a) * fc + ns + b];
+    return 0;
+}
+
 /* Assemble both leaves of level-1 box p into scratch[0], scratch[1] and factor them there
  * (inline), their blocks stored into the leaves' arrays.  Returns 0 or (part << 2) | status,
  * part 1 or 2 for the first or second leaf. */
@@ -195,13 +307,16 @@ static int FN(leaf_pair)(const struct leaf_source *leaves, const void *V, int64_
  * place, inline or by LAPACK/BLAS.  factor (P, s, s), x (P, r, s) (LU only), w (P, s, r), perm
  * (P, s) (LU only), rcond (P).  work: 4 s entries of T, then (with leaves) room for the two
  * leaf frontals; iwork: 2 s entries of R; ipiv, piv: s ints (with leaves: the largest s).
+ * compact: the frontals may hold decoupled nodes (a masked grid's absent pixels), factored
+ * without them (factor_box_compact; compact_work f^2 + s^2 + 2 s r entries, keep 2 f).
  * Returns 0, or ((1 + box) * 4 + part) * 4 + status for the first box that failed (part 0:
  * the box itself, 1 or 2: its first or second leaf). */
 EXPORT int64_t FN(ssi_dense_chunk)(
     int64_t P, int64_t f, int64_t s, int32_t cholesky, int32_t inline_kernel, const struct source *src,
     const struct runs_source *runs, const struct leaf_source *leaves, const void *V, int64_t n_rows,
     void *F_, void *factor_, void *x_, void *w_, int64_t *perm, double *rcond, double a_norm,
-    const struct blas_table *table, void *work_, void *iwork, int *ipiv, int64_t *piv)
+    const struct blas_table *table, void *work_, void *iwork, int *ipiv, int64_t *piv, int32_t compact,
+    void *compact_work, int64_t *keep)
 {
     const int32_t mode = src->mode;
     T *F = (T *)F_, *factor = (T *)factor_, *x = (T *)x_, *w = (T *)w_, *work = (T *)work_;
@@ -235,9 +350,12 @@ EXPORT int64_t FN(ssi_dense_chunk)(
             FN(assemble)(src, p, f * f, Fp);
         if (s == 0)
             continue;
-        int status = FN(factor_box)(table, inline_kernel, Fp, f, s, cholesky, factor + p * s * s,
-                                    cholesky ? NULL : x + p * r * s, w + p * s * r, cholesky ? NULL : perm + p * s,
-                                    ipiv, piv, work, iwork, (R)a_norm, rcond + p);
+        T *fp = factor + p * s * s, *xp = cholesky ? NULL : x + p * r * s, *wp = w + p * s * r;
+        int64_t *pp = cholesky ? NULL : perm + p * s;
+        int status = compact ? FN(factor_box_compact)(table, inline_kernel, Fp, f, s, cholesky, fp, xp, wp, pp, ipiv,
+                                                      piv, work, iwork, (R)a_norm, rcond + p, (T *)compact_work, keep)
+                             : FN(factor_box)(table, inline_kernel, Fp, f, s, cholesky, fp, xp, wp, pp, ipiv, piv,
+                                              work, iwork, (R)a_norm, rcond + p);
         if (status)
             return (p + 1) * 16 + status;
     }

@@ -73,6 +73,7 @@ struct leaf_source {
 #define ABS(v) _Generic((v), float: fabsf, double: fabs, float _Complex: cabsf, double _Complex: cabs)(v)
 #define CONJ(v) _Generic((v), float _Complex: conjf, double _Complex: conj, default: real_identity)(v)
 static inline double real_identity(double v) { return v; }
+#define REAL_PART(v) _Generic((v), float _Complex: crealf, double _Complex: creal, default: real_identity)(v)
 #define SQRT(v) _Generic((v), float: sqrtf, default: sqrt)(v)
 
 /* One instantiation per dtype: FN names the functions, T is the scalar, R its real type. */

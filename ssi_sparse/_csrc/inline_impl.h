@@ -15,8 +15,6 @@
 
 enum { FN(INLINE_NB) = 4 };
 
-#define REAL_PART(v) _Generic((v), float _Complex: crealf, double _Complex: creal, default: real_identity)(v)
-
 /* c[i] -= a0 p0[i] + a1 p1[i] (+ a2 p2[i] (+ a3 p3[i])) for i in [lo, hi): the blocked update,
  * one pass over c for the whole block (block sizes 1 to 4 each get their own loop) */
 static inline void FN(update4)(T *restrict c, const T *restrict p0, const T *restrict p1, const T *restrict p2,
@@ -50,6 +48,11 @@ static inline void FN(update1)(T *restrict c, const T *restrict p, T a, int64_t 
 static inline void FN(update_block)(T *c, const T *G, int64_t f, int64_t k0, int64_t kb, const T *a, int64_t lo,
                                     int64_t hi)
 {
+    int any = 0; /* frontals are sparse (stencil couplings; decoupled absent pixels): skip zero work */
+    for (int64_t q = 0; q < kb; q++)
+        any |= a[q] != 0;
+    if (!any)
+        return;
     const T *p = G + k0 * f;
     switch (kb) {
     case 4:
@@ -321,4 +324,3 @@ static int FN(inline_box)(T *F, int64_t f, int64_t s, int cholesky, T *factor, T
     return 0;
 }
 
-#undef REAL_PART
