@@ -23,6 +23,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from . import _tuning
+
 __all__ = ["DenseFailure", "assemble_runs", "available", "dense_chunk", "dense_sweep", "describe",
            "fuses_assembly", "gathers_dense", "grid_reach", "grid_stencil_pass", "mirror_upper",
            "node_reduce", "reads", "scale_stencil", "stencil_matvec", "stencil_is_hermitian", "supports_dtype"]
@@ -70,7 +72,8 @@ def _library():
         fn = getattr(lib, f"ssi_dense_chunk_{suffix}")
         fn.argtypes, fn.restype = _DENSE_ARGTYPES, _i64
         fn = getattr(lib, f"ssi_dense_sweep_{suffix}")
-        fn.argtypes, fn.restype = [_i64, _i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32, _p, _p, _p, _p, _p, _p], None
+        fn.argtypes = [_i64, _i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32, _p, _p, _p, _p, _p, _p, _i64]
+        fn.restype = None
     for suffix in _SUFFIX.values():
         fn = getattr(lib, f"ssi_node_reduce_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _p, _p, ctypes.c_int32], None
@@ -252,11 +255,14 @@ def dense_chunk(F, p0: int, p1: int, s: int, cholesky: bool, inline: bool, a_nor
 
 def dense_sweep(op: str, trans: str, cholesky: bool, factor, w, x, a, b, table) -> None:
     """One solve sweep (``op`` 'up' or 'down', ``trans`` 'N' or 'T') over a class's stored
-    dense factors: ``a`` (P, s, k) in place, ``b`` (P, r, k) written (up) or read (down)."""
+    dense factors: ``a`` (P, s, k) in place, ``b`` (P, r, k) written (up) or read (down); one
+    column of frontals narrower than ``DENSE_MIN_FRONT`` by inline loops, as they were
+    factored."""
     P, s, r = w.shape
     fn = getattr(_library(), f"ssi_dense_sweep_{_SUFFIX[a.dtype]}")
     fn(P, s, r, a.shape[2], SWEEPS[op, trans], int(cholesky), _ptr(factor, a.dtype), _ptr(w, a.dtype),
-       None if x is None else _ptr(x, a.dtype), _ptr(a, a.dtype), _ptr(b, a.dtype), ctypes.byref(table))  # fmt: skip
+       None if x is None else _ptr(x, a.dtype), _ptr(a, a.dtype), _ptr(b, a.dtype), ctypes.byref(table),
+       _tuning.DENSE_MIN_FRONT)  # fmt: skip
 
 
 def mirror_upper(D) -> bool:

@@ -97,6 +97,97 @@ static void FN(sweep_vector)(const struct blas_table *t, int32_t op, int32_t cho
     }
 }
 
+/* sweep_vector's arithmetic in plain loops, for narrow frontals (a library call per box
+ * would cost more than its s (s + r) multiply-adds).  Column-major blocks: M the factor (ld
+ * s), W (r x s, ld r), X (s x r, ld s); every inner loop runs down one contiguous column. */
+static void FN(sweep_vector_inline)(int32_t op, int32_t cholesky, int64_t s, int64_t r, const T *M, const T *W,
+                                    const T *X, T *restrict a, T *restrict b)
+{
+    switch (op) {
+    case SWEEP_UP_N:
+        if (cholesky) { /* a := conj(L)^-1 a, b := conj(W) a */
+            for (int64_t c = 0; c < s; c++) {
+                const T *mc = M + c * s;
+                const T v = a[c] / CONJ(mc[c]);
+                a[c] = v;
+                for (int64_t i = c + 1; i < s; i++)
+                    a[i] -= CONJ(mc[i]) * v;
+            }
+            for (int64_t j = 0; j < r; j++)
+                b[j] = 0;
+            for (int64_t c = 0; c < s; c++) {
+                const T *wc = W + c * r;
+                const T v = a[c];
+                for (int64_t j = 0; j < r; j++)
+                    b[j] += CONJ(wc[j]) * v;
+            }
+        } else { /* a := U^-T a, b := X^T a */
+            for (int64_t c = 0; c < s; c++) {
+                const T *mc = M + c * s;
+                T sum = a[c];
+                for (int64_t i = 0; i < c; i++)
+                    sum -= mc[i] * a[i];
+                a[c] = sum / mc[c];
+            }
+            for (int64_t j = 0; j < r; j++) {
+                const T *xj = X + j * s;
+                T sum = 0;
+                for (int64_t i = 0; i < s; i++)
+                    sum += xj[i] * a[i];
+                b[j] = sum;
+            }
+        }
+        break;
+    case SWEEP_UP_T: /* a := L^-1 a (unit), b := W a */
+        for (int64_t c = 0; c < s; c++) {
+            const T *mc = M + c * s;
+            const T v = a[c];
+            for (int64_t i = c + 1; i < s; i++)
+                a[i] -= mc[i] * v;
+        }
+        for (int64_t j = 0; j < r; j++)
+            b[j] = 0;
+        for (int64_t c = 0; c < s; c++) {
+            const T *wc = W + c * r;
+            const T v = a[c];
+            for (int64_t j = 0; j < r; j++)
+                b[j] += wc[j] * v;
+        }
+        break;
+    case SWEEP_DOWN_N: /* a -= W^T b, a := L^-T a (unit for LU) */
+        for (int64_t c = 0; c < s; c++) {
+            const T *wc = W + c * r;
+            T sum = a[c];
+            for (int64_t j = 0; j < r; j++)
+                sum -= wc[j] * b[j];
+            a[c] = sum;
+        }
+        for (int64_t c = s - 1; c >= 0; c--) {
+            const T *mc = M + c * s;
+            T sum = a[c];
+            for (int64_t i = c + 1; i < s; i++)
+                sum -= mc[i] * a[i];
+            a[c] = cholesky ? sum / mc[c] : sum;
+        }
+        break;
+    case SWEEP_DOWN_T: /* a -= X b, a := U^-1 a */
+        for (int64_t j = 0; j < r; j++) {
+            const T *xj = X + j * s;
+            const T v = b[j];
+            for (int64_t i = 0; i < s; i++)
+                a[i] -= xj[i] * v;
+        }
+        for (int64_t c = s - 1; c >= 0; c--) {
+            const T *mc = M + c * s;
+            const T v = a[c] / mc[c];
+            a[c] = v;
+            for (int64_t i = 0; i < c; i++)
+                a[i] -= mc[i] * v;
+        }
+        break;
+    }
+}
+
 /* Returns 0, BOX_NOT_PD (Cholesky refused: F partly overwritten) or BOX_SINGULAR. */
 static int FN(dense_box)(const struct blas_table *t, T *F, int f, int s, int cholesky, T *factor, T *x, T *w,
                          int64_t *perm, int *ipiv, T *work, void *iwork, R a_norm, double *rcond)
@@ -364,10 +455,11 @@ EXPORT int64_t FN(ssi_dense_chunk)(
 
 /* One solve sweep over P boxes' stored factors (FactoredBlocks' up / down), right-hand
  * sides with k columns, every block C-ordered (column-major transposes, as in _dense.py):
- * a (P, s, k) is updated in place; b (P, r, k) is written (up) or read (down). */
+ * a (P, s, k) is updated in place; b (P, r, k) is written (up) or read (down).  Frontals
+ * narrower than inline_below sweep one column by inline loops, wider ones by BLAS-2. */
 EXPORT void FN(ssi_dense_sweep)(int64_t P, int64_t s, int64_t r, int64_t k, int32_t op, int32_t cholesky,
                                 const void *factor_, const void *w_, const void *x_, void *a_, void *b_,
-                                const struct blas_table *t)
+                                const struct blas_table *t, int64_t inline_below)
 {
     const T *factor = (const T *)factor_, *w = (const T *)w_, *x = (const T *)x_;
     T *a = (T *)a_, *b = (T *)b_;
@@ -376,7 +468,10 @@ EXPORT void FN(ssi_dense_sweep)(int64_t P, int64_t s, int64_t r, int64_t k, int3
         const T *fp = factor + p * s * s, *wp = w + p * s * r, *xp = cholesky ? NULL : x + p * r * s;
         T *ap = a + p * s * k, *bp = b + p * r * k;
         if (k == 1) {
-            FN(sweep_vector)(t, op, cholesky, si, ri, fp, wp, xp, ap, bp);
+            if (s + r < inline_below)
+                FN(sweep_vector_inline)(op, cholesky, s, r, fp, wp, xp, ap, bp);
+            else
+                FN(sweep_vector)(t, op, cholesky, si, ri, fp, wp, xp, ap, bp);
             continue;
         }
         switch (op) {
