@@ -97,6 +97,23 @@ static void FN(sweep_vector)(const struct blas_table *t, int32_t op, int32_t cho
     }
 }
 
+/* b := W a, or conj(W) a (W r x s, column-major, ld r) */
+static inline void FN(w_times)(const T *W, int64_t r, int64_t s, const T *restrict a, int conjugate, T *restrict b)
+{
+    for (int64_t j = 0; j < r; j++)
+        b[j] = 0;
+    for (int64_t c = 0; c < s; c++) {
+        const T *wc = W + c * r;
+        const T v = a[c];
+        if (conjugate)
+            for (int64_t j = 0; j < r; j++)
+                b[j] += CONJ(wc[j]) * v;
+        else
+            for (int64_t j = 0; j < r; j++)
+                b[j] += wc[j] * v;
+    }
+}
+
 /* sweep_vector's arithmetic in plain loops, for narrow frontals (a library call per box
  * would cost more than its s (s + r) multiply-adds).  Column-major blocks: M the factor (ld
  * s), W (r x s, ld r), X (s x r, ld s); every inner loop runs down one contiguous column. */
@@ -113,14 +130,7 @@ static void FN(sweep_vector_inline)(int32_t op, int32_t cholesky, int64_t s, int
                 for (int64_t i = c + 1; i < s; i++)
                     a[i] -= CONJ(mc[i]) * v;
             }
-            for (int64_t j = 0; j < r; j++)
-                b[j] = 0;
-            for (int64_t c = 0; c < s; c++) {
-                const T *wc = W + c * r;
-                const T v = a[c];
-                for (int64_t j = 0; j < r; j++)
-                    b[j] += CONJ(wc[j]) * v;
-            }
+            FN(w_times)(W, r, s, a, 1, b);
         } else { /* a := U^-T a, b := X^T a */
             for (int64_t c = 0; c < s; c++) {
                 const T *mc = M + c * s;
@@ -145,14 +155,7 @@ static void FN(sweep_vector_inline)(int32_t op, int32_t cholesky, int64_t s, int
             for (int64_t i = c + 1; i < s; i++)
                 a[i] -= mc[i] * v;
         }
-        for (int64_t j = 0; j < r; j++)
-            b[j] = 0;
-        for (int64_t c = 0; c < s; c++) {
-            const T *wc = W + c * r;
-            const T v = a[c];
-            for (int64_t j = 0; j < r; j++)
-                b[j] += wc[j] * v;
-        }
+        FN(w_times)(W, r, s, a, 0, b);
         break;
     case SWEEP_DOWN_N: /* a -= W^T b, a := L^-T a (unit for LU) */
         for (int64_t c = 0; c < s; c++) {
