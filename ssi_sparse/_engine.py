@@ -299,16 +299,20 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
         if boxed:
             t0 = time.perf_counter()
             leaf_classes = plan.levels[0].classes if k == 1 and fused else None
-            try:
+
+            def factor_level(cholesky, k=k, level_fronts=level_fronts, boxed=boxed, level_kernels=level_kernels,
+                             leaf_classes=leaf_classes, assemble=assemble, fronts=fronts):
                 jobs, leaf_jobs = _box_jobs(xp, plan.levels, level_fronts, boxed, level_kernels, k, cholesky, a_norm,
                                             V, fronts, leaf_classes, n_threads, assemble, masked)  # fmt: skip
                 _run_box_jobs(jobs, n_threads)
+                return jobs, leaf_jobs
+
+            try:
+                jobs, leaf_jobs = factor_level(cholesky)
             except NotPositiveDefinite:
                 # Hermitian but indefinite: LU for this level and all later (the children are intact)
                 cholesky = False
-                jobs, leaf_jobs = _box_jobs(xp, plan.levels, level_fronts, boxed, level_kernels, k, cholesky, a_norm,
-                                            V, fronts, leaf_classes, n_threads, assemble, masked)  # fmt: skip
-                _run_box_jobs(jobs, n_threads)
+                jobs, leaf_jobs = factor_level(cholesky)
             wall = time.perf_counter() - t0
             busy = sum(job.seconds for job in jobs) or 1.0
             if leaf_jobs is not None:
