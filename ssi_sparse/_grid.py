@@ -326,7 +326,7 @@ class _Hints:
 
 
 def _detect(A, hints, reach=None):
-    """``(GridSpec, flat stencil index per entry, values)`` or raise NotGridStructuredError.
+    """``(GridSpec, V)`` (``V`` the stencil array) or raise NotGridStructuredError.
     ``reach``: :func:`._native.grid_reach` of ``A`` if already known."""
     hints.check()
     try:
@@ -464,6 +464,10 @@ def _detect_entries(A, hints, reach=None):
                        hints.numbering, hints.radius)  # fmt: skip
         if hints.components * len(pixels) != n:
             raise ValueError(f"mask has {len(pixels)} pixels set, but A has {n} unknowns")
+        if hints.components == 1 and hints.radius in (None, 1):
+            found = _masked_native(A, GridSpec(tuple(int(v) for v in grid), hints.order or "C", pixels=pixels))
+            if found is not None:
+                return found  # else the general path decides, with its messages
     kinds = hints.kinds(n)
     if hints.grid is not None and not given:
         h, w = (int(v) for v in hints.grid)
@@ -492,7 +496,7 @@ def _detect_entries(A, hints, reach=None):
     failure = None
     for k, numbering, radius in kinds:
         try:
-            return _detect_kind(rows, cols, vals, n, hints, k, numbering, radius, probe)
+            return _detect_kind(A, rows, cols, vals, n, hints, k, numbering, radius, probe)
         except NotGridStructuredError as exc:
             failure = failure or exc  # the plainest kind's reason is the clearest
     raise failure
@@ -527,7 +531,7 @@ def _could_be_wide_pixel_major(rows, cols, m, k, radius):
                for dc in range(-radius, radius + 1) if (r - dc) % dr == 0 and (w := (r - dc) // dr) >= 2)
 
 
-def _detect_kind(rows, cols, vals, n, hints, k, numbering, radius, probe=None):
+def _detect_kind(A, rows, cols, vals, n, hints, k, numbering, radius, probe=None):
     """Detection for one kind of layout: raise NotGridStructuredError if it does not fit.
 
     ``probe``: a sample of the couplings; a candidate grid they do not fit is not tried on
@@ -574,14 +578,18 @@ def _detect_kind(rows, cols, vals, n, hints, k, numbering, radius, probe=None):
         if k == 1 and radius == 1:  # the common case: the offsets are at hand
             dr, dc = fit
             spec = GridSpec(shape, order, _stencil_name(dr, dc, 1))
-            return spec, rows * 9 + (dr + 1) * 3 + (dc + 1), vals
+            return spec, _bincount_stencil(rows * 9 + (dr + 1) * 3 + (dc + 1), vals, m)
         return _finish(shape, order, None, k, numbering, radius, rows, cols, vals, pr, pc)
     if masked_possible:
         # masked grids (3x3, found for one unknown per pixel; several when the caller says)
         found = find_embedding(*_unique_pairs(pr, pc, m, k), m)
-        if found is not None and embedding_fits(pr, pc, *found):
+        if found is not None:
             h, w, pixels = found
-            return _finish((h, w), "C", pixels, k, numbering, 1, rows, cols, vals, pr, pc)
+            checked = _masked_native(A, GridSpec((h, w), "C", pixels=pixels)) if k == 1 else None
+            if checked is not None:
+                return checked
+            if embedding_fits(pr, pc, *found):
+                return _finish((h, w), "C", pixels, k, numbering, 1, rows, cols, vals, pr, pc)
     raise NotGridStructuredError(
         f"A is not {what} operator on any grid, nor on a masked grid found from its pattern "
         f"that its unknowns cover at least {MASK_MIN_COVERAGE:.0%} of (pass grid= with "
@@ -596,8 +604,22 @@ def _unique_pairs(pr, pc, m, k):
     return np.divmod(key, m)
 
 
+def _masked_native(A, spec):
+    """``(GridSpec, V)`` of a masked grid with one unknown per pixel and a 3x3 stencil by the
+    native one-pass kernel, which also checks the embedding (distinct pixels, every coupling
+    between neighbours); None when it does not fit or the pass cannot read ``A``."""
+    if not native.reads(A):
+        return None
+    h, w = spec.engine_shape
+    fit = native.grid_stencil_pass(A, w, spec.nodes, h * w)
+    if fit is None:
+        return None
+    V, nine_point = fit
+    return GridSpec(spec.shape, spec.order, "9-point" if nine_point else "5-point", spec.pixels), V
+
+
 def _finish(shape, order, pixels, k, numbering, radius, rows, cols, vals, pr, pc):
-    """GridSpec of a layout that fits, with every entry's stencil index."""
+    """``(GridSpec, V)`` of a layout that fits."""
     width = shape[1] if order == "C" else shape[0]
     a, b = (pr, pc) if pixels is None else (pixels[pr], pixels[pc])
     ra, rb = _grid_row(a, width), _grid_row(b, width)
@@ -606,7 +628,7 @@ def _finish(shape, order, pixels, k, numbering, radius, rows, cols, vals, pr, pc
     flat = spec.entry_slots(rows, cols)
     if np.any(flat < 0):  # a planning bug, never user input: the layout was checked
         raise AssertionError("a checked coupling is not a stencil neighbour")
-    return spec, flat, vals
+    return spec, _bincount_stencil(flat, vals, spec.n_nodes * spec.engine_components)
 
 
 def grid_stencil(A, grid=None, order=None, *, pixels=None, mask=None, components=None, numbering=None, radius=None):
@@ -622,8 +644,7 @@ def grid_stencil(A, grid=None, order=None, *, pixels=None, mask=None, components
     fast, reach = _full_grid_pass(A, hints)
     if fast is not None:
         return fast
-    spec, flat, vals = _detect(A, hints, reach)
-    return spec, _bincount_stencil(flat, vals, spec.n_nodes * spec.engine_components)
+    return _detect(A, hints, reach)
 
 
 def _full_grid_pass(A, hints):
@@ -709,8 +730,9 @@ class StencilPattern:
     def stencil(self, A):
         """Stencil array of ``A`` (same pattern), or None if an off-stencil entry is nonzero."""
         spec = self.spec
-        if spec.nodes is None and spec.engine_components == 1 and native.reads(A):
-            fit = native.grid_stencil_pass(A, spec.engine_shape[1])  # no pass over self.flat
+        if spec.engine_components == 1 and spec.radius == 1 and native.reads(A):
+            h, w = spec.engine_shape  # one native pass, none over self.flat
+            fit = native.grid_stencil_pass(A, w, spec.nodes, h * w)
             return None if fit is None else fit[0]
         data = A.data
         off = self.flat < 0

@@ -89,6 +89,9 @@ def _library():
             fn.argtypes, fn.restype = [_i64, _p, _p, _p, _p], _i64
             fn = getattr(lib, f"ssi_stencil_{index}_{suffix}")
             fn.argtypes, fn.restype = [_i64, _p, _p, _p, _i64, ctypes.c_int32, _p, _p], _i64
+            fn = getattr(lib, f"ssi_masked_stencil_{index}_{suffix}")
+            fn.argtypes = [_i64, _p, _p, _p, _p, _i64, _i64, ctypes.c_int32, _p, _p, _p]
+            fn.restype = _i64
     return lib
 
 
@@ -355,21 +358,36 @@ def grid_reach(A):
     return int(reach), int(line.value)
 
 
-def grid_stencil_pass(A, width: int):
-    """``(V, nine_point)`` of ``A`` on a full row-major grid of ``width`` columns (one
-    unknown per pixel, 3x3 stencil; ``V`` of shape (n, 9) in the matrix's precision), or
-    None when a nonzero entry is not a 3x3 neighbour there (or the pass cannot read ``A``).
+def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None):
+    """``(V, nine_point)`` of ``A`` on a row-major grid of ``width`` columns (one unknown per
+    pixel, 3x3 stencil; ``V`` of shape (nodes, 9) in the matrix's precision), or None when a
+    nonzero entry is not a 3x3 neighbour there (or the pass cannot read ``A``).
+
+    ``nodes`` (int64, one per unknown) places the unknowns of a masked grid of ``n_nodes``
+    nodes; None when they are not distinct nodes of that grid.  Without it unknown ``i`` is
+    node ``i``.
     """
     parts = _csr_parts(A)
     if parts is None:
         return None
     suffix, n, indptr, indices, data = parts
     acc = np.complex128 if np.iscomplexobj(data) else np.float64
-    V = np.zeros((n, 9), dtype=acc)
     diagonal = ctypes.c_int32(0)
-    fn = getattr(_library(), f"ssi_stencil_{suffix}")
-    status = fn(n, indptr.ctypes.data, indices.ctypes.data, data.ctypes.data, int(width), int(A.format == "csc"),
-                V.ctypes.data, ctypes.byref(diagonal))  # fmt: skip
+    csc = int(A.format == "csc")
+    ptrs = (indptr.ctypes.data, indices.ctypes.data, data.ctypes.data)
+    if nodes is None:
+        V = np.zeros((n, 9), dtype=acc)
+        status = getattr(_library(), f"ssi_stencil_{suffix}")(n, *ptrs, int(width), csc, V.ctypes.data,
+                                                              ctypes.byref(diagonal))  # fmt: skip
+    else:
+        nodes = np.ascontiguousarray(nodes, dtype=np.int64)
+        if nodes.shape != (n,):
+            return None
+        V = np.zeros((n_nodes, 9), dtype=acc)
+        seen = np.zeros(n_nodes, dtype=np.uint8)
+        status = getattr(_library(), f"ssi_masked_stencil_{suffix}")(
+            n, *ptrs, nodes.ctypes.data, int(n_nodes), int(width), csc, V.ctypes.data, seen.ctypes.data,
+            ctypes.byref(diagonal))  # fmt: skip
     if status == -2:
         raise ValueError("sparse matrix has an index out of range")
     if status != 0:

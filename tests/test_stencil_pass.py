@@ -1,7 +1,8 @@
 """The native one-pass detection + stencil assembly against the general NumPy path.
 
-``grid_stencil`` / ``detect_grid`` take the native pass for a full grid with one unknown per
-pixel and a 3x3 stencil; for every other matrix it must step aside.  Either way the answer
+``grid_stencil`` / ``detect_grid`` take the native pass for a full or masked grid with one
+unknown per pixel and a 3x3 stencil (for a masked grid it also checks the embedding); for
+every other matrix it must step aside.  Either way the answer
 (grid, order, stencil name, every stencil value) must be the general path's.
 """
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from helpers import stencil_matrix
 from ssi_sparse import _native as native
 from ssi_sparse._errors import NotGridStructuredError
-from ssi_sparse._grid import _bincount_stencil, _detect, _Hints, detect_grid, grid_stencil
+from ssi_sparse._grid import _detect, _Hints, detect_grid, grid_stencil
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native kernel not built")
 
@@ -24,12 +25,14 @@ DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
 
 
 def _general(A, **hints):
-    """The NumPy path's answer, or None where it refuses."""
-    try:
-        spec, flat, vals = _detect(A, _Hints(**hints))
-    except NotGridStructuredError:
-        return None
-    return spec, _bincount_stencil(flat, vals, spec.n_nodes * spec.engine_components)
+    """The NumPy path's answer (the native passes switched off), or None where it refuses."""
+    from unittest import mock
+
+    with mock.patch.object(native, "reads", lambda A: False), mock.patch.object(native, "grid_reach", lambda A: None):
+        try:
+            return _detect(A, _Hints(**hints))
+        except NotGridStructuredError:
+            return None
 
 
 def _fast(A, **hints):
@@ -132,15 +135,82 @@ def test_the_native_pass_is_taken_for_plain_grids(monkeypatch):
     assert spec.shape == (20, 30) and V.shape == (600, 9)
 
 
+def test_the_native_pass_is_taken_for_given_masks(monkeypatch):
+    """A masked grid whose mask the caller gives is read and checked in the one pass (no
+    coordinates of every entry)."""
+    import ssi_sparse._grid as grid_mod
+
+    mask = np.ones((20, 30), dtype=bool)
+    mask[5:9, 4:20] = False
+    keep = np.flatnonzero(mask)
+    A = sp.csr_array(stencil_matrix(20, 30, np.random.default_rng(0), "spd", np.float64))[keep][:, keep]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(grid_mod, "_coo_parts", refuse)
+    spec, V = grid_stencil(A, mask=mask)
+    assert spec.masked and spec.shape == (20, 30) and V.shape == (600, 9)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    H=st.integers(1, 12),
+    W=st.integers(1, 12),
+    dtype=st.sampled_from(DTYPES),
+    order=st.sampled_from(["C", "F"]),
+    fmt=st.sampled_from(["csr", "csc"]),
+    index=st.sampled_from([np.int32, np.int64]),
+    nine=st.booleans(),
+    hint=st.sampled_from([None, "mask", "pixels"]),
+    fill=st.floats(0.3, 1.0),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_random_masked_grids_agree_with_the_general_path(H, W, dtype, order, fmt, index, nine, hint, fill, seed):
+    """Masked grids, found from the pattern or given (mask, or grid with pixels)."""
+    rng = np.random.default_rng(seed)
+    kind = "complex" if np.dtype(dtype).kind == "c" else "nonsym"
+    mask = rng.random((H, W)) < fill
+    mask.flat[int(rng.integers(H * W))] = True
+    A = stencil_matrix(H, W, rng, kind, dtype, order=order, nine_point=nine)
+    pixels = np.flatnonzero(mask.ravel(order=order))
+    A = sp.csr_array(A)[pixels][:, pixels].asformat(fmt)
+    A.indices = A.indices.astype(index)
+    A.indptr = A.indptr.astype(index)
+    hints = {"mask": mask, "order": order} if hint == "mask" else (
+        {"grid": (H, W), "pixels": pixels, "order": order} if hint == "pixels" else {})
+    _assert_same(A, **hints)
+
+
+@pytest.mark.parametrize("change", ["same pixel twice", "pixel out of range", "far coupling", "zero far coupling"])
+def test_masked_embeddings_are_checked(change):
+    """A given embedding that does not hold is refused (or, for a stored zero, accepted)
+    exactly as the general path does it."""
+    rng = np.random.default_rng(3)
+    mask = np.ones((9, 8), dtype=bool)
+    mask[2:5, 3:6] = False
+    pixels = np.flatnonzero(mask)
+    A = sp.csr_array(stencil_matrix(9, 8, rng, "spd", np.float64))[pixels][:, pixels].tocoo()
+    if change == "same pixel twice":
+        pixels = pixels.copy()
+        pixels[7] = pixels[8]
+    elif change == "pixel out of range":
+        pixels = pixels.copy()
+        pixels[-1] = 72
+    else:
+        row, col = np.append(A.row, 0), np.append(A.col, len(pixels) - 1)
+        A = sp.coo_array((np.append(A.data, 0.5 if change == "far coupling" else 0.0), (row, col)), shape=A.shape)
+    A = sp.csr_array(A)
+    if change == "zero far coupling":
+        assert A.nnz > sp.csr_array(A.toarray()).nnz  # the zero is stored
+    _assert_same(A, grid=(9, 8), pixels=pixels)
+
+
 def test_other_layouts_step_aside():
-    """Masked grids, several unknowns per pixel, 5x5 stencils, other value types: the
-    general path finds them (the native pass never claims them)."""
+    """Several unknowns per pixel, 5x5 stencils, other value types: the general path finds
+    them (the native pass never claims them)."""
     rng = np.random.default_rng(1)
     A = stencil_matrix(12, 10, rng, "spd", np.float64)
-    mask = np.ones((12, 10), dtype=bool)
-    mask[3:6, 2:5] = False
-    keep = np.flatnonzero(mask.ravel())
-    _assert_same(A[keep][:, keep].tocsr())
     _assert_same(sp.kron(A, np.array([[2.0, 1.0], [1.0, 2.0]]), format="csr"))
     _assert_same((A @ A).tocsr())
     _assert_same(A.astype(np.int64))

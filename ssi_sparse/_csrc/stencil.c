@@ -1,4 +1,5 @@
-/* Native CPU pass of ssi_sparse: a CSR/CSC matrix's stencil array on a full row-major grid.
+/* Native CPU pass of ssi_sparse: a CSR/CSC matrix's stencil array on a row-major grid (every
+ * pixel an unknown, or a masked grid's unknowns on the nodes given).
  *
  * Grid detection and stencil assembly in NumPy take a dozen passes over every stored entry
  * (coordinates, integer divisions, offsets, slots, a bincount): ~0.5 s per million unknowns,
@@ -21,7 +22,7 @@
 #define EXPORT __attribute__((visibility("default")))
 #endif
 
-enum { FIT = 0, OFF_STENCIL = -1, OUT_OF_RANGE = -2 };
+enum { FIT = 0, OFF_STENCIL = -1, OUT_OF_RANGE = -2, BAD_NODES = -3 };
 
 /* One instantiation per (index type, value type): NAME names the functions, I the index,
  * T the stored value, A its accumulator (double or double complex). */
@@ -65,6 +66,38 @@ enum { FIT = 0, OFF_STENCIL = -1, OUT_OF_RANGE = -2 };
                 if (dr < -1 || dr > 1 || dc < -1 || dc > 1) return OFF_STENCIL;                 \
                 diag |= (dr != 0) & (dc != 0);                                                  \
                 int64_t row = csc ? j : o;                                                      \
+                V[row * 9 + (dr + 1) * 3 + (dc + 1)] += (A)data[e];                             \
+            }                                                                                   \
+        }                                                                                       \
+        *diagonal = diag;                                                                       \
+        return FIT;                                                                             \
+    }                                                                                           \
+                                                                                                \
+    /* A masked grid: unknown i is node[i] of a row-major grid of n_nodes nodes and the given \
+     * width; V (n_nodes, 9) and seen (n_nodes bytes) zeroed by the caller.  Checks what the  \
+     * embedding must satisfy (nodes in range and distinct, every coupling between 3x3       \
+     * neighbours): BAD_NODES, OFF_STENCIL or OUT_OF_RANGE (an index of A) when it fails. */   \
+    EXPORT int64_t ssi_masked_stencil_##NAME(int64_t n, const I *indptr, const I *indices,      \
+                                             const T *data, const int64_t *node,               \
+                                             int64_t n_nodes, int64_t width, int32_t csc,      \
+                                             A *V, uint8_t *seen, int32_t *diagonal) {         \
+        for (int64_t i = 0; i < n; ++i) {                                                       \
+            int64_t q = node[i];                                                                \
+            if (q < 0 || q >= n_nodes || seen[q]) return BAD_NODES;                             \
+            seen[q] = 1;                                                                        \
+        }                                                                                       \
+        int32_t diag = 0;                                                                       \
+        for (int64_t o = 0; o < n; ++o) {                                                       \
+            int64_t qo = node[o], ro = qo / width, co = qo - ro * width;                        \
+            for (int64_t e = indptr[o]; e < indptr[o + 1]; ++e) {                               \
+                if (data[e] == 0) continue;                                                     \
+                int64_t j = (int64_t)indices[e];                                                \
+                if (j < 0 || j >= n) return OUT_OF_RANGE;                                       \
+                int64_t qj = node[j], rj = qj / width, cj = qj - rj * width;                    \
+                int64_t dr = csc ? ro - rj : rj - ro, dc = csc ? co - cj : cj - co;              \
+                if (dr < -1 || dr > 1 || dc < -1 || dc > 1) return OFF_STENCIL;                 \
+                diag |= (dr != 0) & (dc != 0);                                                  \
+                int64_t row = csc ? qj : qo;                                                    \
                 V[row * 9 + (dr + 1) * 3 + (dc + 1)] += (A)data[e];                             \
             }                                                                                   \
         }                                                                                       \
