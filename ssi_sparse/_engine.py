@@ -32,6 +32,7 @@ from ._threads import num_threads as _num_threads
 from ._threads import pool as _pool
 from ._threads import thread_budget  # noqa: F401  (the engine's public knob, used by .mpi)
 from ._tuning import (
+    BLAS_THREADS_MIN_FRONT,
     GATHER_BLOCK_BYTES,
     NUMPY_FLAT_MAX_FRONT,
     PARALLEL_MIN_ENTRIES,
@@ -371,11 +372,14 @@ def _box_jobs(xp, plan_levels, level_fronts, boxed, level_kernels, k, cholesky, 
 
 def _run_box_jobs(jobs, n_threads):
     """A level's classes side by side on the engine's threads, each box with single-threaded
-    BLAS, when the level has a box per thread at least; otherwise box after box on BLAS's
-    own threads (the top levels).  Never both at once."""
-    boxes = sum(job.n_boxes for job in jobs if job.has_work)
+    BLAS, when the level has a box per thread at least or its frontals are too narrow for
+    BLAS's threads to pay (``BLAS_THREADS_MIN_FRONT``); otherwise box after box on BLAS's own
+    threads (the top levels of large grids).  Never both at once."""
+    working = [job for job in jobs if job.has_work]
+    boxes = sum(job.n_boxes for job in working)
+    narrow = max((job.F.shape[1] for job in working), default=0) < BLAS_THREADS_MIN_FRONT
     no_blas = all(job.inline for job in jobs)
-    side_by_side = n_threads > 1 and boxes >= n_threads and (no_blas or single_threaded_blas_available())
+    side_by_side = n_threads > 1 and (boxes >= n_threads or narrow) and (no_blas or single_threaded_blas_available())
     run_jobs(jobs, _pool(n_threads) if side_by_side else None, n_threads)
 
 

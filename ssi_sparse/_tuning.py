@@ -34,6 +34,15 @@ PARALLEL_MIN_ENTRIES = 1 << 20
 #: arithmetic costs less than the library calls at that size (bench/bench_levels.py).
 DENSE_MIN_FRONT = 64
 
+#: A level with fewer boxes than the engine has threads runs its boxes on BLAS's own threads
+#: only when some frontal is at least this wide; narrower ones run on the engine's threads
+#: with single-threaded BLAS.  Each multi-threaded BLAS call leaves OpenBLAS's workers
+#: spinning for about 0.1 s, taking cores from the engine's next work: the 512^2 root
+#: (f = 512) on two BLAS threads made every refactorization ~17 % slower (0.25 s vs 0.21 s
+#: with OPENBLAS_THREAD_TIMEOUT=4 or one BLAS thread); at 1025^2 the root (f = 1025) gains
+#: from the threads as much as it loses.
+BLAS_THREADS_MIN_FRONT = 1024
+
 #: Without the native extension the dense kernel loops over boxes in Python: a few ctypes
 #: calls per box pay only on wide frontals; below, the portable batched inverse kernel.
 DENSE_MIN_FRONT_PYTHON_LOOP = 257
