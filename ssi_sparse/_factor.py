@@ -17,6 +17,7 @@ from ._stencil import (
     is_hermitian,
     scale_couplings,
     stencil_matvec,
+    stencil_max_abs,
     stencil_norm_inf,
     stencil_row_sums,
     transpose_stencil,
@@ -120,7 +121,7 @@ class GridFactor:
         and a transposed solve is a conjugated plain one).
     """
 
-    def __init__(self, spec: GridSpec, V, pattern=None, backend=None, factor_dtype=None, batch=None):
+    def __init__(self, spec: GridSpec, V, pattern=None, backend=None, factor_dtype=None, batch=None, owned=False):
         self.grid = spec
         self.batch = batch
         self._pattern = pattern
@@ -142,7 +143,7 @@ class GridFactor:
             diagonal = (node * k + a) * k + a  # stencil row of each absent node's diagonal
             self._absent = self.backend.to_device(_per_system(diagonal, B, h * w * k * k))
             self._nodes = self.backend.to_device(_per_system(spec.nodes, B, spec.n_nodes))
-        self._factorize_stencil(V)
+        self._factorize_stencil(V, owned=owned)
 
     def __getstate__(self):
         # pickles (Dask, multiprocessing): the array namespace is a module, restored from the
@@ -155,15 +156,16 @@ class GridFactor:
         self.__dict__.update(state)
         self._xp = self.backend.xp
 
-    def _factorize_stencil(self, V, full_precision=False):
-        """Numeric phase for the (host) stencil values ``V`` on this factor's grid and plan."""
+    def _factorize_stencil(self, V, full_precision=False, owned=False):
+        """Numeric phase for the (host) stencil values ``V`` on this factor's grid and plan;
+        ``owned``: ``V`` is this factor's to keep and edit (built from the matrix here)."""
         xp = self._xp
         dtype = np.dtype(V.dtype)
         factor_dtype = dtype if full_precision else _factor_dtype(dtype, self._requested_factor_dtype)
         V = self.backend.to_device(V)
         if not bool(xp.all(xp.isfinite(V))):
             raise ValueError("matrix contains NaN or Inf")
-        V = self._with_absent_nodes(V)
+        V = self._with_absent_nodes(V, owned)
         dims = self._dims
         Vs, scale = equilibrate(xp, V, dims)
         if scale is None:
@@ -305,15 +307,16 @@ class GridFactor:
             self._Z = (self._numeric, Z)
         return self._Z[1]
 
-    def _with_absent_nodes(self, V):
+    def _with_absent_nodes(self, V, owned=False):
         """Nodes that are not unknowns (masked pixels, the empty half of an odd side's 2x2
         cells) become decoupled unknowns ``d x = 0``, ``d`` the largest entry of ``A`` (keeps
-        ``A``'s norm, so the refinement's tests are unchanged)."""
+        ``A``'s norm, so the refinement's tests are unchanged).  A copy unless ``owned``."""
         if self._absent is None or self._absent.size == 0:
             return V
         xp = self._xp
-        V = xp.asarray(V, copy=True)
-        d = float(xp.max(xp.abs(V)))
+        if not owned:
+            V = xp.asarray(V, copy=True)
+        d = stencil_max_abs(xp, V, self._dims)
         V[self._absent, 4] = d if d > 0 else 1.0
         return V
 
@@ -365,7 +368,7 @@ class GridFactor:
                                    numbering=g.numbering, radius=g.radius)  # fmt: skip
             if sp.issparse(A) and A.format in ("csr", "csc"):
                 self._pattern = StencilPattern(A, spec)
-        self._factorize_stencil(V.astype(dtype, copy=False))
+        self._factorize_stencil(V.astype(dtype, copy=False), owned=True)  # built here from A
         return self
 
     def refactorize_batch(self, matrices):
@@ -609,7 +612,7 @@ def factorize(A, *, grid=None, order=None, pixels=None, mask=None, components=No
                            numbering=numbering, radius=radius)  # fmt: skip
     _check_fits(spec, dtype, lowest, True, chosen)  # before the stencil pattern and the factor
     pattern = StencilPattern(A, spec) if A.format in ("csr", "csc") else None
-    return GridFactor(spec, V.astype(dtype, copy=False), pattern, chosen, factor_dtype)
+    return GridFactor(spec, V.astype(dtype, copy=False), pattern, chosen, factor_dtype, owned=True)
 
 
 

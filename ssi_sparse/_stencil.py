@@ -19,7 +19,7 @@ from ._threads import parallel_map
 __all__ = [
     "stencil_matvec",
     "transpose_stencil",
-    "is_hermitian", "equilibrate", "scale_couplings", "stencil_norm_inf", "stencil_row_sums", "stencil_to_csr"]
+    "is_hermitian", "equilibrate", "scale_couplings", "stencil_max_abs", "stencil_norm_inf", "stencil_row_sums", "stencil_to_csr"]
 
 
 def _dims(shape):
@@ -97,6 +97,14 @@ def stencil_row_sums(xp, V, shape):
     if xp is np and (native_sums := native.node_reduce(V, (h, w, k), "sum")) is not None:
         return native_sums
     return xp.sum(xp.reshape(xp.abs(V), (h * w * k, k * 9)), axis=1)
+
+
+def stencil_max_abs(xp, V, shape) -> float:
+    """``max |A_ij|`` over the whole stencil array (no temporary of its size on the CPU)."""
+    h, w, k = _dims(shape)
+    if xp is np and (native_max := native.node_reduce(V, (h, w, k), "max")) is not None:
+        return float(native_max.max(initial=0))
+    return float(xp.max(xp.abs(V)))
 
 
 def equilibrate(xp, V, shape):
