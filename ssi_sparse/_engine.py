@@ -443,6 +443,8 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
     to_xp = plan.device(xp)
     kept, _ = up_sweep(factor, xp.take(b, to_xp(plan.order), axis=0), trans, xp)
     u = down_sweep(factor, kept, None, trans, xp)
+    if plan.dropped is not None:  # nodes no box eliminates read this zero row
+        u = xp.concat([u, xp.zeros((1, u.shape[1]), dtype=u.dtype)], axis=0)
     return xp.take(u, to_xp(plan.inverse_order), axis=0)
 
 
@@ -504,16 +506,9 @@ def down_sweep(factor: NumericFactor, kept, u_top, trans: str, xp=np):
                 u_R = (xp.zeros((cls.n_boxes, 0, k_rhs), dtype=dtype) if u_top is None
                        else xp.reshape(xp.astype(u_top, dtype), (1, -1, k_rhs)))  # fmt: skip
             else:
-                parent_level = plan.levels[k + 1]
-                parts = [
-                    xp.take(
-                        parent_front[pi],
-                        to_xp(parent_level.classes[pi].children[role].boundary_pos),
-                        axis=1,
-                    )
-                    for pi, role in level.boundary_sources[ci]
-                ]
-                u_R = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+                parts = [_boundary_values(xp, to_xp, parent_front[pi], plan.levels[k + 1].classes[pi].children[role])
+                         for pi, role in level.boundary_sources[ci]]  # fmt: skip
+                u_R = _stack_parts(xp, parts, (cls.n_boxes, 0, k_rhs), dtype)
             u_S = factor.blocks[k][ci].down(xp, kept[k][ci], u_R, trans)
             level_sol.append(u_S)
             level_front.append(xp.concat([u_S, u_R], axis=1))
@@ -523,6 +518,23 @@ def down_sweep(factor: NumericFactor, kept, u_top, trans: str, xp=np):
     if u_top is not None:
         parts.append(xp.reshape(xp.astype(u_top, dtype), (-1, k_rhs)))
     return xp.concat(parts, axis=0)
+
+
+def _boundary_values(xp, to_xp, parent_values, link):
+    """Rows of a parent's frontal values (P, f, ...) at a child's boundary nodes (``link``);
+    the decoupled nodes a masked plan's parent does not carry read zero."""
+    out = xp.take(parent_values, to_xp(link.boundary_pos), axis=1)
+    if link.carried is not None:
+        out = xp.where(xp.reshape(to_xp(link.carried), (1, -1, 1)), out, xp.zeros_like(out))
+    return out
+
+
+def _stack_parts(xp, parts, empty_shape, dtype):
+    """A class's boundary values from its parents' parts (box order); none: a masked plan's
+    box whose boundary is all decoupled, so it has no parent."""
+    if not parts:
+        return xp.zeros(empty_shape, dtype=dtype)
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
 
 
 def selected_inverse(factor: NumericFactor, xp=np):
@@ -545,12 +557,17 @@ def selected_inverse(factor: NumericFactor, xp=np):
             if k == len(plan.levels) - 1:
                 Z_RR = xp.zeros((cls.n_boxes, 0, 0), dtype=factor.dtype)
             else:
-                parent_level = plan.levels[k + 1]
                 parts = []
                 for pi, role in level.boundary_sources[ci]:
-                    pos = to_xp(parent_level.classes[pi].children[role].boundary_pos)
-                    parts.append(xp.take(xp.take(parent_Z[pi], pos, axis=1), pos, axis=2))
-                Z_RR = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+                    link = plan.levels[k + 1].classes[pi].children[role]
+                    pos = to_xp(link.boundary_pos)
+                    Z = xp.take(xp.take(parent_Z[pi], pos, axis=1), pos, axis=2)
+                    if link.carried is not None:  # decoupled nodes the parent does not carry
+                        c = to_xp(link.carried)
+                        both = xp.reshape(c, (1, -1, 1)) & xp.reshape(c, (1, 1, -1))
+                        Z = xp.where(both, Z, xp.zeros_like(Z))
+                    parts.append(Z)
+                Z_RR = _stack_parts(xp, parts, (cls.n_boxes, 0, 0), factor.dtype)
             level_Z.append(factor.blocks[k][ci].inverse_frontal(xp, Z_RR))
         parent_Z = level_Z
     Z = xp.zeros((n_rows + 1) * 9, dtype=factor.dtype)

@@ -10,6 +10,7 @@ from ._backend import Backend, is_cupy_array, select_backend
 from ._engine import NumericFactor, factorize_values, selected_inverse, solve_values
 from ._errors import SingularMatrixError
 from ._grid import GridSpec, StencilPattern, grid_stencil
+from ._masked_plan import masked_plan_for
 from ._plan import DEFAULT_LEAF_CELLS, build_plan
 from ._refine import refine, refuse_unsolved
 from ._stencil import (
@@ -195,7 +196,12 @@ class GridFactor:
 
     def _plan(self):
         g = self.grid
-        return build_plan(*g.engine_shape, DEFAULT_LEAF_CELLS, g.engine_components, self.batch or 1)
+        plan = build_plan(*g.engine_shape, DEFAULT_LEAF_CELLS, g.engine_components, self.batch or 1)
+        if g.nodes is None or self.batch is not None:
+            return plan
+        present = np.zeros(g.n_nodes, dtype=bool)
+        present[g.nodes] = True
+        return masked_plan_for(plan, present)  # the top levels carry only the unknowns
 
     def _working_precision_numeric(self) -> NumericFactor:
         """The factorization in the matrix's own precision: the stored one, or (mixed
@@ -245,6 +251,12 @@ class GridFactor:
         if self._absent is not None and self._absent.shape[0]:
             d = np.abs(self.backend.to_host(self._V[self._absent, 4])).reshape(B, -1)
             logabs = logabs - np.sum(np.log(d), axis=1)
+        dropped = self._numeric.plan.dropped
+        if dropped is not None:  # absent nodes the masked plan never factors (pivots d s^2)
+            k = self.grid.engine_components
+            rows = self.backend.to_device(dropped * k + dropped % k)  # their diagonals' rows
+            d = np.abs(self.backend.to_host(self._V[rows, 4]))
+            logabs = logabs + np.sum(np.log(d) + 2.0 * np.log(scale[dropped]))
         sign = sign / np.abs(sign)
         if self.dtype.kind == "f":
             sign = np.where(sign.real > 0, 1.0, -1.0)

@@ -51,6 +51,10 @@ class ChildLink:
     #: eliminated frontal (the Schur block), or 0 where the child does not contribute (the
     #: engine zeroes entry (0, 0) once S is spent).  One gather beats many tiny block copies.
     flat: np.ndarray | None = None
+    #: Masked plans: which of the child's boundary nodes the parent carries (False: a
+    #: decoupled node, whose values read as zero; ``boundary_pos`` holds 0 there), or None
+    #: when it carries all.
+    carried: np.ndarray | None = None
 
 
 
@@ -110,6 +114,9 @@ class Plan:
     #: root's boundary, the nodes it keeps for the tree above, in the order of its Schur
     #: complement; ``inverse_order`` then inverts ``order`` followed by ``boundary``.
     boundary: np.ndarray | None = None
+    #: Masked plans (:mod:`._masked_plan`): the nodes no box eliminates (decoupled, absent
+    #: pixels; ``inverse_order`` points them one past the end: their solution is zero).
+    dropped: np.ndarray | None = None
     #: What rebuilds this plan in another process: (function, arguments).
     key: tuple | None = field(default=None, repr=False)
     _device_cache: dict = field(default_factory=dict, repr=False)
@@ -567,24 +574,37 @@ def _merge_class(axis, shape, bound_l, kids):
     pos[front_l] = np.arange(len(front_l))
 
     n_front = len(front_l)
-    use_flat = n_front <= FLAT_GATHER_MAX_FRONT and all(kid.n_elim > 0 for *_, kid in where)
-    children = []
-    for kc, rows, local, kid in where:
-        n_kid = len(local)
-        gather = np.full(n_front, n_kid, dtype=np.int64)  # n_kid = the zero slot
-        gather[pos[local]] = np.arange(n_kid)
-        flat = None
-        if use_flat:
-            g = np.where(gather < n_kid, gather + kid.n_elim, -1)
-            both = (g[:, None] >= 0) & (g[None, :] >= 0)
-            flat = np.where(both, g[:, None] * kid.n_front + g[None, :], 0).reshape(-1)
-        children.append(ChildLink(kc, rows, _runs(gather, n_kid), pos[local], flat))
+    use_flat = flat_gathers_pay(n_front, [kid for *_, kid in where])
+    children = [child_link(kc, rows, pos[local], n_front, kid, use_flat) for kc, rows, local, kid in where]
     return BoxClass(
         n_elim=len(elim_l),
         n_boundary=len(bound_l),
         eliminated=elim_l,
         children=tuple(children),
     )
+
+
+def flat_gathers_pay(n_front: int, kids) -> bool:
+    """Whether a merge frontal of ``n_front`` nodes gets flat gather maps (see ChildLink)."""
+    return n_front <= FLAT_GATHER_MAX_FRONT and all(kid.n_elim > 0 for kid in kids)
+
+
+def child_link(kc: int, rows: slice, boundary_pos: np.ndarray, n_front: int, kid: BoxClass,
+               use_flat: bool) -> ChildLink:  # fmt: skip
+    """The link of a merge class to one child class ``kc`` (its boxes ``rows``) whose
+    boundary node ``i`` sits at position ``boundary_pos[i]`` of the parent's frontal (-1: a
+    decoupled node the parent does not carry, see :mod:`._masked_plan`)."""
+    n_kid = len(boundary_pos)
+    carried = boundary_pos >= 0
+    gather = np.full(n_front, n_kid, dtype=np.int64)  # n_kid = the zero slot
+    gather[boundary_pos[carried]] = np.flatnonzero(carried)
+    flat = None
+    if use_flat:
+        g = np.where(gather < n_kid, gather + kid.n_elim, -1)
+        both = (g[:, None] >= 0) & (g[None, :] >= 0)
+        flat = np.where(both, g[:, None] * kid.n_front + g[None, :], 0).reshape(-1)
+    return ChildLink(kc, rows, _runs(gather, n_kid), np.where(carried, boundary_pos, 0), flat,
+                     None if carried.all() else carried)  # fmt: skip
 
 
 def _link_down_sweep(child_level: Level, parent_level: Level) -> None:
@@ -597,7 +617,10 @@ def _link_down_sweep(child_level: Level, parent_level: Level) -> None:
                 if link.cls == ci:
                     sources.append((link.rows.start, pi, role))
         sources.sort()
-        if sum(parent_level.classes[pi].n_boxes for _, pi, _ in sources) != cls.n_boxes:
+        # (a masked plan's box whose boundary is all decoupled has no parent: see _masked_plan)
+        if sum(parent_level.classes[pi].n_boxes for _, pi, _ in sources) != cls.n_boxes and (
+            sources or cls.n_boundary
+        ):
             raise AssertionError("a box has no parent in plan")
         child_level.boundary_sources.append([(pi, role) for _, pi, role in sources])
 

@@ -53,6 +53,12 @@ DENSE_MIN_FRONT_PYTHON_LOOP = 257
 #: of 512^2 ran 0.9x SciPy, 55 % 1.7x).  ``mask=`` / ``pixels=`` given by the caller bypass it.
 MASK_MIN_COVERAGE = 0.5
 
+#: Masked grids: from the level where a level holds at most this many boxes upwards, every
+#: box is its own class whose frontal carries only the unknowns (:mod:`._masked_plan`);
+#: the wide frontals up there hold most of the work and memory, and a class per box costs
+#: a little Python per box.
+MASK_COMPACT_MAX_BOXES = 64
+
 #: ... and has at most this many separate components (each is placed on the grid by a loop).
 MASK_MAX_COMPONENTS = 4096
 
