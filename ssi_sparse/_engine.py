@@ -127,7 +127,7 @@ def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows, to_xp, paralle
     def child_rows(link, a, b):
         return slice(link.rows.start + rows.start + a, link.rows.start + rows.start + b)
 
-    if cls.children[0].flat is not None and (xp is not np or f <= NUMPY_FLAT_MAX_FRONT):
+    if cls.children[0].has_flat and (xp is not np or f <= NUMPY_FLAT_MAX_FRONT):
         F2 = xp.reshape(F, (p, f * f))
         first, second = cls.children
         flat1, flat2 = to_xp(first.flat), to_xp(second.flat)

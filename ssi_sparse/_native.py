@@ -126,7 +126,7 @@ def _ptr(a, dtype=None) -> int:
 def fuses_assembly(cls, level: int) -> bool:
     """Whether the native kernels can gather this class's frontals box by box themselves
     (leaves from the stencil, small merges by their flat maps)."""
-    return level == 0 or (len(cls.children) == 2 and cls.children[0].flat is not None)
+    return level == 0 or (len(cls.children) == 2 and cls.children[0].has_flat)
 
 
 def gathers_dense(xp, dtype, cls, level: int) -> bool:
@@ -149,7 +149,7 @@ def _source(dtype, cls, rows: slice, level: int, V, fronts, child_classes=None):
         src = _Source(_MODE_LEAF, _ptr(V, dtype), V.shape[0], nodes=_ptr(nodes), n_nodes=nodes.shape[1],
                       tnode=_ptr(tnode), tslot=_ptr(tslot))  # fmt: skip
         return src, None, [nodes, tnode, tslot]
-    if cls.children[0].flat is None:
+    if not cls.children[0].has_flat or cls.n_front > _tuning.NATIVE_FLAT_MAX_FRONT:
         per_child = _children_by_runs(cls, fronts, child_classes, cls.n_front)
         runs = _RunsSource()
         for c, (child, start, s, rowmap, link_runs) in enumerate(per_child):

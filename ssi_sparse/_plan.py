@@ -47,14 +47,24 @@ class ChildLink:
     runs: np.ndarray
     #: Positions of the child's boundary nodes in this frontal (down sweep).
     boundary_pos: np.ndarray
-    #: Small frontals only: for every frontal entry, its index in the child's flattened
-    #: eliminated frontal (the Schur block), or 0 where the child does not contribute (the
-    #: engine zeroes entry (0, 0) once S is spent).  One gather beats many tiny block copies.
-    flat: np.ndarray | None = None
+    #: Small frontals only: builds :attr:`flat` on first use (the maps of a 512^2 plan take
+    #: 16 MB, and the CPU kernels read them only for the narrowest frontals).
+    flat_maker: object = None
     #: Masked plans: which of the child's boundary nodes the parent carries (False: a
     #: decoupled node, whose values read as zero; ``boundary_pos`` holds 0 there), or None
     #: when it carries all.
     carried: np.ndarray | None = None
+
+    @property
+    def has_flat(self) -> bool:
+        return self.flat_maker is not None
+
+    @functools.cached_property
+    def flat(self) -> np.ndarray | None:
+        """For every frontal entry, its index in the child's flattened eliminated frontal (the
+        Schur block), or 0 where the child does not contribute (the engine zeroes entry (0, 0)
+        once S is spent); None without flat maps.  One gather beats many tiny block copies."""
+        return None if self.flat_maker is None else self.flat_maker()
 
 
 
@@ -598,13 +608,15 @@ def child_link(kc: int, rows: slice, boundary_pos: np.ndarray, n_front: int, kid
     carried = boundary_pos >= 0
     gather = np.full(n_front, n_kid, dtype=np.int64)  # n_kid = the zero slot
     gather[boundary_pos[carried]] = np.flatnonzero(carried)
-    flat = None
-    if use_flat:
-        g = np.where(gather < n_kid, gather + kid.n_elim, -1)
-        both = (g[:, None] >= 0) & (g[None, :] >= 0)
-        flat = np.where(both, g[:, None] * kid.n_front + g[None, :], 0).reshape(-1)
+    flat = functools.partial(_flat_map, gather, n_kid, kid.n_elim, kid.n_front) if use_flat else None
     return ChildLink(kc, rows, _runs(gather, n_kid), np.where(carried, boundary_pos, 0), flat,
                      None if carried.all() else carried)  # fmt: skip
+
+
+def _flat_map(gather, n_kid, kid_elim, kid_front):
+    g = np.where(gather < n_kid, gather + kid_elim, -1)
+    both = (g[:, None] >= 0) & (g[None, :] >= 0)
+    return np.where(both, g[:, None] * kid_front + g[None, :], 0).reshape(-1)
 
 
 def _link_down_sweep(child_level: Level, parent_level: Level) -> None:
@@ -635,11 +647,10 @@ def _expand_runs(runs: np.ndarray, k: int) -> np.ndarray:
     return runs * k  # a run of pixels is a run of their nodes: starts and lengths scale
 
 
-def _expand_flat(flat: np.ndarray, f: int, child_f: int, k: int) -> np.ndarray | None:
+def _expand_flat(link: ChildLink, f: int, child_f: int, k: int) -> np.ndarray:
     """Flat gather (f x f entries into the child's f_c x f_c frontal, 0 = no contribution)
-    for the expanded frontals, or None where the expanded frontal is too wide for it."""
-    if f * k > FLAT_GATHER_MAX_FRONT:
-        return None
+    of ``link`` for the expanded frontals."""
+    flat = link.flat
     g1, g2 = np.divmod(flat.reshape(f, f), child_f)
     a = np.arange(k)
     rows = (g1[:, None, :, None] * k + a[None, :, None, None]) * (child_f * k)
@@ -686,8 +697,8 @@ def _expand_plan(plan: Plan, k: int) -> Plan:
                         link.rows,
                         _expand_runs(link.runs, k),
                         _expand_nodes(link.boundary_pos, k),
-                        None if link.flat is None
-                        else _expand_flat(link.flat, c.n_front, child_classes[link.cls].n_front, k),
+                        functools.partial(_expand_flat, link, c.n_front, child_classes[link.cls].n_front, k)
+                        if link.has_flat and c.n_front * k <= FLAT_GATHER_MAX_FRONT else None,
                     )
                     for link in c.children
                 )
@@ -723,7 +734,7 @@ def _batch_plan(plan: Plan, B: int) -> Plan:
                 new.leaf_template = c.leaf_template
             new.children = tuple(
                 ChildLink(link.cls, slice(link.rows.start * B, link.rows.stop * B), link.runs,
-                          link.boundary_pos, link.flat)  # fmt: skip
+                          link.boundary_pos, functools.partial(getattr, link, "flat") if link.has_flat else None)  # fmt: skip
                 for link in c.children
             )
             classes.append(new)
