@@ -209,8 +209,9 @@ def _segment_classes(seg, extent, before, after):
     return np.unique(keys, axis=0, return_counts=True)
 
 
+@functools.lru_cache(maxsize=64)
 def tree_sizes(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS, window=None,
-               components: int = 1, batch: int = 1):  # fmt: skip
+               components: int = 1, batch: int = 1) -> tuple:  # fmt: skip
     """Per level (leaves first), the ``(n_boxes, n_elim, n_boundary)`` of every class of
     :func:`build_plan`'s tree (``window=(level, box)``: of that window's plan), from the 1-D
     segments alone, no index maps and nothing per box: the memory and time of any grid in
@@ -219,7 +220,7 @@ def tree_sizes(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS, wi
     A merge eliminates its separator line less the ends that lie on its shared sides (every
     other node of its children's boundaries is on its own boundary); a leaf, all its nodes
     but its boundary.  ``components`` multiplies every size, ``batch`` every box count, as
-    :func:`build_plan` expands its maps.
+    :func:`build_plan` expands its maps.  Cached (a factorization checks its memory twice).
     """
     if window is None:
         seg_levels, axes = _segment_tree(height, width, leaf_cells)
@@ -241,8 +242,8 @@ def tree_sizes(height: int, width: int, leaf_cells: int = DEFAULT_LEAF_CELLS, wi
                 else:
                     s = hn - (t + b if hn > 1 else int(t or b))
                 level.append((rc * cc * batch, s * components, r * components))
-        out.append(level)
-    return out
+        out.append(tuple(level))
+    return tuple(out)
 
 
 def memory_estimate(height: int, width: int, itemsize: int, hermitian: bool, components: int = 1,
