@@ -26,7 +26,7 @@ import numpy as np
 from . import _native as native
 from ._dense import DenseJob, NotPositiveDefinite, run_jobs
 from ._kernels import EliminatedBlocks, allocate_blocks, eliminate
-from ._lapack import single_threaded_blas_available
+from ._lapack import single_threaded_blas, single_threaded_blas_available
 from ._plan import Plan
 from ._threads import num_threads as _num_threads
 from ._threads import pool as _pool
@@ -374,11 +374,16 @@ def _run_box_jobs(jobs, n_threads):
     """A level's classes side by side on the engine's threads, each box with single-threaded
     BLAS, when the level has a box per thread at least or its frontals are too narrow for
     BLAS's threads to pay (``BLAS_THREADS_MIN_FRONT``); otherwise box after box on BLAS's own
-    threads (the top levels of large grids).  Never both at once."""
+    threads (the top levels of large grids).  Never both at once.  A level with fewer than
+    ``PARALLEL_MIN_ENTRIES`` frontal entries runs on the calling thread alone."""
     working = [job for job in jobs if job.has_work]
     boxes = sum(job.n_boxes for job in working)
     narrow = max((job.F.shape[1] for job in working), default=0) < BLAS_THREADS_MIN_FRONT
     no_blas = all(job.inline for job in jobs)
+    if sum(job.n_boxes * job.F.shape[1] ** 2 for job in working) < PARALLEL_MIN_ENTRIES:
+        with single_threaded_blas():  # a small level: handing boxes to threads costs more
+            run_jobs(jobs)
+        return
     side_by_side = n_threads > 1 and (boxes >= n_threads or narrow) and (no_blas or single_threaded_blas_available())
     run_jobs(jobs, _pool(n_threads) if side_by_side else None, n_threads)
 

@@ -12,16 +12,12 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse import SparseEfficiencyWarning
 
-from . import _fallback
+from . import _fallback, _tuning
 from ._backend import is_cupy_array
 from ._errors import NotGridStructuredError, SingularMatrixError
 from ._factor import factorize
 
-__all__ = ["spsolve", "factorized", "ENGINE_MIN_SIZE"]
-
-#: Below this many unknowns SciPy's SuperLU is as fast as the engine: use it (unless the
-#: caller names a grid, which asks for the engine explicitly).
-ENGINE_MIN_SIZE = 4096
+__all__ = ["spsolve", "factorized"]
 
 _ENGINE_DTYPES = frozenset(np.dtype(c) for c in "fdFD")
 
@@ -30,7 +26,7 @@ def _engine_factor(A, grid, order="C"):
     """``(factor, found_singular)``: the engine's factorization of ``A``, or None when SciPy
     should answer instead (``found_singular`` says the engine met a singular block)."""
     n = A.shape[0]
-    if A.dtype not in _ENGINE_DTYPES or (grid is None and n < ENGINE_MIN_SIZE):
+    if A.dtype not in _ENGINE_DTYPES or (grid is None and n < _tuning.ENGINE_MIN_SIZE):
         return None, False
     try:
         return factorize(A, grid=grid, order=order), False
@@ -48,8 +44,8 @@ def spsolve(A, b, permc_spec=None, use_umfpack=True, *, grid=None, order="C"):
     """Solve the sparse linear system ``A x = b``; a drop-in for SciPy's ``spsolve``.
 
     Grid-structured ``A`` (a 3x3-stencil operator on an H x W grid, 5- or 9-point) of at
-    least :data:`ENGINE_MIN_SIZE` unknowns is solved by the Schwarz-Schur engine; anything
-    else goes to :func:`scipy.sparse.linalg.spsolve` unchanged.
+    least ``ENGINE_MIN_SIZE`` unknowns (:mod:`ssi_sparse._tuning`) is solved by the
+    Schwarz-Schur engine; anything else goes to :func:`scipy.sparse.linalg.spsolve` unchanged.
 
     Parameters
     ----------

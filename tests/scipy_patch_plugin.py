@@ -11,9 +11,9 @@ import os
 import scipy.sparse.linalg._dsolve as dsolve
 
 import ssi_sparse
-import ssi_sparse._frontend as frontend
+import ssi_sparse._tuning as tuning
 
 dsolve.spsolve = ssi_sparse.spsolve
 dsolve.factorized = ssi_sparse.factorized
 if "SSI_ENGINE_MIN_SIZE" in os.environ:
-    frontend.ENGINE_MIN_SIZE = int(os.environ["SSI_ENGINE_MIN_SIZE"])
+    tuning.ENGINE_MIN_SIZE = int(os.environ["SSI_ENGINE_MIN_SIZE"])

@@ -14,12 +14,13 @@ from scipy.sparse.linalg import MatrixRankWarning
 
 import ssi_sparse
 import ssi_sparse._frontend as frontend
+from ssi_sparse._tuning import ENGINE_MIN_SIZE
 from ssi_sparse.problems import convection_diffusion_2d, diffusion_2d, random_spd_9pt
 
 # big enough that the engine, not the fallback, answers
-H, W = 70, 61
+H, W = 90, 73
 N = H * W
-assert N >= frontend.ENGINE_MIN_SIZE
+assert N >= ENGINE_MIN_SIZE
 
 
 @pytest.fixture
