@@ -481,6 +481,8 @@ def up_sweep(factor: NumericFactor, bp, trans: str, xp=np):
                 f = xp.zeros((cls.n_boxes, cls.n_front, k_rhs), dtype=bp.dtype)
                 for link in cls.children:
                     d = condensed[link.cls][link.rows, ...]
+                    if xp is np and native.add_runs(f, d, link.runs):
+                        continue
                     for di, si, li in link.runs.tolist():
                         f[:, di : di + li, ...] += d[:, si : si + li, ...]
                 f_S = f_S + f[:, : cls.n_elim, ...]

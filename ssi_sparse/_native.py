@@ -81,6 +81,8 @@ def _library():
         fn.argtypes, fn.restype = [_i64, _i64, _i64, _p, _p, _p], None
         fn = getattr(lib, f"ssi_hermitian_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _i64, _p], ctypes.c_int32
+        fn = getattr(lib, f"ssi_add_runs_{suffix}")
+        fn.argtypes, fn.restype = [_i64, _i64, _p, _i64, _p, _i64, _p, _i64], None
         fn = getattr(lib, f"ssi_matvec_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _i64, _i64, _i64, _i64, _p, _p, _p], None
     for index in _INDEX.values():
@@ -266,6 +268,21 @@ def dense_sweep(op: str, trans: str, cholesky: bool, factor, w, x, a, b, table) 
     fn(P, s, r, a.shape[2], SWEEPS[op, trans], int(cholesky), _ptr(factor, a.dtype), _ptr(w, a.dtype),
        None if x is None else _ptr(x, a.dtype), _ptr(a, a.dtype), _ptr(b, a.dtype), ctypes.byref(table),
        _tuning.DENSE_MIN_FRONT)  # fmt: skip
+
+
+def add_runs(dst, src, runs) -> bool:
+    """``dst[:, d:d+l] += src[:, s:s+l]`` for every run ``(d, s, l)`` of ``runs``, ``dst``
+    (P, f, k) and ``src`` (P, r, k) C-contiguous of one dtype; False (nothing done) where the
+    kernel does not apply."""
+    if not supports_dtype(np, dst.dtype) or src.dtype != dst.dtype or not (
+        dst.flags.c_contiguous and src.flags.c_contiguous
+    ):
+        return False
+    runs = np.ascontiguousarray(runs, dtype=np.int64)
+    fn = getattr(_library(), f"ssi_add_runs_{_SUFFIX[dst.dtype]}")
+    fn(dst.shape[0], dst.shape[2], dst.ctypes.data, dst.shape[1], src.ctypes.data, src.shape[1], runs.ctypes.data,
+       runs.shape[0])  # fmt: skip
+    return True
 
 
 def mirror_upper(D) -> bool:

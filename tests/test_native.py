@@ -140,3 +140,20 @@ def test_native_switch_off_uses_portable_path(monkeypatch):
     assert not _native.available()
     monkeypatch.setenv("SSI_SPARSE_NATIVE", "1")
     assert _native.available()
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_native_run_adds_match_numpy(dtype):
+    """The up sweep's right-hand-side assembly (``add_runs``) against NumPy slices."""
+    rng = np.random.default_rng(7)
+    P, f, r, k = 5, 17, 9, 3
+    runs = np.array([[0, 2, 3], [5, 0, 2], [9, 5, 4], [16, 8, 1]], dtype=np.int64)
+    src = rng.standard_normal((P, r, k)).astype(dtype)
+    dst = rng.standard_normal((P, f, k)).astype(dtype)
+    want = dst.copy()
+    for d, s, n in runs.tolist():
+        want[:, d : d + n] += src[:, s : s + n]
+    assert _native.add_runs(dst, src, runs)
+    np.testing.assert_array_equal(dst, want)
+    assert not _native.add_runs(dst[:, ::2], src, runs)  # strided: the caller's loop runs

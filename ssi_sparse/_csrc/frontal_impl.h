@@ -92,6 +92,22 @@ EXPORT void FN(ssi_mirror_upper)(int64_t r, int64_t ld, void *D_)
     }
 }
 
+/* The up sweep's right-hand-side assembly: dst (P boxes of f x k) += a child's condensed
+ * right-hand sides (P boxes of r x k) by its (dst, src, length) runs of rows. */
+EXPORT void FN(ssi_add_runs)(int64_t P, int64_t k, void *dst_, int64_t f, const void *src_, int64_t r,
+                             const int64_t *runs, int64_t n_runs)
+{
+    for (int64_t p = 0; p < P; p++) {
+        T *restrict dst = (T *)dst_ + p * f * k;
+        const T *restrict src = (const T *)src_ + p * r * k;
+        for (int64_t q = 0; q < n_runs; q++) {
+            const int64_t d = runs[3 * q] * k, s0 = runs[3 * q + 1] * k, len = runs[3 * q + 2] * k;
+            for (int64_t e = 0; e < len; e++)
+                dst[d + e] += src[s0 + e];
+        }
+    }
+}
+
 #include "inline_impl.h"
 #include "dense_impl.h"
 
