@@ -90,8 +90,6 @@ def _library():
             fn = getattr(lib, f"ssi_reach_{index}_{suffix}")
             fn.argtypes, fn.restype = [_i64, _p, _p, _p, _p], _i64
             fn = getattr(lib, f"ssi_stencil_{index}_{suffix}")
-            fn.argtypes, fn.restype = [_i64, _p, _p, _p, _i64, ctypes.c_int32, _p, _p], _i64
-            fn = getattr(lib, f"ssi_masked_stencil_{index}_{suffix}")
             fn.argtypes = [_i64, _p, _p, _p, _p, _i64, _i64, ctypes.c_int32, _p, _p, _p]
             fn.restype = _i64
     return lib
@@ -392,19 +390,18 @@ def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None):
     diagonal = ctypes.c_int32(0)
     csc = int(A.format == "csc")
     ptrs = (indptr.ctypes.data, indices.ctypes.data, data.ctypes.data)
+    seen = None
     if nodes is None:
-        V = np.zeros((n, 9), dtype=acc)
-        status = getattr(_library(), f"ssi_stencil_{suffix}")(n, *ptrs, int(width), csc, V.ctypes.data,
-                                                              ctypes.byref(diagonal))  # fmt: skip
+        n_nodes = n
     else:
         nodes = np.ascontiguousarray(nodes, dtype=np.int64)
         if nodes.shape != (n,):
             return None
-        V = np.zeros((n_nodes, 9), dtype=acc)
         seen = np.zeros(n_nodes, dtype=np.uint8)
-        status = getattr(_library(), f"ssi_masked_stencil_{suffix}")(
-            n, *ptrs, nodes.ctypes.data, int(n_nodes), int(width), csc, V.ctypes.data, seen.ctypes.data,
-            ctypes.byref(diagonal))  # fmt: skip
+    V = np.zeros((n_nodes, 9), dtype=acc)
+    status = getattr(_library(), f"ssi_stencil_{suffix}")(
+        n, *ptrs, None if nodes is None else nodes.ctypes.data, int(n_nodes), int(width), csc, V.ctypes.data,
+        None if seen is None else seen.ctypes.data, ctypes.byref(diagonal))  # fmt: skip
     if status == -2:
         raise ValueError("sparse matrix has an index out of range")
     if status != 0:

@@ -52,18 +52,13 @@ def _assert_same(A, **hints):
     assert detect_grid(A, **hints) == (None if theirs is None else theirs[0])
 
 
+# the matrix's value type, numbering, format, index type and stencil
+LAYOUTS = dict(dtype=st.sampled_from(DTYPES), order=st.sampled_from(["C", "F"]), fmt=st.sampled_from(["csr", "csc"]),
+               index=st.sampled_from([np.int32, np.int64]), nine=st.booleans(), seed=st.integers(0, 2**31 - 1))
+
+
 @settings(max_examples=80, deadline=None)
-@given(
-    H=st.integers(1, 14),
-    W=st.integers(1, 14),
-    dtype=st.sampled_from(DTYPES),
-    order=st.sampled_from(["C", "F"]),
-    fmt=st.sampled_from(["csr", "csc"]),
-    index=st.sampled_from([np.int32, np.int64]),
-    nine=st.booleans(),
-    hint=st.booleans(),
-    seed=st.integers(0, 2**31 - 1),
-)
+@given(H=st.integers(1, 14), W=st.integers(1, 14), hint=st.booleans(), **LAYOUTS)
 def test_random_grids_agree_with_the_general_path(H, W, dtype, order, fmt, index, nine, hint, seed):
     rng = np.random.default_rng(seed)
     kind = "complex" if np.dtype(dtype).kind == "c" else "nonsym"
@@ -154,18 +149,8 @@ def test_the_native_pass_is_taken_for_given_masks(monkeypatch):
 
 
 @settings(max_examples=80, deadline=None)
-@given(
-    H=st.integers(1, 12),
-    W=st.integers(1, 12),
-    dtype=st.sampled_from(DTYPES),
-    order=st.sampled_from(["C", "F"]),
-    fmt=st.sampled_from(["csr", "csc"]),
-    index=st.sampled_from([np.int32, np.int64]),
-    nine=st.booleans(),
-    hint=st.sampled_from([None, "mask", "pixels"]),
-    fill=st.floats(0.3, 1.0),
-    seed=st.integers(0, 2**31 - 1),
-)
+@given(H=st.integers(1, 12), W=st.integers(1, 12), hint=st.sampled_from([None, "mask", "pixels"]),
+       fill=st.floats(0.3, 1.0), **LAYOUTS)
 def test_random_masked_grids_agree_with_the_general_path(H, W, dtype, order, fmt, index, nine, hint, fill, seed):
     """Masked grids, found from the pattern or given (mask, or grid with pixels)."""
     rng = np.random.default_rng(seed)

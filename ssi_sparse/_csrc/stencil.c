@@ -47,53 +47,30 @@ enum { FIT = 0, OFF_STENCIL = -1, OUT_OF_RANGE = -2, BAD_NODES = -3 };
         return reach;                                                                           \
     }                                                                                           \
                                                                                                 \
-    /* V (n, 9), zeroed by the caller: FIT, OFF_STENCIL or OUT_OF_RANGE.  `csc`: the outer     \
-     * index is the column.  *diagonal set when some coupling is diagonal (a 9-point          \
+    /* V (n_nodes, 9) zeroed by the caller: FIT, OFF_STENCIL, OUT_OF_RANGE (an index of A) or \
+     * BAD_NODES.  Unknown i is node i of a row-major grid of the given width, or node[i] of a \
+     * masked grid (node not NULL; seen: n_nodes zeroed bytes), whose embedding is checked:   \
+     * nodes in range and distinct (every coupling between 3x3 neighbours, as for all).  `csc`: \
+     * the outer index is the column.  *diagonal set when some coupling is diagonal (a 9-point \
      * stencil). */                                                                             \
     EXPORT int64_t ssi_stencil_##NAME(int64_t n, const I *indptr, const I *indices,             \
-                                      const T *data, int64_t width, int32_t csc, A *V,          \
+                                      const T *data, const int64_t *node, int64_t n_nodes,      \
+                                      int64_t width, int32_t csc, A *V, uint8_t *seen,          \
                                       int32_t *diagonal) {                                      \
-        int32_t diag = 0;                                                                       \
-        for (int64_t o = 0; o < n; ++o) {                                                       \
-            int64_t ro = o / width, co = o - ro * width;                                        \
-            for (int64_t e = indptr[o]; e < indptr[o + 1]; ++e) {                               \
-                if (data[e] == 0) continue;                                                     \
-                int64_t j = (int64_t)indices[e];                                                \
-                if (j < 0 || j >= n) return OUT_OF_RANGE;                                       \
-                int64_t rj = j / width, cj = j - rj * width;                                    \
-                /* offset of the column's pixel from the row's */                               \
-                int64_t dr = csc ? ro - rj : rj - ro, dc = csc ? co - cj : cj - co;              \
-                if (dr < -1 || dr > 1 || dc < -1 || dc > 1) return OFF_STENCIL;                 \
-                diag |= (dr != 0) & (dc != 0);                                                  \
-                int64_t row = csc ? j : o;                                                      \
-                V[row * 9 + (dr + 1) * 3 + (dc + 1)] += (A)data[e];                             \
-            }                                                                                   \
-        }                                                                                       \
-        *diagonal = diag;                                                                       \
-        return FIT;                                                                             \
-    }                                                                                           \
-                                                                                                \
-    /* A masked grid: unknown i is node[i] of a row-major grid of n_nodes nodes and the given \
-     * width; V (n_nodes, 9) and seen (n_nodes bytes) zeroed by the caller.  Checks what the  \
-     * embedding must satisfy (nodes in range and distinct, every coupling between 3x3       \
-     * neighbours): BAD_NODES, OFF_STENCIL or OUT_OF_RANGE (an index of A) when it fails. */   \
-    EXPORT int64_t ssi_masked_stencil_##NAME(int64_t n, const I *indptr, const I *indices,      \
-                                             const T *data, const int64_t *node,               \
-                                             int64_t n_nodes, int64_t width, int32_t csc,      \
-                                             A *V, uint8_t *seen, int32_t *diagonal) {         \
-        for (int64_t i = 0; i < n; ++i) {                                                       \
+        for (int64_t i = 0; node && i < n; ++i) {                                               \
             int64_t q = node[i];                                                                \
             if (q < 0 || q >= n_nodes || seen[q]) return BAD_NODES;                             \
             seen[q] = 1;                                                                        \
         }                                                                                       \
         int32_t diag = 0;                                                                       \
         for (int64_t o = 0; o < n; ++o) {                                                       \
-            int64_t qo = node[o], ro = qo / width, co = qo - ro * width;                        \
+            int64_t qo = node ? node[o] : o, ro = qo / width, co = qo - ro * width;             \
             for (int64_t e = indptr[o]; e < indptr[o + 1]; ++e) {                               \
                 if (data[e] == 0) continue;                                                     \
                 int64_t j = (int64_t)indices[e];                                                \
                 if (j < 0 || j >= n) return OUT_OF_RANGE;                                       \
-                int64_t qj = node[j], rj = qj / width, cj = qj - rj * width;                    \
+                int64_t qj = node ? node[j] : j, rj = qj / width, cj = qj - rj * width;         \
+                /* offset of the column's pixel from the row's */                               \
                 int64_t dr = csc ? ro - rj : rj - ro, dc = csc ? co - cj : cj - co;              \
                 if (dr < -1 || dr > 1 || dc < -1 || dc > 1) return OFF_STENCIL;                 \
                 diag |= (dr != 0) & (dc != 0);                                                  \
