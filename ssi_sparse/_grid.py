@@ -582,7 +582,7 @@ def _detect_kind(A, rows, cols, vals, n, hints, k, numbering, radius, probe=None
         return _finish(shape, order, None, k, numbering, radius, rows, cols, vals, pr, pc)
     if masked_possible:
         # masked grids (3x3, found for one unknown per pixel; several when the caller says)
-        found = find_embedding(*_unique_pairs(pr, pc, m, k), m)
+        found = find_embedding(*_unique_pairs(pr, pc, m, k), m, A if k == 1 else None)
         if found is not None:
             h, w, pixels = found
             checked = _masked_native(A, GridSpec((h, w), "C", pixels=pixels)) if k == 1 else None

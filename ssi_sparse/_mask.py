@@ -21,6 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse import csgraph
 
+from . import _native as native
 from ._tuning import MASK_MAX_COMPONENTS, MASK_MIN_COVERAGE
 
 __all__ = ["find_embedding", "embedding_fits"]
@@ -37,8 +38,9 @@ def _runs(lo, hi, n):
 
 
 def _run_edges(lo, hi, run_of, offset, n_runs):
-    """Unique run pairs (a < b) coupled by non-consecutive unknowns, with the range
-    ``[low, high]`` of ``offset(i) - offset(j)`` over their couplings, or None."""
+    """Unique run pairs (a < b) coupled by non-consecutive unknowns, sorted by
+    ``a * n_runs + b``, with the range ``[low, high]`` of ``offset(i) - offset(j)`` over their
+    couplings, or None."""
     cross = hi != lo + 1
     i, j = lo[cross], hi[cross]
     a, b = run_of[i], run_of[j]
@@ -46,14 +48,12 @@ def _run_edges(lo, hi, run_of, offset, n_runs):
         return None  # two unknowns of one grid row coupled across a gap
     base = offset[i] - offset[j]
     key = a * n_runs + b
+    if key.size == 0:  # one run per component: nothing joins runs
+        return key, base, base
     order = np.argsort(key, kind="stable")
     key, base = key[order], base[order]
     first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
-    low = np.minimum.reduceat(base, first) if first.size else base[:0]
-    high = np.maximum.reduceat(base, first) if first.size else base[:0]
-    if np.any(high - low > 2):
-        return None
-    return key[first], low, high
+    return key[first], np.minimum.reduceat(base, first), np.maximum.reduceat(base, first)
 
 
 def _shifts(a, b, low, high, run_len):
@@ -146,22 +146,39 @@ def _pack(rows, cols, comp, n_comp):
     return height, width, rows - r_min[comp] + top[comp], cols - c_min[comp] + left[comp]
 
 
-def find_embedding(rows, cols, n):
-    """``(H, W, pixels)`` placing the ``n`` unknowns on an H x W grid, or None.
+#: Couplings of one unknown, both directions counted: 8 neighbours.
+_MAX_DEGREE = 16
 
-    ``rows``, ``cols``: the stored nonzeros (int64).  ``pixels[i]`` is the row-major pixel of
-    unknown ``i``.  The result is a candidate only: check it with :func:`embedding_fits`.
-    """
+
+def _runs_and_edges(rows, cols, n):
+    """``(run_of, offset, n_runs, keys, low, high)`` (see :func:`_runs`, :func:`_run_edges`)
+    from the stored nonzeros, or None."""
     off = rows != cols
     lo = np.minimum(rows[off], cols[off])
     hi = np.maximum(rows[off], cols[off])
-    if lo.size == 0 or np.bincount(np.concatenate([lo, hi]), minlength=n).max() > 16:
+    if lo.size == 0 or np.bincount(np.concatenate([lo, hi]), minlength=n).max() > _MAX_DEGREE:
         return None  # no couplings (the 1 x n strip takes it) or more than 8 neighbours
     run_of, offset, n_runs = _runs(lo, hi, n)
     edges = _run_edges(lo, hi, run_of, offset, n_runs)
-    if edges is None:
+    return None if edges is None else (run_of, offset, n_runs, *edges)
+
+
+def find_embedding(rows, cols, n, A=None):
+    """``(H, W, pixels)`` placing the ``n`` unknowns on an H x W grid, or None.
+
+    ``rows``, ``cols``: the stored nonzeros (int64); ``A``: the matrix they come from, whose
+    CSR/CSC arrays the native pass reads in their place where it can (the same answer).
+    ``pixels[i]`` is the row-major pixel of unknown ``i``.  The result is a candidate only:
+    check it with :func:`embedding_fits`.
+    """
+    found = NotImplemented if A is None else native.mask_runs_and_edges(A, _MAX_DEGREE)
+    if found is NotImplemented:
+        found = _runs_and_edges(rows, cols, n)
+    if found is None:
         return None
-    keys, low, high = edges
+    run_of, offset, n_runs, keys, low, high = found
+    if np.any(high - low > 2):
+        return None
     run_len = np.bincount(run_of, minlength=n_runs)
     a, b = np.divmod(keys, n_runs)
     shift, sure = _shifts(a, b, low, high, run_len)

@@ -92,6 +92,10 @@ def _library():
             fn = getattr(lib, f"ssi_stencil_{index}_{suffix}")
             fn.argtypes = [_i64, _p, _p, _p, _p, _i64, _i64, ctypes.c_int32, _p, _p, _p]
             fn.restype = _i64
+            fn = getattr(lib, f"ssi_mask_runs_{index}_{suffix}")
+            fn.argtypes, fn.restype = [_i64, _p, _p, _p, _i64, _p, _p, _p, _p], _i64
+            fn = getattr(lib, f"ssi_mask_edges_{index}_{suffix}")
+            fn.argtypes, fn.restype = [_i64, _p, _p, _p, _p, _p, _i64, _i64, _p, _p, _p], _i64
     return lib
 
 
@@ -407,6 +411,39 @@ def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None):
     if status != 0:
         return None
     return V.astype(np.result_type(data.dtype, np.float32), copy=False), bool(diagonal.value)
+
+
+def mask_runs_and_edges(A, max_degree: int):
+    """The runs of coupled consecutive unknowns and the run pairs the other couplings join,
+    from ``A``'s pattern (see :mod:`._mask`): ``(run_of, offset, n_runs, keys, low, high)``,
+    ``keys`` sorted; None when the pattern is not a raster-numbered masked grid's; and
+    NotImplemented where this pass does not decide (the NumPy path then does)."""
+    parts = _csr_parts(A)
+    if parts is None:
+        return NotImplemented
+    suffix, n, indptr, indices, data = parts
+    ptrs = (indptr.ctypes.data, indices.ctypes.data, data.ctypes.data)
+    linked, degree = np.zeros(n, dtype=np.uint8), np.zeros(n, dtype=np.int32)
+    run_of, offset = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    n_runs = getattr(_library(), f"ssi_mask_runs_{suffix}")(
+        n, *ptrs, int(max_degree), linked.ctypes.data, degree.ctypes.data, run_of.ctypes.data, offset.ctypes.data)
+    if n_runs == -2:
+        raise ValueError("sparse matrix has an index out of range")
+    if n_runs < 0:
+        return None
+    cap = 1 << (8 * n_runs + 64).bit_length()  # room for 4 pairs per run at half load
+    key = np.full(cap, -1, dtype=np.int64)
+    low, high = np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.int64)
+    count = getattr(_library(), f"ssi_mask_edges_{suffix}")(
+        n, *ptrs, run_of.ctypes.data, offset.ctypes.data, n_runs, cap, key.ctypes.data, low.ctypes.data,
+        high.ctypes.data)  # fmt: skip
+    if count == -1:
+        return None
+    if count < 0:
+        return NotImplemented
+    used = np.flatnonzero(key >= 0)
+    used = used[np.argsort(key[used])]
+    return run_of, offset, int(n_runs), key[used], low[used], high[used]
 
 
 # Whole-grid passes over a stencil array V of an (h, w, k) grid (see ._stencil), for NumPy

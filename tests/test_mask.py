@@ -360,3 +360,31 @@ def test_boxes_factored_without_absent_pixels_store_the_same_factors(monkeypatch
             assert bf.min_rcond / 10 <= bc.min_rcond <= 10 * bf.min_rcond
     np.testing.assert_allclose(x_c, x_f, rtol=tol, atol=tol * np.abs(x_f).max())
     assert rel_residual(A, x_c, b) <= RESIDUAL_TOL[_precision(dtype)]
+
+
+@pytest.mark.skipif(not ssi_sparse._native.available(), reason="native kernel not built")
+@settings(max_examples=60, deadline=None)
+@given(mask=masks(), nine_point=st.booleans(), order=st.sampled_from(["C", "F"]), fmt=st.sampled_from(["csr", "csc"]),
+       seed=st.integers(0, 2**31 - 1))
+def test_native_runs_and_edges_match_numpy(mask, nine_point, order, fmt, seed):
+    """The native pass over the pattern finds the same runs and run pairs as the NumPy path
+    (or steps aside), so detection finds the same embedding either way."""
+    from ssi_sparse import _mask, _native
+
+    A, _ = masked_matrix(mask, np.random.default_rng(seed), "nonsym", np.float64, order, nine_point)
+    A = A.asformat(fmt)
+    coo = A.tocoo()
+    rows, cols = coo.row.astype(np.int64), coo.col.astype(np.int64)
+    ours = _native.mask_runs_and_edges(A, 16)
+    theirs = _mask._runs_and_edges(rows, cols, A.shape[0])
+    if ours is NotImplemented:
+        return
+    assert (ours is None) == (theirs is None)
+    if ours is not None:
+        assert ours[2] == theirs[2]
+        for a, b in zip(ours[:2] + ours[3:], theirs[:2] + theirs[3:]):
+            np.testing.assert_array_equal(a, b)
+    found, again = _mask.find_embedding(rows, cols, A.shape[0], A), _mask.find_embedding(rows, cols, A.shape[0])
+    assert (found is None) == (again is None)
+    if found is not None:
+        assert found[:2] == again[:2] and np.array_equal(found[2], again[2])

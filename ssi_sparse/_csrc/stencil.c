@@ -91,6 +91,86 @@ DEFINE_STENCIL_PASS(i64_f64, int64_t, double, double)
 DEFINE_STENCIL_PASS(i64_c64, int64_t, float _Complex, double _Complex)
 DEFINE_STENCIL_PASS(i64_c128, int64_t, double _Complex, double _Complex)
 
+/* Masked grids found from the pattern (ssi_sparse/_mask.py): the runs of coupled consecutive
+ * unknowns and the run pairs that the other couplings join, each in one pass over the entries
+ * (the pattern taken undirected, explicit zeros ignored), as the NumPy path computes them. */
+#define DEFINE_RUN_PASS(NAME, I, T)                                                              \
+    /* run_of, offset (n each): every unknown's run and its place in it.  Returns the number  \
+     * of runs; -1 when an unknown has more than max_degree couplings, -2 for an index out of \
+     * range, -3 when nothing is coupled.  linked (n bytes), degree (n): zeroed scratch. */    \
+    EXPORT int64_t ssi_mask_runs_##NAME(int64_t n, const I *indptr, const I *indices,           \
+                                        const T *data, int64_t max_degree, uint8_t *linked,     \
+                                        int32_t *degree, int64_t *run_of, int64_t *offset) {    \
+        int64_t coupled = 0;                                                                    \
+        for (int64_t o = 0; o < n; ++o) {                                                       \
+            for (int64_t e = indptr[o]; e < indptr[o + 1]; ++e) {                               \
+                int64_t j = (int64_t)indices[e];                                                \
+                if (j < 0 || j >= n) return -2;                                                 \
+                if (data[e] == 0 || j == o) continue;                                           \
+                int64_t lo = j < o ? j : o, hi = j < o ? o : j;                                 \
+                if (hi == lo + 1) linked[lo] = 1;                                               \
+                degree[lo]++;                                                                   \
+                degree[hi]++;                                                                   \
+                coupled = 1;                                                                    \
+            }                                                                                   \
+        }                                                                                       \
+        if (!coupled) return -3;                                                                \
+        int64_t n_runs = 0, start = 0;                                                          \
+        for (int64_t i = 0; i < n; ++i) {                                                       \
+            if (degree[i] > max_degree) return -1;                                              \
+            if (i == 0 || !linked[i - 1]) {                                                     \
+                start = i;                                                                      \
+                n_runs++;                                                                       \
+            }                                                                                   \
+            run_of[i] = n_runs - 1;                                                             \
+            offset[i] = i - start;                                                              \
+        }                                                                                       \
+        return n_runs;                                                                          \
+    }                                                                                           \
+                                                                                                \
+    /* The run pairs a < b joined by couplings of non-consecutive unknowns lo < hi, with the  \
+     * range [low, high] of offset[lo] - offset[hi] over them, in a hash table of cap slots   \
+     * (a power of two, keys a * n_runs + b, -1 when empty).  Returns the number of pairs; -1 \
+     * when two unknowns of one run are coupled across a gap (not a raster-ordered mask), -2  \
+     * when more than cap / 2 pairs are found (the caller takes the NumPy path). */            \
+    EXPORT int64_t ssi_mask_edges_##NAME(int64_t n, const I *indptr, const I *indices,          \
+                                         const T *data, const int64_t *run_of,                  \
+                                         const int64_t *offset, int64_t n_runs, int64_t cap,    \
+                                         int64_t *key, int64_t *low, int64_t *high) {           \
+        int64_t count = 0;                                                                      \
+        for (int64_t o = 0; o < n; ++o) {                                                       \
+            for (int64_t e = indptr[o]; e < indptr[o + 1]; ++e) {                               \
+                int64_t j = (int64_t)indices[e];                                                \
+                if (data[e] == 0 || j == o) continue;                                           \
+                int64_t lo = j < o ? j : o, hi = j < o ? o : j;                                 \
+                if (hi == lo + 1) continue;                                                     \
+                int64_t a = run_of[lo], b = run_of[hi];                                         \
+                if (a == b) return -1;                                                          \
+                int64_t k = a * n_runs + b, base = offset[lo] - offset[hi];                     \
+                uint64_t h = ((uint64_t)k * 11400714819323198485ull) & (uint64_t)(cap - 1);     \
+                while (key[h] != -1 && key[h] != k) h = (h + 1) & (uint64_t)(cap - 1);          \
+                if (key[h] == -1) {                                                             \
+                    if (++count > cap / 2) return -2;                                           \
+                    key[h] = k;                                                                 \
+                    low[h] = high[h] = base;                                                    \
+                } else {                                                                        \
+                    if (base < low[h]) low[h] = base;                                           \
+                    if (base > high[h]) high[h] = base;                                         \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+        return count;                                                                           \
+    }
+
+DEFINE_RUN_PASS(i32_f32, int32_t, float)
+DEFINE_RUN_PASS(i32_f64, int32_t, double)
+DEFINE_RUN_PASS(i32_c64, int32_t, float _Complex)
+DEFINE_RUN_PASS(i32_c128, int32_t, double _Complex)
+DEFINE_RUN_PASS(i64_f32, int64_t, float)
+DEFINE_RUN_PASS(i64_f64, int64_t, double)
+DEFINE_RUN_PASS(i64_c64, int64_t, float _Complex)
+DEFINE_RUN_PASS(i64_c128, int64_t, double _Complex)
+
 /* Whole-grid passes over a stencil array V (h * w * k * k rows of 9 slots, see
  * ssi_sparse/_stencil.py): row reductions, symmetric scaling and the Hermitian test, each
  * one pass in place of NumPy's dozen shifted whole-grid temporaries.  Same arithmetic as the
