@@ -59,10 +59,11 @@ BLAS_THREADS_MIN_FRONT = 1024
 DENSE_MIN_FRONT_PYTHON_LOOP = 257
 
 #: A masked grid found from the pattern goes to the engine only if its unknowns cover at least
-#: this share of the embedding grid: absent pixels cost like present ones, and below about half
-#: SciPy's fill on the thin domain is cheaper (bench/results/masked.txt: a ring covering 40 %
-#: of 512^2 ran 0.9x SciPy, 55 % 1.7x).  ``mask=`` / ``pixels=`` given by the caller bypass it.
-MASK_MIN_COVERAGE = 0.5
+#: this share of the embedding grid: the low levels' absent pixels cost like present ones, and
+#: on thinner domains SciPy's fill is cheaper (masked plans, first call / SciPy's, rings in
+#: 512^2: 35 % 0.34 / 0.31 s, 40 % 0.31-0.33 / 0.39 s, 45 % 0.33 / 0.46 s; 25 % 0.35 / 0.19 s).
+#: ``mask=`` / ``pixels=`` given by the caller bypass it.
+MASK_MIN_COVERAGE = 0.4
 
 #: Masked grids: from the level where a level holds at most this many boxes upwards, every
 #: box is its own class whose frontal carries only the unknowns (:mod:`._masked_plan`);

@@ -388,3 +388,17 @@ def test_native_runs_and_edges_match_numpy(mask, nine_point, order, fmt, seed):
     assert (found is None) == (again is None)
     if found is not None:
         assert found[:2] == again[:2] and np.array_equal(found[2], again[2])
+
+
+def test_coverage_rule_hands_thin_masks_to_scipy():
+    """Masks found from the pattern go to the engine only when their unknowns cover at least
+    MASK_MIN_COVERAGE of the grid found; thinner ones (SciPy's fill is smaller) are not
+    claimed, and a caller's mask= bypasses the rule."""
+    from ssi_sparse._tuning import MASK_MIN_COVERAGE
+    from ssi_sparse.problems import masked_laplacian, ring_mask
+
+    for fill, claimed in ((MASK_MIN_COVERAGE - 0.12, False), (MASK_MIN_COVERAGE + 0.08, True)):
+        mask = ring_mask(96, 96, fill=fill)
+        A = masked_laplacian(mask)
+        assert (ssi_sparse.detect_grid(A) is not None) == claimed
+        assert ssi_sparse.factorize(A, mask=mask).grid.masked
