@@ -513,7 +513,7 @@ def down_sweep(factor: NumericFactor, kept, u_top, trans: str, xp=np):
                 u_R = (xp.zeros((cls.n_boxes, 0, k_rhs), dtype=dtype) if u_top is None
                        else xp.reshape(xp.astype(u_top, dtype), (1, -1, k_rhs)))  # fmt: skip
             else:
-                parts = [_boundary_values(xp, to_xp, parent_front[pi], plan.levels[k + 1].classes[pi].children[role])
+                parts = [_at_boundary(xp, to_xp, parent_front[pi], plan.levels[k + 1].classes[pi].children[role])
                          for pi, role in level.boundary_sources[ci]]  # fmt: skip
                 u_R = _stack_parts(xp, parts, (cls.n_boxes, 0, k_rhs), dtype)
             u_S = factor.blocks[k][ci].down(xp, kept[k][ci], u_R, trans)
@@ -527,12 +527,18 @@ def down_sweep(factor: NumericFactor, kept, u_top, trans: str, xp=np):
     return xp.concat(parts, axis=0)
 
 
-def _boundary_values(xp, to_xp, parent_values, link):
-    """Rows of a parent's frontal values (P, f, ...) at a child's boundary nodes (``link``);
-    the decoupled nodes a masked plan's parent does not carry read zero."""
-    out = xp.take(parent_values, to_xp(link.boundary_pos), axis=1)
+def _at_boundary(xp, to_xp, parent_values, link, square=False):
+    """A parent's frontal values (P, f, k) at a child's boundary nodes (``link``), or
+    (``square``) its (P, f, f) block on them; the decoupled nodes a masked plan's parent does
+    not carry read zero."""
+    pos = to_xp(link.boundary_pos)
+    out = xp.take(parent_values, pos, axis=1)
+    if square:
+        out = xp.take(out, pos, axis=2)
     if link.carried is not None:
-        out = xp.where(xp.reshape(to_xp(link.carried), (1, -1, 1)), out, xp.zeros_like(out))
+        c = to_xp(link.carried)
+        keep = xp.reshape(c, (1, -1, 1)) & xp.reshape(c, (1, 1, -1)) if square else xp.reshape(c, (1, -1, 1))
+        out = xp.where(keep, out, xp.zeros_like(out))
     return out
 
 
@@ -564,16 +570,8 @@ def selected_inverse(factor: NumericFactor, xp=np):
             if k == len(plan.levels) - 1:
                 Z_RR = xp.zeros((cls.n_boxes, 0, 0), dtype=factor.dtype)
             else:
-                parts = []
-                for pi, role in level.boundary_sources[ci]:
-                    link = plan.levels[k + 1].classes[pi].children[role]
-                    pos = to_xp(link.boundary_pos)
-                    Z = xp.take(xp.take(parent_Z[pi], pos, axis=1), pos, axis=2)
-                    if link.carried is not None:  # decoupled nodes the parent does not carry
-                        c = to_xp(link.carried)
-                        both = xp.reshape(c, (1, -1, 1)) & xp.reshape(c, (1, 1, -1))
-                        Z = xp.where(both, Z, xp.zeros_like(Z))
-                    parts.append(Z)
+                parts = [_at_boundary(xp, to_xp, parent_Z[pi], plan.levels[k + 1].classes[pi].children[role], True)
+                         for pi, role in level.boundary_sources[ci]]  # fmt: skip
                 Z_RR = _stack_parts(xp, parts, (cls.n_boxes, 0, 0), factor.dtype)
             level_Z.append(factor.blocks[k][ci].inverse_frontal(xp, Z_RR))
         parent_Z = level_Z

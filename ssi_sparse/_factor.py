@@ -136,10 +136,11 @@ class GridFactor:
         # the stencil operations see a batch as one grid of B * h rows: nothing couples the
         # systems (no stencil entry leaves its grid), so products, scaling and tests are exact
         self._dims = (B * h, w, k)
-        self._nodes = self._absent = None
+        self._nodes = self._absent = self._present = None
         if spec.nodes is not None:
             absent = np.ones(spec.n_nodes, dtype=bool)
             absent[spec.nodes] = False
+            self._present = ~absent  # (one system's nodes: what a masked plan keeps)
             node, a = np.divmod(np.flatnonzero(absent), k)
             diagonal = (node * k + a) * k + a  # stencil row of each absent node's diagonal
             self._absent = self.backend.to_device(_per_system(diagonal, B, h * w * k * k))
@@ -197,11 +198,9 @@ class GridFactor:
     def _plan(self):
         g = self.grid
         plan = build_plan(*g.engine_shape, DEFAULT_LEAF_CELLS, g.engine_components, self.batch or 1)
-        if g.nodes is None or self.batch is not None:
+        if self._present is None or self.batch is not None:
             return plan
-        present = np.zeros(g.n_nodes, dtype=bool)
-        present[g.nodes] = True
-        return masked_plan_for(plan, present)  # the top levels carry only the unknowns
+        return masked_plan_for(plan, self._present)  # the top levels carry only the unknowns
 
     def _working_precision_numeric(self) -> NumericFactor:
         """The factorization in the matrix's own precision: the stored one, or (mixed
