@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 #: ``spsolve`` / ``factorized`` send grids of fewer unknowns to SciPy's SuperLU, which is
-#: faster there (the engine's per-class Python work dominates; measured factorize + solve of
-#: variable diffusion, median of 10: 64^2 SciPy 8.1 ms vs 10.4, 72^2 14.8 vs 12.8, 96^2 21.7
-#: vs 16.2), unless the caller names a grid, which asks for the engine explicitly.
+#: faster there (the engine's per-class Python work dominates; bench/results/small.txt,
+#: variable diffusion, median per system over 10: 64^2 SciPy 8.3 ms vs 10.6, 72^2 11.4 vs
+#: 12.1, 80^2 14.4 vs 13.3, 96^2 22.6 vs 16.8), unless the caller names a grid.
 ENGINE_MIN_SIZE = 6400
 
 #: Merge frontals up to this size get flat gather maps in the plan (one gather per entry beats
@@ -60,8 +60,8 @@ DENSE_MIN_FRONT_PYTHON_LOOP = 257
 
 #: A masked grid found from the pattern goes to the engine only if its unknowns cover at least
 #: this share of the embedding grid: the low levels' absent pixels cost like present ones, and
-#: on thinner domains SciPy's fill is cheaper (masked plans, first call / SciPy's, rings in
-#: 512^2: 35 % 0.34 / 0.31 s, 40 % 0.31-0.33 / 0.39 s, 45 % 0.33 / 0.46 s; 25 % 0.35 / 0.19 s).
+#: on thinner domains SciPy's fill is cheaper (bench/results/masked_v5_coverage.txt, rings in
+#: 512^2, first call, SciPy / engine: 25 % 0.65x, 35 % 0.86x, 45 % 1.28x).
 #: ``mask=`` / ``pixels=`` given by the caller bypass it.
 MASK_MIN_COVERAGE = 0.4
 
