@@ -34,6 +34,8 @@ import numpy as np
 from . import _native as native
 from ._kernels import check_rcond, exactly_singular
 from ._lapack import lapack_for, single_threaded_blas
+from ._threads import parallel_map
+from ._tuning import SWEEP_PARALLEL_MIN_ENTRIES
 
 __all__ = ["DenseJob", "FactoredBlocks", "NotPositiveDefinite", "factor_class", "run_jobs"]
 
@@ -126,7 +128,7 @@ class FactoredBlocks:
         if s == 0:
             return kept, upd
         if native.supports_dtype(np, kept.dtype):
-            native.dense_sweep("up", trans, self.kind == "cholesky", self.factor, self.w, self.x, kept, upd, lap.table)
+            self._native_sweep("up", trans, kept, upd, lap)
             return kept, upd
         (sk, rk, ss, rs), (kp, up_, fp, wp, xp_) = self._addresses(k, kept, upd)
         for p in range(P):
@@ -198,12 +200,31 @@ class FactoredBlocks:
         t = kept  # consumed: the up sweep's copy
         u_R = np.ascontiguousarray(u_R, dtype=t.dtype)
         if native.supports_dtype(np, t.dtype):
-            native.dense_sweep("down", trans, self.kind == "cholesky", self.factor, self.w, self.x, t, u_R, lap.table)
+            self._native_sweep("down", trans, t, u_R, lap)
         else:
             self._down_boxes(lap, t, u_R, trans)
         if trans == "N" and self.kind == "lu":
             return np.take_along_axis(t, self.inv_perm[:, :, None], axis=1)
         return t
+
+    def _native_sweep(self, op, trans, a, b, lap):
+        """:func:`._native.dense_sweep` over all boxes; a class with many stored entries is cut
+        into one box range per engine thread (the sweeps read each factor once: memory-bound,
+        and one core does not saturate the memory)."""
+        P, s, r = self._shape
+        cholesky = self.kind == "cholesky"
+        run_map, n = parallel_map()
+        if n == 1 or P < n or P * s * (s + r) < SWEEP_PARALLEL_MIN_ENTRIES:
+            native.dense_sweep(op, trans, cholesky, self.factor, self.w, self.x, a, b, lap.table)
+            return
+        cuts = [P * i // n for i in range(n + 1)]
+
+        def boxes(i):
+            p = slice(cuts[i], cuts[i + 1])
+            x = None if self.x is None else self.x[p]
+            native.dense_sweep(op, trans, cholesky, self.factor[p], self.w[p], x, a[p], b[p], lap.table)
+
+        list(run_map(boxes, range(n)))
 
     def _down_boxes(self, lap, t, u_R, trans):
         # the native sweep's arithmetic box by box from Python (no native extension)

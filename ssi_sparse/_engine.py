@@ -14,6 +14,7 @@ same stored blocks transposed.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import sys
@@ -458,6 +459,17 @@ def up_sweep(factor: NumericFactor, bp, trans: str, xp=np):
     (len(order), k)) level by level: returns what the down sweep keeps, and the root's
     condensed right-hand side on ``plan.boundary`` ((r, k); r = 0 for a whole grid).
     ``trans`` is ``'N'`` or ``'T'`` (see :func:`plain_trans`)."""
+    with _sweep_blas(xp):
+        return _up_sweep(factor, bp, trans, xp)
+
+
+def _sweep_blas(xp):
+    """The solve sweeps run with single-threaded BLAS: they split big classes among the
+    engine's threads themselves (:meth:`._dense.FactoredBlocks.up`)."""
+    return single_threaded_blas() if xp is np else contextlib.nullcontext()
+
+
+def _up_sweep(factor, bp, trans, xp):
     plan = factor.plan
     k_rhs = bp.shape[1]
     # right-hand side pieces, one per (level, class): (P, s, k)
@@ -499,6 +511,11 @@ def down_sweep(factor: NumericFactor, kept, u_top, trans: str, xp=np):
     """Back-substitute from the root down: ``u_top`` (r, k) the values on ``plan.boundary``
     (None for a whole grid).  Returns the solution in elimination order, followed by
     ``u_top`` (take ``plan.inverse_order`` for node order)."""
+    with _sweep_blas(xp):
+        return _down_sweep(factor, kept, u_top, trans, xp)
+
+
+def _down_sweep(factor, kept, u_top, trans, xp):
     plan = factor.plan
     to_xp = plan.device(xp)
     k_rhs = kept[0][0].shape[2]

@@ -114,6 +114,51 @@ static inline void FN(w_times)(const T *W, int64_t r, int64_t s, const T *restri
     }
 }
 
+/* out[c] (-)= column c of M (m x n, column-major) dotted with v, four columns at a time:
+ * four independent sums (a single running sum waits on each multiply-add) and v read once
+ * per four columns. */
+static inline void FN(columns_dot)(const T *M, int64_t m, int64_t n, const T *restrict v, int subtract,
+                                   T *restrict out)
+{
+    int64_t c = 0;
+    for (; c + 4 <= n; c += 4) {
+        const T *m0 = M + c * m, *m1 = m0 + m, *m2 = m1 + m, *m3 = m2 + m;
+        T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+        for (int64_t j = 0; j < m; j++) {
+            const T vj = v[j];
+            s0 += m0[j] * vj;
+            s1 += m1[j] * vj;
+            s2 += m2[j] * vj;
+            s3 += m3[j] * vj;
+        }
+        if (subtract) {
+            out[c] -= s0, out[c + 1] -= s1, out[c + 2] -= s2, out[c + 3] -= s3;
+        } else {
+            out[c] = s0, out[c + 1] = s1, out[c + 2] = s2, out[c + 3] = s3;
+        }
+    }
+    for (; c < n; c++) {
+        const T *mc = M + c * m;
+        T sum = 0;
+        for (int64_t j = 0; j < m; j++)
+            sum += mc[j] * v[j];
+        out[c] = subtract ? out[c] - sum : sum;
+    }
+}
+
+/* Ask for the n entries from p in cache: the backward substitution reads a factor from its
+ * end, which the hardware does not prefetch. */
+static inline void FN(prefetch)(const T *p, int64_t n)
+{
+#if defined(__GNUC__)
+    for (int64_t i = 0; i < n; i += 64 / (int64_t)sizeof(T))
+        __builtin_prefetch(p + i);
+#else
+    (void)p, (void)n;
+#endif
+}
+
 /* sweep_vector's arithmetic in plain loops, for narrow frontals (a library call per box
  * would cost more than its s (s + r) multiply-adds).  Column-major blocks: M the factor (ld
  * s), W (r x s, ld r), X (s x r, ld s); every inner loop runs down one contiguous column. */
@@ -132,20 +177,13 @@ static void FN(sweep_vector_inline)(int32_t op, int32_t cholesky, int64_t s, int
             }
             FN(w_times)(W, r, s, a, 1, b);
         } else { /* a := U^-T a, b := X^T a */
-            for (int64_t c = 0; c < s; c++) {
-                const T *mc = M + c * s;
-                T sum = a[c];
-                for (int64_t i = 0; i < c; i++)
-                    sum -= mc[i] * a[i];
-                a[c] = sum / mc[c];
+            for (int64_t i = 0; i < s; i++) { /* row i of U: independent updates */
+                const T v = a[i] / M[i * s + i];
+                a[i] = v;
+                for (int64_t c = i + 1; c < s; c++)
+                    a[c] -= M[c * s + i] * v;
             }
-            for (int64_t j = 0; j < r; j++) {
-                const T *xj = X + j * s;
-                T sum = 0;
-                for (int64_t i = 0; i < s; i++)
-                    sum += xj[i] * a[i];
-                b[j] = sum;
-            }
+            FN(columns_dot)(X, s, r, a, 0, b);
         }
         break;
     case SWEEP_UP_T: /* a := L^-1 a (unit), b := W a */
@@ -158,22 +196,17 @@ static void FN(sweep_vector_inline)(int32_t op, int32_t cholesky, int64_t s, int
         FN(w_times)(W, r, s, a, 0, b);
         break;
     case SWEEP_DOWN_N: /* a -= W^T b, a := L^-T a (unit for LU) */
-        for (int64_t c = 0; c < s; c++) {
-            const T *wc = W + c * r;
-            T sum = a[c];
-            for (int64_t j = 0; j < r; j++)
-                sum -= wc[j] * b[j];
-            a[c] = sum;
-        }
-        for (int64_t c = s - 1; c >= 0; c--) {
-            const T *mc = M + c * s;
-            T sum = a[c];
-            for (int64_t i = c + 1; i < s; i++)
-                sum -= mc[i] * a[i];
-            a[c] = cholesky ? sum / mc[c] : sum;
+        FN(prefetch)(M, s * s);
+        FN(columns_dot)(W, r, s, b, 1, a);
+        for (int64_t i = s - 1; i >= 0; i--) { /* row i of L (in cache): independent updates */
+            const T v = cholesky ? a[i] / M[i * s + i] : a[i];
+            a[i] = v;
+            for (int64_t c = 0; c < i; c++)
+                a[c] -= M[c * s + i] * v;
         }
         break;
     case SWEEP_DOWN_T: /* a -= X b, a := U^-1 a */
+        FN(prefetch)(M, s * s);
         for (int64_t j = 0; j < r; j++) {
             const T *xj = X + j * s;
             const T v = b[j];
