@@ -105,46 +105,28 @@ class FactoredBlocks:
     def _shape(self):
         return self.w.shape
 
-    def _addresses(self, k, a, b):
-        """Bytes per box of an (s, k), (r, k), (s, s) and (r, s) block, and the addresses of
-        the right-hand-side arrays ``a``, ``b`` and of the stored factor, ``w`` and ``x``."""
+    def _addresses(self, front):
+        """Bytes per box of a frontal's right-hand sides (f, k), of an (s, s) and of an (r, s)
+        block; the addresses of the first box's eliminated rows, its boundary rows, and of
+        the stored factor, ``w`` and ``x``."""
         P, s, r = self._shape
+        k = front.shape[2]
         item = self.w.itemsize
-        steps = (s * k * item, r * k * item, s * s * item, r * s * item)
+        a = front.ctypes.data
         x = None if self.x is None else self.x.ctypes.data
-        return steps, (a.ctypes.data, b.ctypes.data, self.factor.ctypes.data, self.w.ctypes.data, x)
+        steps = ((s + r) * k * item, s * s * item, r * s * item)
+        return steps, (a, a + s * k * item, self.factor.ctypes.data, self.w.ctypes.data, x)
 
-    def up(self, xp, f_S, trans):
-        """Condense one class's right-hand side: returns ``(kept, update)``, ``update``
-        (P, r, k) to be subtracted from the boundary part, ``kept`` for :meth:`down`."""
-        P, s, r = self._shape
-        k = f_S.shape[2]
-        lap = lapack_for(self.factor.dtype)
-        if trans == "N":
-            kept = np.array(f_S, order="C", copy=True)
-        else:  # "T": P^T first
-            kept = np.ascontiguousarray(np.take_along_axis(f_S, self.perm[:, :, None], axis=1))
-        upd = np.zeros((P, r, k), dtype=kept.dtype)
+    def up(self, xp, front, trans):
+        """Condense one class's right-hand sides in place, ``front`` (P, f, k) C-ordered: its
+        eliminated rows ``[:, :s]`` become what :meth:`down` needs, its boundary rows
+        ``[:, s:]`` lose the eliminated unknowns' contribution."""
+        s = self._shape[1]
         if s == 0:
-            return kept, upd
-        if native.supports_dtype(np, kept.dtype):
-            self._native_sweep("up", trans, kept, upd, lap)
-            return kept, upd
-        (sk, rk, ss, rs), (kp, up_, fp, wp, xp_) = self._addresses(k, kept, upd)
-        for p in range(P):
-            if trans == "N":
-                # kept^T = f_S^T U^-1 ; upd^T = kept^T X
-                if self.kind == "lu":
-                    lap.trsm("R", "U", "N", "N", k, s, 1.0, fp + p * ss, s, kp + p * sk, k)
-                    lap.gemm("N", "N", k, r, s, 1.0, kp + p * sk, k, xp_ + p * rs, s, 0.0, up_ + p * rk, k)
-                else:
-                    lap.trsm("R", "L", "C", "N", k, s, 1.0, fp + p * ss, s, kp + p * sk, k)
-                    lap.gemm("N", "C", k, r, s, 1.0, kp + p * sk, k, wp + p * rs, r, 0.0, up_ + p * rk, k)
-            else:
-                # kept^T = (P^T f_S)^T L^-T ; upd^T = kept^T W^T
-                lap.trsm("R", "L", "T", "U", k, s, 1.0, fp + p * ss, s, kp + p * sk, k)
-                lap.gemm("N", "T", k, r, s, 1.0, kp + p * sk, k, wp + p * rs, r, 0.0, up_ + p * rk, k)
-        return kept, upd
+            return
+        if trans != "N":  # "T": P^T first
+            front[:, :s] = np.take_along_axis(front[:, :s], self.perm[:, :, None], axis=1)
+        self._sweep("up", trans, front)
 
     def slogdet(self, xp):
         """``(sign, log|det|)`` (one per box) of this class's eliminated blocks ``G_SS``, from
@@ -190,57 +172,62 @@ class FactoredBlocks:
             out[p] = Zg.T
         return out
 
-    def down(self, xp, kept, u_R, trans):
-        """Back-substitute one class's eliminated unknowns from their boundary values."""
-        P, s, r = self._shape
-        k = kept.shape[2]
+    def down(self, xp, front, trans):
+        """Back-substitute in place: ``front[:, s:]`` holds the boundary values, ``front[:, :s]``
+        what :meth:`up` left there, which the eliminated unknowns' values replace."""
+        s = self._shape[1]
         if s == 0:
-            return kept
-        lap = lapack_for(self.factor.dtype)
-        t = kept  # consumed: the up sweep's copy
-        u_R = np.ascontiguousarray(u_R, dtype=t.dtype)
-        if native.supports_dtype(np, t.dtype):
-            self._native_sweep("down", trans, t, u_R, lap)
-        else:
-            self._down_boxes(lap, t, u_R, trans)
+            return
+        self._sweep("down", trans, front)
         if trans == "N" and self.kind == "lu":
-            return np.take_along_axis(t, self.inv_perm[:, :, None], axis=1)
-        return t
+            front[:, :s] = np.take_along_axis(front[:, :s], self.inv_perm[:, :, None], axis=1)
 
-    def _native_sweep(self, op, trans, a, b, lap):
+    def _sweep(self, op, trans, front):
         """:func:`._native.dense_sweep` over all boxes; a class with many stored entries is cut
         into one box range per engine thread (the sweeps read each factor once: memory-bound,
         and one core does not saturate the memory)."""
+        lap = lapack_for(self.factor.dtype)
+        if not native.supports_dtype(np, front.dtype):
+            return self._sweep_boxes(lap, op, trans, front)
         P, s, r = self._shape
         cholesky = self.kind == "cholesky"
         run_map, n = parallel_map()
         if n == 1 or P < n or P * s * (s + r) < SWEEP_PARALLEL_MIN_ENTRIES:
-            native.dense_sweep(op, trans, cholesky, self.factor, self.w, self.x, a, b, lap.table)
+            native.dense_sweep(op, trans, cholesky, self.factor, self.w, self.x, front, lap.table)
             return
         cuts = [P * i // n for i in range(n + 1)]
 
         def boxes(i):
             p = slice(cuts[i], cuts[i + 1])
             x = None if self.x is None else self.x[p]
-            native.dense_sweep(op, trans, cholesky, self.factor[p], self.w[p], x, a[p], b[p], lap.table)
+            native.dense_sweep(op, trans, cholesky, self.factor[p], self.w[p], x, front[p], lap.table)
 
         list(run_map(boxes, range(n)))
 
-    def _down_boxes(self, lap, t, u_R, trans):
+    def _sweep_boxes(self, lap, op, trans, front):
         # the native sweep's arithmetic box by box from Python (no native extension)
         P, s, r = self._shape
-        k = t.shape[2]
-        (sk, rk, ss, rs), (tp, ur, fp, wp, xp_) = self._addresses(k, t, u_R)
+        k = front.shape[2]
+        lu = self.kind == "lu"
+        (fs, ss, rs), (a0, b0, f0, w0, x0) = self._addresses(front)
         for p in range(P):
-            if trans == "N":
-                # t^T = kept^T - u_R^T W ; u_S = P L^-T t
-                lap.gemm("N", "N", k, s, r, -1.0, ur + p * rk, k, wp + p * rs, r, 1.0, tp + p * sk, k)
-                diag = "U" if self.kind == "lu" else "N"
-                lap.trsm("R", "L", "N", diag, k, s, 1.0, fp + p * ss, s, tp + p * sk, k)
-            else:
-                # t^T = kept^T - u_R^T X^T ; u_S = U^-1 t
-                lap.gemm("N", "T", k, s, r, -1.0, ur + p * rk, k, xp_ + p * rs, s, 1.0, tp + p * sk, k)
-                lap.trsm("R", "U", "T", "N", k, s, 1.0, fp + p * ss, s, tp + p * sk, k)
+            a, b, M, W = a0 + p * fs, b0 + p * fs, f0 + p * ss, w0 + p * rs
+            X = None if x0 is None else x0 + p * rs
+            if op == "up" and trans == "N" and lu:  # a^T := a^T U^-1 ; b^T -= a^T X
+                lap.trsm("R", "U", "N", "N", k, s, 1.0, M, s, a, k)
+                lap.gemm("N", "N", k, r, s, -1.0, a, k, X, s, 1.0, b, k)
+            elif op == "up" and trans == "N":  # a^T := a^T L^-H ; b^T -= a^T W^H
+                lap.trsm("R", "L", "C", "N", k, s, 1.0, M, s, a, k)
+                lap.gemm("N", "C", k, r, s, -1.0, a, k, W, r, 1.0, b, k)
+            elif op == "up":  # a = P^T f_S already: a^T := a^T L^-T ; b^T -= a^T W^T
+                lap.trsm("R", "L", "T", "U", k, s, 1.0, M, s, a, k)
+                lap.gemm("N", "T", k, r, s, -1.0, a, k, W, r, 1.0, b, k)
+            elif trans == "N":  # a^T -= b^T W ; u_S = P L^-T a
+                lap.gemm("N", "N", k, s, r, -1.0, b, k, W, r, 1.0, a, k)
+                lap.trsm("R", "L", "N", "U" if lu else "N", k, s, 1.0, M, s, a, k)
+            else:  # a^T -= b^T X^T ; u_S = U^-1 a
+                lap.gemm("N", "T", k, s, r, -1.0, b, k, X, s, 1.0, a, k)
+                lap.trsm("R", "U", "T", "N", k, s, 1.0, M, s, a, k)
 
 
 class DenseJob:

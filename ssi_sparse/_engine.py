@@ -447,8 +447,8 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
         return xp.conj(solve_values(factor, xp.conj(b), trans, xp))
     plan = factor.plan
     to_xp = plan.device(xp)
-    kept, _ = up_sweep(factor, xp.take(b, to_xp(plan.order), axis=0), trans, xp)
-    u = down_sweep(factor, kept, None, trans, xp)
+    fronts, _ = up_sweep(factor, xp.take(b, to_xp(plan.order), axis=0), trans, xp)
+    u = down_sweep(factor, fronts, None, trans, xp)
     if plan.dropped is not None:  # nodes no box eliminates read this zero row
         u = xp.concat([u, xp.zeros((1, u.shape[1]), dtype=u.dtype)], axis=0)
     return xp.take(u, to_xp(plan.inverse_order), axis=0)
@@ -456,9 +456,10 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
 
 def up_sweep(factor: NumericFactor, bp, trans: str, xp=np):
     """Condense ``bp`` (the right-hand side of the eliminated nodes, in elimination order,
-    (len(order), k)) level by level: returns what the down sweep keeps, and the root's
-    condensed right-hand side on ``plan.boundary`` ((r, k); r = 0 for a whole grid).
-    ``trans`` is ``'N'`` or ``'T'`` (see :func:`plain_trans`)."""
+    (len(order), k)) level by level.  Returns every class's frontal right-hand sides
+    ((P, f, k), per level; the down sweep works in them), and the root's condensed
+    right-hand side on ``plan.boundary`` ((r, k); r = 0 for a whole grid).  ``trans`` is
+    ``'N'`` or ``'T'`` (see :func:`plain_trans`)."""
     with _sweep_blas(xp):
         return _up_sweep(factor, bp, trans, xp)
 
@@ -472,73 +473,58 @@ def _sweep_blas(xp):
 def _up_sweep(factor, bp, trans, xp):
     plan = factor.plan
     k_rhs = bp.shape[1]
-    # right-hand side pieces, one per (level, class): (P, s, k)
-    pieces, offset = [], 0
-    for level in plan.levels:
-        row = []
-        for cls in level.classes:
-            size = cls.n_boxes * cls.n_elim
-            row.append(xp.reshape(bp[offset : offset + size, ...], (cls.n_boxes, cls.n_elim, k_rhs)))
-            offset += size
-        pieces.append(row)
-
-    # each class keeps what its down sweep needs
-    kept, condensed = [], None
+    fronts, below, offset = [], None, 0
     for k, level in enumerate(plan.levels):
-        level_kept, level_condensed = [], []
+        level_fronts = []
         for ci, cls in enumerate(level.classes):
-            f_S = pieces[k][ci]
-            f_R = None
-            if k:
-                f = xp.zeros((cls.n_boxes, cls.n_front, k_rhs), dtype=bp.dtype)
-                for link in cls.children:
-                    d = condensed[link.cls][link.rows, ...]
-                    if xp is np and native.add_runs(f, d, link.runs):
-                        continue
-                    for di, si, li in link.runs.tolist():
-                        f[:, di : di + li, ...] += d[:, si : si + li, ...]
-                f_S = f_S + f[:, : cls.n_elim, ...]
-                f_R = f[:, cls.n_elim :, ...]
-            y, upd = factor.blocks[k][ci].up(xp, f_S, trans)
-            level_kept.append(y)
-            level_condensed.append(-upd if f_R is None else f_R - upd)
-        kept.append(level_kept)
-        condensed = level_condensed
-    return kept, condensed[0][0, ...]
+            P, s = cls.n_boxes, cls.n_elim
+            front = xp.empty((P, cls.n_front, k_rhs), dtype=bp.dtype)
+            front[:, :s, :] = xp.reshape(bp[offset : offset + P * s, ...], (P, s, k_rhs))
+            front[:, s:, :] = 0
+            offset += P * s
+            for link in cls.children:  # the children's condensed right-hand sides
+                child = below[link.cls][link.rows, ...]
+                first = plan.levels[k - 1].classes[link.cls].n_elim
+                if xp is np and native.add_runs(front, child, first, link.runs):
+                    continue
+                for di, si, li in link.runs.tolist():
+                    front[:, di : di + li, ...] += child[:, first + si : first + si + li, ...]
+            factor.blocks[k][ci].up(xp, front, trans)
+            level_fronts.append(front)
+        fronts.append(level_fronts)
+        below = level_fronts
+    root = plan.levels[-1].classes[0]
+    return fronts, below[0][0, root.n_elim :, ...]
 
 
-def down_sweep(factor: NumericFactor, kept, u_top, trans: str, xp=np):
-    """Back-substitute from the root down: ``u_top`` (r, k) the values on ``plan.boundary``
-    (None for a whole grid).  Returns the solution in elimination order, followed by
-    ``u_top`` (take ``plan.inverse_order`` for node order)."""
+def down_sweep(factor: NumericFactor, fronts, u_top, trans: str, xp=np):
+    """Back-substitute from the root down, in the up sweep's ``fronts``: ``u_top`` (r, k) the
+    values on ``plan.boundary`` (None for a whole grid).  Returns the solution in elimination
+    order, followed by ``u_top`` (take ``plan.inverse_order`` for node order)."""
     with _sweep_blas(xp):
-        return _down_sweep(factor, kept, u_top, trans, xp)
+        return _down_sweep(factor, fronts, u_top, trans, xp)
 
 
-def _down_sweep(factor, kept, u_top, trans, xp):
+def _down_sweep(factor, fronts, u_top, trans, xp):
     plan = factor.plan
     to_xp = plan.device(xp)
-    k_rhs = kept[0][0].shape[2]
-    dtype = kept[0][0].dtype
-    solutions = [None] * len(plan.levels)
-    parent_front = None
-    for k in range(len(plan.levels) - 1, -1, -1):
+    k_rhs = fronts[0][0].shape[2]
+    dtype = fronts[0][0].dtype
+    top = len(plan.levels) - 1
+    if u_top is not None:
+        fronts[top][0][0, plan.levels[top].classes[0].n_elim :, ...] = xp.astype(u_top, dtype)
+    for k in range(top, -1, -1):
         level = plan.levels[k]
-        level_sol, level_front = [], []
         for ci, cls in enumerate(level.classes):
-            if k == len(plan.levels) - 1:
-                u_R = (xp.zeros((cls.n_boxes, 0, k_rhs), dtype=dtype) if u_top is None
-                       else xp.reshape(xp.astype(u_top, dtype), (1, -1, k_rhs)))  # fmt: skip
-            else:
-                parts = [_at_boundary(xp, to_xp, parent_front[pi], plan.levels[k + 1].classes[pi].children[role])
-                         for pi, role in level.boundary_sources[ci]]  # fmt: skip
-                u_R = _stack_parts(xp, parts, (cls.n_boxes, 0, k_rhs), dtype)
-            u_S = factor.blocks[k][ci].down(xp, kept[k][ci], u_R, trans)
-            level_sol.append(u_S)
-            level_front.append(xp.concat([u_S, u_R], axis=1))
-        solutions[k] = level_sol
-        parent_front = level_front
-    parts = [xp.reshape(s, (-1, k_rhs)) for level in solutions for s in level]
+            front, s, start = fronts[k][ci], cls.n_elim, 0
+            if k < top:  # boundary values from the parents' frontals, parent by parent
+                for pi, role in level.boundary_sources[ci]:
+                    part = _at_boundary(xp, to_xp, fronts[k + 1][pi], plan.levels[k + 1].classes[pi].children[role])
+                    front[start : start + part.shape[0], s:, :] = part
+                    start += part.shape[0]
+            factor.blocks[k][ci].down(xp, front, trans)
+    parts = [xp.reshape(front[:, : cls.n_elim, :], (-1, k_rhs))
+             for level, level_fronts in zip(plan.levels, fronts) for cls, front in zip(level.classes, level_fronts)]  # fmt: skip
     if u_top is not None:
         parts.append(xp.reshape(xp.astype(u_top, dtype), (-1, k_rhs)))
     return xp.concat(parts, axis=0)

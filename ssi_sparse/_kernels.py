@@ -55,15 +55,20 @@ class EliminatedBlocks:
     def nbytes(self) -> int:
         return sum(int(a.nbytes) for a in (self.s_inv, self.x, self.r_s) if a is not None)
 
-    def up(self, xp, f_S, trans):
-        """Condense one class's right-hand side ``f_S`` (P, s, k): ``(kept, update)`` with
-        ``update`` (P, r, k) subtracted from the boundary part and ``kept`` for :meth:`down`
-        (``trans`` 'N' or 'T'; Hermitian blocks only 'N')."""
+    def up(self, xp, front, trans):
+        """Condense one class's right-hand sides in place, ``front`` (P, f, k): its eliminated
+        rows ``[:, :s]`` become what :meth:`down` needs, its boundary rows ``[:, s:]`` lose
+        the eliminated unknowns' contribution (``trans`` 'N' or 'T'; Hermitian blocks only
+        'N')."""
+        s = self.s_inv.shape[1]
+        f_S = front[:, :s, :]
         if trans == "N":
             y = self.s_inv @ f_S
             upd = (matrix_h(xp, self.x) @ f_S) if self.r_s is None else (self.r_s @ y)
-            return y, upd
-        return f_S, matrix_t(xp, self.x) @ f_S
+            front[:, :s, :] = y
+        else:
+            upd = matrix_t(xp, self.x) @ f_S
+        front[:, s:, :] = front[:, s:, :] - upd
 
     def slogdet(self, xp):
         """``(sign, log|det|)`` (host arrays, one per box) of this class's eliminated blocks
@@ -83,12 +88,16 @@ class EliminatedBlocks:
         Z_SS = self.s_inv - self.x @ Z_RS
         return xp.concat([xp.concat([Z_SS, Z_SR], axis=2), xp.concat([Z_RS, Z_RR], axis=2)], axis=1)
 
-    def down(self, xp, kept, u_R, trans):
-        """Back-substitute the eliminated unknowns from the boundary values ``u_R``."""
+    def down(self, xp, front, trans):
+        """Back-substitute in place: ``front[:, s:]`` holds the boundary values, ``front[:, :s]``
+        what :meth:`up` left there, which the eliminated unknowns' values replace."""
+        s = self.s_inv.shape[1]
+        kept, u_R = front[:, :s, :], front[:, s:, :]
         if trans == "N":
-            return kept - self.x @ u_R
+            front[:, :s, :] = kept - self.x @ u_R
+            return
         rhs = kept - matrix_t(xp, self.r_s) @ u_R if u_R.shape[1] else kept
-        return matrix_t(xp, self.s_inv) @ rhs
+        front[:, :s, :] = matrix_t(xp, self.s_inv) @ rhs
 
 
 def _rcond(xp, S, S_inv, a_norm):

@@ -27,7 +27,7 @@ from . import _tuning
 
 __all__ = ["DenseFailure", "assemble_runs", "available", "dense_chunk", "dense_sweep", "describe",
            "fuses_assembly", "gathers_dense", "grid_reach", "grid_stencil_pass", "mirror_upper",
-           "node_reduce", "reads", "scale_stencil", "stencil_matvec", "stencil_is_hermitian", "supports_dtype"]
+           "column_absmax", "node_reduce", "reads", "scale_stencil", "stencil_matvec", "stencil_is_hermitian", "supports_dtype"]
 
 _SUFFIX = {
     np.dtype(np.float64): "f64",
@@ -72,7 +72,7 @@ def _library():
         fn = getattr(lib, f"ssi_dense_chunk_{suffix}")
         fn.argtypes, fn.restype = _DENSE_ARGTYPES, _i64
         fn = getattr(lib, f"ssi_dense_sweep_{suffix}")
-        fn.argtypes = [_i64, _i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32, _p, _p, _p, _p, _p, _p, _i64]
+        fn.argtypes = [_i64, _i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32, _p, _p, _p, _p, _p, _i64]
         fn.restype = None
     for suffix in _SUFFIX.values():
         fn = getattr(lib, f"ssi_node_reduce_{suffix}")
@@ -83,6 +83,8 @@ def _library():
         fn.argtypes, fn.restype = [_i64, _i64, _i64, _p], ctypes.c_int32
         fn = getattr(lib, f"ssi_add_runs_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _p, _i64, _p, _i64, _p, _i64], None
+        fn = getattr(lib, f"ssi_column_absmax_{suffix}")
+        fn.argtypes, fn.restype = [_i64, _i64, _p, _p, _p], None
         fn = getattr(lib, f"ssi_matvec_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _i64, _i64, _i64, _i64, _p, _p, _p], None
     for index in _INDEX.values():
@@ -260,31 +262,46 @@ def dense_chunk(F, p0: int, p1: int, s: int, cholesky: bool, inline: bool, a_nor
         raise DenseFailure(p0 + box, code == _BOX_NOT_PD, leaf)
 
 
-def dense_sweep(op: str, trans: str, cholesky: bool, factor, w, x, a, b, table) -> None:
+def dense_sweep(op: str, trans: str, cholesky: bool, factor, w, x, front, table) -> None:
     """One solve sweep (``op`` 'up' or 'down', ``trans`` 'N' or 'T') over a class's stored
-    dense factors: ``a`` (P, s, k) in place, ``b`` (P, r, k) written (up) or read (down); one
-    column of frontals narrower than ``DENSE_MIN_FRONT`` by inline loops, as they were
-    factored."""
+    dense factors, in place on ``front`` (P, s + r, k) C-ordered (see
+    ``ssi_dense_sweep``); one column of frontals narrower than ``DENSE_MIN_FRONT`` by inline
+    loops, as they were factored."""
     P, s, r = w.shape
-    fn = getattr(_library(), f"ssi_dense_sweep_{_SUFFIX[a.dtype]}")
-    fn(P, s, r, a.shape[2], SWEEPS[op, trans], int(cholesky), _ptr(factor, a.dtype), _ptr(w, a.dtype),
-       None if x is None else _ptr(x, a.dtype), _ptr(a, a.dtype), _ptr(b, a.dtype), ctypes.byref(table),
+    fn = getattr(_library(), f"ssi_dense_sweep_{_SUFFIX[front.dtype]}")
+    fn(P, s, r, front.shape[2], SWEEPS[op, trans], int(cholesky), _ptr(factor, front.dtype), _ptr(w, front.dtype),
+       None if x is None else _ptr(x, front.dtype), _ptr(front, front.dtype), ctypes.byref(table),
        _tuning.DENSE_MIN_FRONT)  # fmt: skip
 
 
-def add_runs(dst, src, runs) -> bool:
-    """``dst[:, d:d+l] += src[:, s:s+l]`` for every run ``(d, s, l)`` of ``runs``, ``dst``
-    (P, f, k) and ``src`` (P, r, k) C-contiguous of one dtype; False (nothing done) where the
-    kernel does not apply."""
-    if not supports_dtype(np, dst.dtype) or src.dtype != dst.dtype or not (
-        dst.flags.c_contiguous and src.flags.c_contiguous
+def add_runs(dst, src, first_row: int, runs) -> bool:
+    """``dst[:, d:d+l] += src[:, first_row+s : first_row+s+l]`` for every run ``(d, s, l)``
+    of ``runs`` (int64, C-ordered), ``dst`` (P, f, k) and ``src`` (P, f', k) C-ordered boxes
+    of one dtype; False (nothing done) where the kernel does not apply."""
+    if not supports_dtype(np, dst.dtype) or src.dtype != dst.dtype or runs.dtype != np.int64 or not (
+        dst.flags.c_contiguous and src.flags.c_contiguous and runs.flags.c_contiguous
     ):
         return False
-    runs = np.ascontiguousarray(runs, dtype=np.int64)
     fn = getattr(_library(), f"ssi_add_runs_{_SUFFIX[dst.dtype]}")
-    fn(dst.shape[0], dst.shape[2], dst.ctypes.data, dst.shape[1], src.ctypes.data, src.shape[1], runs.ctypes.data,
-       runs.shape[0])  # fmt: skip
+    k = dst.shape[2]
+    fn(dst.shape[0], k, dst.ctypes.data, dst.shape[1], src.ctypes.data + first_row * k * src.itemsize, src.shape[1],
+       runs.ctypes.data, runs.shape[0])  # fmt: skip
     return True
+
+
+def column_absmax(a, weights=None):
+    """``max_i |a[i, j]| * weights[i]`` for every column ``j`` of ``a`` (n, k) in one pass
+    (float64, NaN where a term is NaN), or None where the kernel does not apply."""
+    if not supports_dtype(np, a.dtype) or a.ndim != 2 or not a.flags.c_contiguous:
+        return None
+    if weights is not None:
+        weights = np.ascontiguousarray(np.reshape(weights, -1), dtype=_real(a.dtype))
+        if weights.shape[0] != a.shape[0]:
+            return None
+    out = np.empty(a.shape[1], dtype=np.float64)
+    fn = getattr(_library(), f"ssi_column_absmax_{_SUFFIX[a.dtype]}")
+    fn(a.shape[0], a.shape[1], a.ctypes.data, None if weights is None else weights.ctypes.data, out.ctypes.data)
+    return out
 
 
 def mirror_upper(D) -> bool:

@@ -522,15 +522,14 @@ class SlabFactor:
     def _solve_refined(self, B, trans):
         comm = self.comm
 
-        def column_max(a):
-            local = np.max(a, axis=0, initial=0.0) if a.shape[0] else np.zeros(a.shape[1])
+        def combine(local):
             return _allmax(comm, local)
 
         eps = float(np.finfo(self.dtype).eps)
         X, R, eta, steps = refine(np, lambda r: self._solve_scaled(r, trans), lambda x: self._op_matvec(x, trans),
-                                  B, self._norm_inf, eps, MAX_REFINE_STEPS, column_max)  # fmt: skip
+                                  B, self._norm_inf, eps, MAX_REFINE_STEPS, combine)  # fmt: skip
         with _Phase(comm, "checking the answer"):
-            refuse_unsolved(np, R, B, self._inverse_row_norms(trans), self.dtype, steps, eta, column_max)
+            refuse_unsolved(np, R, B, self._inverse_row_norms(trans), self.dtype, steps, eta, combine)
         return X
 
     def _op_matvec(self, x, trans):
@@ -603,13 +602,11 @@ class SlabFactor:
                     f[pos] += data[:r]
                     b_front[pos] = data[r:]  # the same node's b from either child
                 s_ = m.n_elim
-                f_S = (f[:s_] + b_front[:s_])[None]
-                if blocks is None:
-                    y, upd = f_S, np.zeros((1, m.n_front - s_, k), dtype=self.dtype)
-                else:
-                    y, upd = blocks.up(np, f_S, trans)
-                merge_kept[_key(m)] = y
-                up[_key(m)] = np.concatenate([f[s_:] - upd[0], b_front[s_:]], axis=0)
+                f[:s_] += b_front[:s_]
+                if blocks is not None:
+                    blocks.up(np, f[None], trans)
+                merge_kept[_key(m)] = f
+                up[_key(m)] = np.concatenate([f[s_:], b_front[s_:]], axis=0)
         # down: boundary values from the root to the windows
         values = {}
         for level in reversed(self.plan.merges):
@@ -617,10 +614,11 @@ class SlabFactor:
                 if m.owner != me:
                     continue
                 _, blocks = self._merged[_key(m)]
-                u_R = values.pop(_key(m), np.zeros((len(m.boundary), k), dtype=self.dtype))
-                y = merge_kept.pop(_key(m))
-                u_S = y if blocks is None else blocks.down(np, y, u_R[None], trans)
-                values[("front", _key(m))] = np.concatenate([u_S[0], u_R], axis=0)
+                front = merge_kept.pop(_key(m))
+                front[m.n_elim :] = values.pop(_key(m), 0)
+                if blocks is not None:
+                    blocks.down(np, front[None], trans)
+                values[("front", _key(m))] = front
             values.update(self._exchange_down(
                 level, lambda m, role: values[("front", _key(m))][m.child_pos[role]], lambda r: (r, k), "solve"))  # fmt: skip
         solutions = []

@@ -145,15 +145,36 @@ def test_native_switch_off_uses_portable_path(monkeypatch):
 @needs_native
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_native_run_adds_match_numpy(dtype):
-    """The up sweep's right-hand-side assembly (``add_runs``) against NumPy slices."""
+    """The up sweep's right-hand-side assembly (``add_runs``: a child frontal's boundary rows,
+    from ``first``) against NumPy slices."""
     rng = np.random.default_rng(7)
-    P, f, r, k = 5, 17, 9, 3
+    P, f, first, r, k = 5, 17, 4, 9, 3
     runs = np.array([[0, 2, 3], [5, 0, 2], [9, 5, 4], [16, 8, 1]], dtype=np.int64)
-    src = rng.standard_normal((P, r, k)).astype(dtype)
+    src = rng.standard_normal((P, first + r, k)).astype(dtype)
     dst = rng.standard_normal((P, f, k)).astype(dtype)
     want = dst.copy()
     for d, s, n in runs.tolist():
-        want[:, d : d + n] += src[:, s : s + n]
-    assert _native.add_runs(dst, src, runs)
+        want[:, d : d + n] += src[:, first + s : first + s + n]
+    assert _native.add_runs(dst, src, first, runs)
     np.testing.assert_array_equal(dst, want)
-    assert not _native.add_runs(dst[:, ::2], src, runs)  # strided: the caller's loop runs
+    assert not _native.add_runs(dst[:, ::2], src, first, runs)  # strided: the caller's loop runs
+    assert not _native.add_runs(dst, src, first, runs.astype(np.int32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1, 4])
+def test_native_column_absmax_matches_numpy(dtype, k):
+    """The refinement's column norms in one pass: plain and row-weighted, NaN kept."""
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((257, k)).astype(dtype)
+    if np.dtype(dtype).kind == "c":
+        a = (a + 1j * rng.standard_normal((257, k))).astype(dtype)
+    w = rng.random((257, 1)).astype(np.float64)
+    tol = 10 * np.finfo(np.dtype(dtype).char.lower() if np.dtype(dtype).kind == "c" else dtype).eps
+    np.testing.assert_allclose(_native.column_absmax(a), np.abs(a).max(axis=0), rtol=tol)
+    np.testing.assert_allclose(_native.column_absmax(a, w), (np.abs(a) * w).max(axis=0), rtol=tol)
+    a[100, 0] = np.nan
+    got = _native.column_absmax(a)
+    assert np.isnan(got[0]) and np.all(np.isfinite(got[1:]))
+    assert _native.column_absmax(a[:0]).tolist() == [0.0] * k
+    assert _native.column_absmax(a[::2]) is None  # strided: NumPy's reduction runs

@@ -64,6 +64,18 @@ static inline void FN(conj_in_place)(T *v, int n)
         v[i] = CONJ(v[i]);
 }
 
+/* Ask for the n entries from p in cache: the backward substitution reads a factor from its
+ * end, which the hardware does not prefetch. */
+static inline void FN(prefetch)(const T *p, int64_t n)
+{
+#if defined(__GNUC__)
+    for (int64_t i = 0; i < n; i += 64 / (int64_t)sizeof(T))
+        __builtin_prefetch(p + i);
+#else
+    (void)p, (void)n;
+#endif
+}
+
 /* One column (k = 1): the sweeps below as matrix-vector BLAS-2 calls (a BLAS-3 call per box
  * costs several times more at this size).  With a^T op(M) = c^T read as op(M)^T a = c. */
 static void FN(sweep_vector)(const struct blas_table *t, int32_t op, int32_t cholesky, int s, int r, const T *fp,
@@ -71,20 +83,21 @@ static void FN(sweep_vector)(const struct blas_table *t, int32_t op, int32_t cho
 {
     switch (op) {
     case SWEEP_UP_N:
-        if (cholesky) { /* a := conj(L)^-1 a, b := conj(W) a, by conjugating around L and W */
-            FN(conj_in_place)(a, s);
-            FN(trsv)(t, 'L', 'N', 'N', s, fp, s, a);
-            FN(gemv)(t, 'N', r, s, 1, wp, r, a, 0, b);
+        if (cholesky) { /* a := conj(L)^-1 a, b -= conj(W) a, by conjugating around L and W */
             FN(conj_in_place)(a, s);
             FN(conj_in_place)(b, r);
-        } else { /* a := U^-T a, b := X^T a */
+            FN(trsv)(t, 'L', 'N', 'N', s, fp, s, a);
+            FN(gemv)(t, 'N', r, s, -1, wp, r, a, 1, b);
+            FN(conj_in_place)(a, s);
+            FN(conj_in_place)(b, r);
+        } else { /* a := U^-T a, b -= X^T a */
             FN(trsv)(t, 'U', 'T', 'N', s, fp, s, a);
-            FN(gemv)(t, 'T', s, r, 1, xp, s, a, 0, b);
+            FN(gemv)(t, 'T', s, r, -1, xp, s, a, 1, b);
         }
         break;
-    case SWEEP_UP_T: /* a := L^-1 a (unit), b := W a */
+    case SWEEP_UP_T: /* a := L^-1 a (unit), b -= W a */
         FN(trsv)(t, 'L', 'N', 'U', s, fp, s, a);
-        FN(gemv)(t, 'N', r, s, 1, wp, r, a, 0, b);
+        FN(gemv)(t, 'N', r, s, -1, wp, r, a, 1, b);
         break;
     case SWEEP_DOWN_N: /* a -= W^T b, a := L^-T a */
         FN(gemv)(t, 'T', r, s, -1, wp, r, b, 1, a);
@@ -97,28 +110,25 @@ static void FN(sweep_vector)(const struct blas_table *t, int32_t op, int32_t cho
     }
 }
 
-/* b := W a, or conj(W) a (W r x s, column-major, ld r) */
+/* b -= W a, or conj(W) a (W r x s, column-major, ld r) */
 static inline void FN(w_times)(const T *W, int64_t r, int64_t s, const T *restrict a, int conjugate, T *restrict b)
 {
-    for (int64_t j = 0; j < r; j++)
-        b[j] = 0;
     for (int64_t c = 0; c < s; c++) {
         const T *wc = W + c * r;
         const T v = a[c];
         if (conjugate)
             for (int64_t j = 0; j < r; j++)
-                b[j] += CONJ(wc[j]) * v;
+                b[j] -= CONJ(wc[j]) * v;
         else
             for (int64_t j = 0; j < r; j++)
-                b[j] += wc[j] * v;
+                b[j] -= wc[j] * v;
     }
 }
 
-/* out[c] (-)= column c of M (m x n, column-major) dotted with v, four columns at a time:
+/* out[c] -= column c of M (m x n, column-major) dotted with v, four columns at a time:
  * four independent sums (a single running sum waits on each multiply-add) and v read once
  * per four columns. */
-static inline void FN(columns_dot)(const T *M, int64_t m, int64_t n, const T *restrict v, int subtract,
-                                   T *restrict out)
+static inline void FN(columns_dot)(const T *M, int64_t m, int64_t n, const T *restrict v, T *restrict out)
 {
     int64_t c = 0;
     for (; c + 4 <= n; c += 4) {
@@ -132,32 +142,17 @@ static inline void FN(columns_dot)(const T *M, int64_t m, int64_t n, const T *re
             s2 += m2[j] * vj;
             s3 += m3[j] * vj;
         }
-        if (subtract) {
-            out[c] -= s0, out[c + 1] -= s1, out[c + 2] -= s2, out[c + 3] -= s3;
-        } else {
-            out[c] = s0, out[c + 1] = s1, out[c + 2] = s2, out[c + 3] = s3;
-        }
+        out[c] -= s0, out[c + 1] -= s1, out[c + 2] -= s2, out[c + 3] -= s3;
     }
     for (; c < n; c++) {
         const T *mc = M + c * m;
         T sum = 0;
         for (int64_t j = 0; j < m; j++)
             sum += mc[j] * v[j];
-        out[c] = subtract ? out[c] - sum : sum;
+        out[c] -= sum;
     }
 }
 
-/* Ask for the n entries from p in cache: the backward substitution reads a factor from its
- * end, which the hardware does not prefetch. */
-static inline void FN(prefetch)(const T *p, int64_t n)
-{
-#if defined(__GNUC__)
-    for (int64_t i = 0; i < n; i += 64 / (int64_t)sizeof(T))
-        __builtin_prefetch(p + i);
-#else
-    (void)p, (void)n;
-#endif
-}
 
 /* sweep_vector's arithmetic in plain loops, for narrow frontals (a library call per box
  * would cost more than its s (s + r) multiply-adds).  Column-major blocks: M the factor (ld
@@ -167,7 +162,7 @@ static void FN(sweep_vector_inline)(int32_t op, int32_t cholesky, int64_t s, int
 {
     switch (op) {
     case SWEEP_UP_N:
-        if (cholesky) { /* a := conj(L)^-1 a, b := conj(W) a */
+        if (cholesky) { /* a := conj(L)^-1 a, b -= conj(W) a */
             for (int64_t c = 0; c < s; c++) {
                 const T *mc = M + c * s;
                 const T v = a[c] / CONJ(mc[c]);
@@ -176,17 +171,17 @@ static void FN(sweep_vector_inline)(int32_t op, int32_t cholesky, int64_t s, int
                     a[i] -= CONJ(mc[i]) * v;
             }
             FN(w_times)(W, r, s, a, 1, b);
-        } else { /* a := U^-T a, b := X^T a */
+        } else { /* a := U^-T a, b -= X^T a */
             for (int64_t i = 0; i < s; i++) { /* row i of U: independent updates */
                 const T v = a[i] / M[i * s + i];
                 a[i] = v;
                 for (int64_t c = i + 1; c < s; c++)
                     a[c] -= M[c * s + i] * v;
             }
-            FN(columns_dot)(X, s, r, a, 0, b);
+            FN(columns_dot)(X, s, r, a, b);
         }
         break;
-    case SWEEP_UP_T: /* a := L^-1 a (unit), b := W a */
+    case SWEEP_UP_T: /* a := L^-1 a (unit), b -= W a */
         for (int64_t c = 0; c < s; c++) {
             const T *mc = M + c * s;
             const T v = a[c];
@@ -197,7 +192,7 @@ static void FN(sweep_vector_inline)(int32_t op, int32_t cholesky, int64_t s, int
         break;
     case SWEEP_DOWN_N: /* a -= W^T b, a := L^-T a (unit for LU) */
         FN(prefetch)(M, s * s);
-        FN(columns_dot)(W, r, s, b, 1, a);
+        FN(columns_dot)(W, r, s, b, a);
         for (int64_t i = s - 1; i >= 0; i--) { /* row i of L (in cache): independent updates */
             const T v = cholesky ? a[i] / M[i * s + i] : a[i];
             a[i] = v;
@@ -489,40 +484,44 @@ EXPORT int64_t FN(ssi_dense_chunk)(
     return 0;
 }
 
-/* One solve sweep over P boxes' stored factors (FactoredBlocks' up / down), right-hand
- * sides with k columns, every block C-ordered (column-major transposes, as in _dense.py):
- * a (P, s, k) is updated in place; b (P, r, k) is written (up) or read (down).  Frontals
- * narrower than inline_below sweep one column by inline loops, wider ones by BLAS-2. */
+/* One solve sweep over P boxes' stored factors (FactoredBlocks' up / down) in place on the
+ * frontals' right-hand sides, front (P, s + r, k) C-ordered (column-major transposes, as in
+ * _dense.py): per box, a = its first s rows, b = the r boundary rows.  Up: a := the
+ * condensed values, b -= the eliminated unknowns' part; down: a := the solution from a and
+ * the boundary values b.  Frontals narrower than inline_below sweep one column by inline
+ * loops, wider ones by BLAS-2. */
 EXPORT void FN(ssi_dense_sweep)(int64_t P, int64_t s, int64_t r, int64_t k, int32_t op, int32_t cholesky,
-                                const void *factor_, const void *w_, const void *x_, void *a_, void *b_,
+                                const void *factor_, const void *w_, const void *x_, void *front_,
                                 const struct blas_table *t, int64_t inline_below)
 {
     const T *factor = (const T *)factor_, *w = (const T *)w_, *x = (const T *)x_;
-    T *a = (T *)a_, *b = (T *)b_;
+    T *front = (T *)front_;
     const int si = (int)s, ri = (int)r, ki = (int)k;
+    const int64_t f = s + r;
+    const int narrow = f < inline_below;
     for (int64_t p = 0; p < P; p++) {
         const T *fp = factor + p * s * s, *wp = w + p * s * r, *xp = cholesky ? NULL : x + p * r * s;
-        T *ap = a + p * s * k, *bp = b + p * r * k;
+        T *ap = front + p * f * k, *bp = ap + s * k;
         if (k == 1) {
-            if (s + r < inline_below)
+            if (narrow)
                 FN(sweep_vector_inline)(op, cholesky, s, r, fp, wp, xp, ap, bp);
             else
                 FN(sweep_vector)(t, op, cholesky, si, ri, fp, wp, xp, ap, bp);
             continue;
         }
         switch (op) {
-        case SWEEP_UP_N: /* a^T := a^T U^-1 (or L^-H); b^T := a^T X (or W^H) */
+        case SWEEP_UP_N: /* a^T := a^T U^-1 (or L^-H); b^T -= a^T X (or W^H) */
             if (cholesky) {
                 FN(trsm)(t, 'R', 'L', 'C', 'N', ki, si, fp, si, ap, ki);
-                FN(gemm)(t, 'N', 'C', ki, ri, si, 1, ap, ki, wp, ri, 0, bp, ki);
+                FN(gemm)(t, 'N', 'C', ki, ri, si, -1, ap, ki, wp, ri, 1, bp, ki);
             } else {
                 FN(trsm)(t, 'R', 'U', 'N', 'N', ki, si, fp, si, ap, ki);
-                FN(gemm)(t, 'N', 'N', ki, ri, si, 1, ap, ki, xp, si, 0, bp, ki);
+                FN(gemm)(t, 'N', 'N', ki, ri, si, -1, ap, ki, xp, si, 1, bp, ki);
             }
             break;
-        case SWEEP_UP_T: /* a = P^T f_S already; a^T := a^T L^-T; b^T := a^T W^T */
+        case SWEEP_UP_T: /* a = P^T f_S already; a^T := a^T L^-T; b^T -= a^T W^T */
             FN(trsm)(t, 'R', 'L', 'T', 'U', ki, si, fp, si, ap, ki);
-            FN(gemm)(t, 'N', 'T', ki, ri, si, 1, ap, ki, wp, ri, 0, bp, ki);
+            FN(gemm)(t, 'N', 'T', ki, ri, si, -1, ap, ki, wp, ri, 1, bp, ki);
             break;
         case SWEEP_DOWN_N: /* a^T -= b^T W ; a^T := a^T L^-T (unit for LU) */
             FN(gemm)(t, 'N', 'N', ki, si, ri, -1, bp, ki, wp, ri, 1, ap, ki);

@@ -18,6 +18,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 #if defined(_WIN32)
 #define EXPORT __declspec(dllexport)

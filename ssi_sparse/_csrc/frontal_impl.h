@@ -108,6 +108,24 @@ EXPORT void FN(ssi_add_runs)(int64_t P, int64_t k, void *dst_, int64_t f, const 
     }
 }
 
+/* out[j] = max over rows i of |a[i, j]| (times w[i] where w is given), a (n, k) C-ordered:
+ * the refinement's column norms in one pass (NumPy reduces a narrow axis 0 element by
+ * element); NaN wherever a term is NaN. */
+EXPORT void FN(ssi_column_absmax)(int64_t n, int64_t k, const void *a_, const R *w, double *out)
+{
+    const T *a = (const T *)a_;
+    for (int64_t j = 0; j < k; j++)
+        out[j] = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double wi = w ? (double)w[i] : 1.0;
+        for (int64_t j = 0; j < k; j++) {
+            const double v = (double)ABS(a[i * k + j]) * wi;
+            if (v > out[j] || v != v)
+                out[j] = v;
+        }
+    }
+}
+
 #include "inline_impl.h"
 #include "dense_impl.h"
 
