@@ -19,7 +19,7 @@ import ctypes
 import mmap
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -37,6 +37,7 @@ from ._tuning import (
     GATHER_BLOCK_BYTES,
     NUMPY_FLAT_MAX_FRONT,
     PARALLEL_MIN_ENTRIES,
+    SOLVE_WORKSPACE_MAX_FRACTION,
     choose_kernel,
 )
 
@@ -52,6 +53,15 @@ class NumericFactor:
     kernels: list = None  # kernels[level][class]: the kernel that eliminated it
     #: A window plan's root Schur complement on ``plan.boundary`` (f, f), for the tree above.
     schur: object = None
+    #: The last solve's frontal right-hand sides, reused by the next solve of as many columns
+    #: (fresh memory costs page faults: ~10 % of a 1025^2 solve); at most one set, kept
+    #: only while small next to the factor (:data:`._tuning.SOLVE_WORKSPACE_MAX_FRACTION`).
+    spare_fronts: list = field(default_factory=list, repr=False)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["spare_fronts"] = []  # scratch, not state
+        return state
 
     @property
     def cholesky(self) -> bool:
@@ -445,23 +455,25 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
     conjugate, trans = plain_trans(factor.hermitian, xp.isdtype(factor.dtype, "complex floating"), trans)
     if conjugate:
         return xp.conj(solve_values(factor, xp.conj(b), trans, xp))
-    plan = factor.plan
-    to_xp = plan.device(xp)
-    fronts, _ = up_sweep(factor, xp.take(b, to_xp(plan.order), axis=0), trans, xp)
-    u = down_sweep(factor, fronts, None, trans, xp)
-    if plan.dropped is not None:  # nodes no box eliminates read this zero row
-        u = xp.concat([u, xp.zeros((1, u.shape[1]), dtype=u.dtype)], axis=0)
-    return xp.take(u, to_xp(plan.inverse_order), axis=0)
+    try:  # pop is atomic: threads may share a factor
+        spare = factor.spare_fronts.pop()
+    except IndexError:
+        spare = None
+    fronts, _ = up_sweep(factor, b, trans, xp, spare)
+    x = down_sweep(factor, fronts, None, trans, xp)
+    if xp is np and sum(f.nbytes for level in fronts for f in level) <= SOLVE_WORKSPACE_MAX_FRACTION * factor.nbytes():
+        factor.spare_fronts[:] = [fronts]  # CuPy pools its memory itself
+    return x
 
 
-def up_sweep(factor: NumericFactor, bp, trans: str, xp=np):
-    """Condense ``bp`` (the right-hand side of the eliminated nodes, in elimination order,
-    (len(order), k)) level by level.  Returns every class's frontal right-hand sides
-    ((P, f, k), per level; the down sweep works in them), and the root's condensed
-    right-hand side on ``plan.boundary`` ((r, k); r = 0 for a whole grid).  ``trans`` is
-    ``'N'`` or ``'T'`` (see :func:`plain_trans`)."""
+def up_sweep(factor: NumericFactor, b, trans: str, xp=np, spare=None):
+    """Condense the right-hand side ``b`` ((n, k), node order) level by level.  Returns every
+    class's frontal right-hand sides ((P, f, k), per level; the down sweep works in them),
+    and the root's condensed right-hand side on ``plan.boundary`` ((r, k); r = 0 for a
+    whole grid).  ``trans`` is ``'N'`` or ``'T'`` (see :func:`plain_trans`); ``spare``: an
+    earlier solve's fronts to write into, used where shape and dtype match."""
     with _sweep_blas(xp):
-        return _up_sweep(factor, bp, trans, xp)
+        return _up_sweep(factor, b, trans, xp, spare)
 
 
 def _sweep_blas(xp):
@@ -470,22 +482,31 @@ def _sweep_blas(xp):
     return single_threaded_blas() if xp is np else contextlib.nullcontext()
 
 
-def _up_sweep(factor, bp, trans, xp):
+def _up_sweep(factor, b, trans, xp, spare):
     plan = factor.plan
-    k_rhs = bp.shape[1]
-    fronts, below, offset = [], None, 0
+    k_rhs = b.shape[1]
+    if spare is not None and (spare[0][0].shape[2] != k_rhs or spare[0][0].dtype != b.dtype):
+        spare = None
+    native_moves = xp is np and native.supports_dtype(np, b.dtype)
+    if native_moves:
+        b = np.ascontiguousarray(b)
+    bp, offset = None, 0  # elsewhere: the eliminated nodes' right-hand sides in elimination order
+    fronts, below = [], None
     for k, level in enumerate(plan.levels):
         level_fronts = []
         for ci, cls in enumerate(level.classes):
             P, s = cls.n_boxes, cls.n_elim
-            front = xp.empty((P, cls.n_front, k_rhs), dtype=bp.dtype)
-            front[:, :s, :] = xp.reshape(bp[offset : offset + P * s, ...], (P, s, k_rhs))
-            front[:, s:, :] = 0
+            front = xp.empty((P, cls.n_front, k_rhs), dtype=b.dtype) if spare is None else spare[k][ci]
+            if not (native_moves and native.gather_nodes(front, b, cls.eliminated)):
+                if bp is None:
+                    bp = xp.take(b, plan.device(xp)(plan.order), axis=0)
+                front[:, :s, :] = xp.reshape(bp[offset : offset + P * s, ...], (P, s, k_rhs))
+                front[:, s:, :] = 0
             offset += P * s
             for link in cls.children:  # the children's condensed right-hand sides
                 child = below[link.cls][link.rows, ...]
                 first = plan.levels[k - 1].classes[link.cls].n_elim
-                if xp is np and native.add_runs(front, child, first, link.runs):
+                if native_moves and native.add_runs(front, child, first, link.runs):
                     continue
                 for di, si, li in link.runs.tolist():
                     front[:, di : di + li, ...] += child[:, first + si : first + si + li, ...]
@@ -499,8 +520,8 @@ def _up_sweep(factor, bp, trans, xp):
 
 def down_sweep(factor: NumericFactor, fronts, u_top, trans: str, xp=np):
     """Back-substitute from the root down, in the up sweep's ``fronts``: ``u_top`` (r, k) the
-    values on ``plan.boundary`` (None for a whole grid).  Returns the solution in elimination
-    order, followed by ``u_top`` (take ``plan.inverse_order`` for node order)."""
+    values on ``plan.boundary`` (None for a whole grid).  Returns the solution (n, k) in
+    node order (zero on the nodes a masked plan drops)."""
     with _sweep_blas(xp):
         return _down_sweep(factor, fronts, u_top, trans, xp)
 
@@ -510,6 +531,7 @@ def _down_sweep(factor, fronts, u_top, trans, xp):
     to_xp = plan.device(xp)
     k_rhs = fronts[0][0].shape[2]
     dtype = fronts[0][0].dtype
+    native_moves = xp is np and native.supports_dtype(np, dtype)
     top = len(plan.levels) - 1
     if u_top is not None:
         fronts[top][0][0, plan.levels[top].classes[0].n_elim :, ...] = xp.astype(u_top, dtype)
@@ -519,15 +541,28 @@ def _down_sweep(factor, fronts, u_top, trans, xp):
             front, s, start = fronts[k][ci], cls.n_elim, 0
             if k < top:  # boundary values from the parents' frontals, parent by parent
                 for pi, role in level.boundary_sources[ci]:
-                    part = _at_boundary(xp, to_xp, fronts[k + 1][pi], plan.levels[k + 1].classes[pi].children[role])
-                    front[start : start + part.shape[0], s:, :] = part
-                    start += part.shape[0]
+                    parent, link = fronts[k + 1][pi], plan.levels[k + 1].classes[pi].children[role]
+                    rows = slice(start, start + parent.shape[0])
+                    start = rows.stop
+                    if native_moves and native.gather_boundary(front[rows], s, parent, link.boundary_pos, link.carried):
+                        continue
+                    front[rows, s:, :] = _at_boundary(xp, to_xp, parent, link)
             factor.blocks[k][ci].down(xp, front, trans)
+    n_nodes = len(plan.inverse_order)
+    if native_moves:
+        x = (np.zeros if plan.dropped is not None else np.empty)((n_nodes, k_rhs), dtype=dtype)
+        if all(native.scatter_nodes(x, front, cls.eliminated)
+               for level, level_fronts in zip(plan.levels, fronts) for cls, front in zip(level.classes, level_fronts)):  # fmt: skip
+            if u_top is not None:
+                x[plan.boundary] = u_top
+            return x
     parts = [xp.reshape(front[:, : cls.n_elim, :], (-1, k_rhs))
              for level, level_fronts in zip(plan.levels, fronts) for cls, front in zip(level.classes, level_fronts)]  # fmt: skip
     if u_top is not None:
         parts.append(xp.reshape(xp.astype(u_top, dtype), (-1, k_rhs)))
-    return xp.concat(parts, axis=0)
+    if plan.dropped is not None:  # nodes no box eliminates read this zero row
+        parts.append(xp.zeros((1, k_rhs), dtype=dtype))
+    return xp.take(xp.concat(parts, axis=0), to_xp(plan.inverse_order), axis=0)
 
 
 def _at_boundary(xp, to_xp, parent_values, link, square=False):

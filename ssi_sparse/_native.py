@@ -25,9 +25,10 @@ import numpy as np
 
 from . import _tuning
 
-__all__ = ["DenseFailure", "assemble_runs", "available", "dense_chunk", "dense_sweep", "describe",
-           "fuses_assembly", "gathers_dense", "grid_reach", "grid_stencil_pass", "mirror_upper",
-           "column_absmax", "node_reduce", "reads", "scale_stencil", "stencil_matvec", "stencil_is_hermitian", "supports_dtype"]
+__all__ = ["DenseFailure", "add_runs", "assemble_runs", "available", "column_absmax", "dense_chunk", "dense_sweep",
+           "describe", "fuses_assembly", "gather_boundary", "gather_nodes", "gathers_dense", "grid_reach",
+           "grid_stencil_pass", "mirror_upper", "node_reduce", "reads", "scale_stencil", "scatter_nodes",
+           "stencil_matvec", "stencil_is_hermitian", "supports_dtype"]
 
 _SUFFIX = {
     np.dtype(np.float64): "f64",
@@ -85,6 +86,11 @@ def _library():
         fn.argtypes, fn.restype = [_i64, _i64, _p, _i64, _p, _i64, _p, _i64], None
         fn = getattr(lib, f"ssi_column_absmax_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _p, _p, _p], None
+        for name in ("gather_nodes", "scatter_nodes"):
+            fn = getattr(lib, f"ssi_{name}_{suffix}")
+            fn.argtypes, fn.restype = [_i64, _i64, _i64, _i64, _p, _p, _p], None
+        fn = getattr(lib, f"ssi_gather_boundary_{suffix}")
+        fn.argtypes, fn.restype = [_i64, _i64, _i64, _p, _i64, _p, _p, _p, _i64, _i64], None
         fn = getattr(lib, f"ssi_matvec_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _i64, _i64, _i64, _i64, _p, _p, _p], None
     for index in _INDEX.values():
@@ -286,6 +292,47 @@ def add_runs(dst, src, first_row: int, runs) -> bool:
     k = dst.shape[2]
     fn(dst.shape[0], k, dst.ctypes.data, dst.shape[1], src.ctypes.data + first_row * k * src.itemsize, src.shape[1],
        runs.ctypes.data, runs.shape[0])  # fmt: skip
+    return True
+
+
+def _moves(front, *arrays, index=()):
+    # the solve's row moves apply to C-ordered arrays of one supported dtype, int64 indices
+    return (supports_dtype(np, front.dtype) and front.flags.c_contiguous
+            and all(a.dtype == front.dtype and a.flags.c_contiguous for a in arrays)
+            and all(i.dtype == np.int64 and i.flags.c_contiguous for i in index))  # fmt: skip
+
+
+def gather_nodes(front, b, nodes) -> bool:
+    """``front[:, :s] = b[nodes]``, ``front[:, s:] = 0`` (``front`` (P, f, k), ``b`` (n, k),
+    ``nodes`` (P, s)); False (nothing done) where the kernel does not apply."""
+    if not _moves(front, b, index=(nodes,)) or b.shape[1] != front.shape[2]:
+        return False
+    fn = getattr(_library(), f"ssi_gather_nodes_{_SUFFIX[front.dtype]}")
+    P, f, k = front.shape
+    fn(P, nodes.shape[1], f, k, nodes.ctypes.data, b.ctypes.data, front.ctypes.data)
+    return True
+
+
+def scatter_nodes(x, front, nodes) -> bool:
+    """``x[nodes] = front[:, :s]`` (see :func:`gather_nodes`); False where it does not apply."""
+    if not _moves(front, x, index=(nodes,)) or x.shape[1] != front.shape[2]:
+        return False
+    fn = getattr(_library(), f"ssi_scatter_nodes_{_SUFFIX[front.dtype]}")
+    P, f, k = front.shape
+    fn(P, nodes.shape[1], f, k, nodes.ctypes.data, front.ctypes.data, x.ctypes.data)
+    return True
+
+
+def gather_boundary(child, first: int, parent, pos, carried) -> bool:
+    """``child[:, first:first + r] = parent[:, pos]`` (zero where ``carried`` is False;
+    ``child`` (P, f_c, k) and ``parent`` (P, f_p, k) boxes in the same order); False where
+    the kernel does not apply."""
+    if not _moves(child, parent, index=(pos,)) or (carried is not None and carried.dtype != np.bool_):
+        return False
+    fn = getattr(_library(), f"ssi_gather_boundary_{_SUFFIX[child.dtype]}")
+    P, f_c, k = child.shape
+    keep = None if carried is None else np.ascontiguousarray(carried).ctypes.data
+    fn(P, pos.shape[0], k, parent.ctypes.data, parent.shape[1], pos.ctypes.data, keep, child.ctypes.data, f_c, first)
     return True
 
 

@@ -86,6 +86,10 @@ class BoxClass:
     # Merge classes: one ChildLink per child role (first/second half).
     children: tuple = ()
 
+    def __post_init__(self):
+        # the solve's native gathers index with it directly
+        self.eliminated = np.ascontiguousarray(self.eliminated, dtype=np.int64)
+
     @property
     def n_boxes(self) -> int:
         return self.eliminated.shape[0]
@@ -497,9 +501,9 @@ def _plan_from_segments(seg_levels, axes, height, width, leaf_cells, sides=(Fals
                     for kc, a, b in links[k][ci]
                 ]
                 cls = _merge_class(axes[k - 1], (hn, wn), bound_l, kids)
-                cls.eliminated = _global_ids(
+                cls.eliminated = np.ascontiguousarray(_global_ids(
                     rows, cols, boxes, len(cols), width, hn, wn, cls.eliminated
-                )
+                ))  # fmt: skip
             classes.append(cls)
         levels.append(Level(classes))
         child_boundaries = boundaries

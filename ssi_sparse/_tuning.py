@@ -61,6 +61,11 @@ BLAS_THREADS_MIN_FRONT = 1024
 #: the same from 2^16 to 2^20 entries (levels of 1-8 MB).
 SWEEP_PARALLEL_MIN_ENTRIES = 1 << 18
 
+#: A solve keeps its frontal right-hand sides for the next solve of as many columns while
+#: they take at most this fraction of the factor's bytes (one column at 1025^2: 37 MB next to
+#: 536 MB; reusing them saves the page faults of fresh memory, 0.100 -> 0.090 s per solve).
+SOLVE_WORKSPACE_MAX_FRACTION = 0.25
+
 #: Without the native extension the dense kernel loops over boxes in Python: a few ctypes
 #: calls per box pay only on wide frontals; below, the portable batched inverse kernel.
 DENSE_MIN_FRONT_PYTHON_LOOP = 257

@@ -584,7 +584,7 @@ class SlabFactor:
         for w, bw in zip(windows, rhs_w):
             plan, numeric = w.plan(), self._numeric[_key(w)]
             bw = bw.reshape(-1, k)
-            kept[_key(w)], condensed = up_sweep(numeric, bw[plan.order], trans)
+            kept[_key(w)], condensed = up_sweep(numeric, bw, trans)
             boundary = plan.boundary if plan.boundary is not None else np.zeros(0, dtype=np.int64)
             up[_key(w)] = np.concatenate([condensed.reshape(-1, k), bw[boundary]], axis=0)
         merge_kept = {}
@@ -626,7 +626,7 @@ class SlabFactor:
             plan = w.plan()
             u_top = values.get(_key(w)) if plan.boundary is not None else None
             u = down_sweep(self._numeric[_key(w)], kept[_key(w)], u_top, trans)
-            solutions.append(u[plan.inverse_order].reshape(w.shape + (k,)))
+            solutions.append(u.reshape(w.shape + (k,)))
         owned = [_owned_box(w, H, W) for w in windows]
         parts = [sol[o[0] - w.rows[0] : o[1] - w.rows[0], o[2] - w.cols[0] : o[3] - w.cols[0]]
                  for w, sol, o in zip(windows, solutions, owned)]  # fmt: skip

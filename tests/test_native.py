@@ -178,3 +178,50 @@ def test_native_column_absmax_matches_numpy(dtype, k):
     assert np.isnan(got[0]) and np.all(np.isfinite(got[1:]))
     assert _native.column_absmax(a[:0]).tolist() == [0.0] * k
     assert _native.column_absmax(a[::2]) is None  # strided: NumPy's reduction runs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1, 3])
+def test_native_solve_moves_match_numpy(dtype, k):
+    """The solve's moves between node order and the frontals against NumPy indexing."""
+    rng = np.random.default_rng(13)
+    P, s, f, n = 6, 4, 9, 40
+    nodes = rng.permutation(n)[: P * s].reshape(P, s).astype(np.int64)
+    b = rng.standard_normal((n, k)).astype(dtype)
+    front = rng.standard_normal((P, f, k)).astype(dtype)
+    assert _native.gather_nodes(front, b, nodes)
+    np.testing.assert_array_equal(front[:, :s], b[nodes])
+    assert not front[:, s:].any()
+    x = np.zeros_like(b)
+    assert _native.scatter_nodes(x, front, nodes)
+    want = np.zeros_like(b)
+    want[nodes] = front[:, :s]
+    np.testing.assert_array_equal(x, want)
+    parent = rng.standard_normal((P, 7, k)).astype(dtype)
+    pos = np.array([6, 0, 3, 3, 1], dtype=np.int64)
+    carried = np.array([True, False, True, True, True])
+    child = np.zeros((P, s + len(pos), k), dtype=dtype)
+    assert _native.gather_boundary(child, s, parent, pos, carried)
+    np.testing.assert_array_equal(child[:, s:], np.where(carried[None, :, None], parent[:, pos], 0))
+    assert not _native.gather_nodes(front, b, nodes.astype(np.int32))  # the caller's NumPy path runs
+    assert not _native.gather_boundary(child[:, ::2], s, parent, pos, None)
+
+
+def test_solve_reuses_its_workspace_safely():
+    """Solves reuse the last solve's frontal right-hand sides: same answers, any number of
+    columns, and threads sharing one factor still get their own answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    A = stencil_matrix(97, 83, np.random.default_rng(3), "spd", np.float64)
+    lu = ssi_sparse.factorize(A, grid=(97, 83))
+    rng = np.random.default_rng(4)
+    bs = [rng.standard_normal(A.shape[0]) for _ in range(6)]
+    first = [lu.solve(b) for b in bs]
+    assert lu._numeric.spare_fronts  # one column is small next to the factor: kept
+    assert all(np.array_equal(lu.solve(b), x) for b, x in zip(bs, first))
+    B = np.stack(bs, axis=1)
+    np.testing.assert_allclose(lu.solve(B), np.stack(first, axis=1), rtol=1e-12, atol=1e-12)
+    with ThreadPoolExecutor(3) as pool:
+        again = list(pool.map(lu.solve, bs * 3))
+    for x, y in zip(first * 3, again):
+        np.testing.assert_array_equal(x, y)

@@ -108,12 +108,81 @@ EXPORT void FN(ssi_add_runs)(int64_t P, int64_t k, void *dst_, int64_t f, const 
     }
 }
 
+/* The solve's moves between node order and the frontals (P boxes of f x k, C-ordered), so
+ * that no array of the whole right-hand side is built per level:
+ * gather_nodes: front[p, i] = b[nodes[p s + i]] for i < s, the f - s boundary rows zeroed;
+ * scatter_nodes: x[nodes[p s + i]] = front[p, i];
+ * gather_boundary: child[q, first + j] = parent[q, pos[j]] for j < r, zero where a masked
+ * plan's parent does not carry the node (carried[j] == 0). */
+EXPORT void FN(ssi_gather_nodes)(int64_t P, int64_t s, int64_t f, int64_t k, const int64_t *nodes, const void *b_,
+                                 void *front_)
+{
+    const T *b = (const T *)b_;
+    for (int64_t p = 0; p < P; p++) {
+        T *dst = (T *)front_ + p * f * k;
+        for (int64_t i = 0; i < s; i++) {
+            const T *src = b + nodes[p * s + i] * k;
+            for (int64_t j = 0; j < k; j++)
+                dst[i * k + j] = src[j];
+        }
+        for (int64_t e = s * k; e < f * k; e++)
+            dst[e] = 0;
+    }
+}
+
+EXPORT void FN(ssi_scatter_nodes)(int64_t P, int64_t s, int64_t f, int64_t k, const int64_t *nodes,
+                                  const void *front_, void *x_)
+{
+    T *x = (T *)x_;
+    for (int64_t p = 0; p < P; p++) {
+        const T *src = (const T *)front_ + p * f * k;
+        for (int64_t i = 0; i < s; i++) {
+            T *dst = x + nodes[p * s + i] * k;
+            for (int64_t j = 0; j < k; j++)
+                dst[j] = src[i * k + j];
+        }
+    }
+}
+
+EXPORT void FN(ssi_gather_boundary)(int64_t P, int64_t r, int64_t k, const void *parent_, int64_t f_parent,
+                                    const int64_t *pos, const uint8_t *carried, void *child_, int64_t f_child,
+                                    int64_t first)
+{
+    for (int64_t q = 0; q < P; q++) {
+        const T *src = (const T *)parent_ + q * f_parent * k;
+        T *dst = (T *)child_ + (q * f_child + first) * k;
+        for (int64_t i = 0; i < r; i++) {
+            const int keep = carried == NULL || carried[i];
+            for (int64_t j = 0; j < k; j++)
+                dst[i * k + j] = keep ? src[pos[i] * k + j] : (T)0;
+        }
+    }
+}
+
 /* out[j] = max over rows i of |a[i, j]| (times w[i] where w is given), a (n, k) C-ordered:
  * the refinement's column norms in one pass (NumPy reduces a narrow axis 0 element by
  * element); NaN wherever a term is NaN. */
 EXPORT void FN(ssi_column_absmax)(int64_t n, int64_t k, const void *a_, const R *w, double *out)
 {
     const T *a = (const T *)a_;
+    if (k == 1) { /* branch-free: vector max instructions, NaN noted on the side */
+        double m = 0;
+        int nan = 0;
+        if (w)
+            for (int64_t i = 0; i < n; i++) {
+                const double v = (double)ABS(a[i]) * (double)w[i];
+                m = v > m ? v : m;
+                nan |= v != v;
+            }
+        else
+            for (int64_t i = 0; i < n; i++) {
+                const double v = (double)ABS(a[i]);
+                m = v > m ? v : m;
+                nan |= v != v;
+            }
+        out[0] = nan ? (double)NAN : m;
+        return;
+    }
     for (int64_t j = 0; j < k; j++)
         out[j] = 0;
     for (int64_t i = 0; i < n; i++) {
