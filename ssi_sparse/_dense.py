@@ -124,7 +124,7 @@ class FactoredBlocks:
         s = self._shape[1]
         if s == 0:
             return
-        if trans != "N":  # "T": P^T first
+        if trans != "N" and not self._native_perm(front):  # "T": P^T first
             front[:, :s] = np.take_along_axis(front[:, :s], self.perm[:, :, None], axis=1)
         self._sweep("up", trans, front)
 
@@ -179,8 +179,13 @@ class FactoredBlocks:
         if s == 0:
             return
         self._sweep("down", trans, front)
-        if trans == "N" and self.kind == "lu":
+        if trans == "N" and self.kind == "lu" and not self._native_perm(front):
             front[:, :s] = np.take_along_axis(front[:, :s], self.inv_perm[:, :, None], axis=1)
+
+    def _native_perm(self, front) -> bool:
+        """Whether the native sweep applies the pivoting itself (LU, int64 pivots)."""
+        return (self.perm is not None and native.supports_dtype(np, front.dtype)
+                and self.perm.dtype == np.int64 and self.perm.flags.c_contiguous)  # fmt: skip
 
     def _sweep(self, op, trans, front):
         """:func:`._native.dense_sweep` over all boxes; a class with many stored entries is cut
@@ -192,15 +197,17 @@ class FactoredBlocks:
         P, s, r = self._shape
         cholesky = self.kind == "cholesky"
         run_map, n = parallel_map()
+        perm = self.perm if self._native_perm(front) else None
         if n == 1 or P < n or P * s * (s + r) < SWEEP_PARALLEL_MIN_ENTRIES:
-            native.dense_sweep(op, trans, cholesky, self.factor, self.w, self.x, front, lap.table)
+            native.dense_sweep(op, trans, cholesky, self.factor, self.w, self.x, front, lap.table, perm)
             return
         cuts = [P * i // n for i in range(n + 1)]
 
         def boxes(i):
             p = slice(cuts[i], cuts[i + 1])
             x = None if self.x is None else self.x[p]
-            native.dense_sweep(op, trans, cholesky, self.factor[p], self.w[p], x, front[p], lap.table)
+            native.dense_sweep(op, trans, cholesky, self.factor[p], self.w[p], x, front[p], lap.table,
+                               None if perm is None else perm[p])  # fmt: skip
 
         list(run_map(boxes, range(n)))
 

@@ -73,8 +73,8 @@ def _library():
         fn = getattr(lib, f"ssi_dense_chunk_{suffix}")
         fn.argtypes, fn.restype = _DENSE_ARGTYPES, _i64
         fn = getattr(lib, f"ssi_dense_sweep_{suffix}")
-        fn.argtypes = [_i64, _i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32, _p, _p, _p, _p, _p, _i64]
-        fn.restype = None
+        fn.argtypes = [_i64, _i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32, _p, _p, _p, _p, _p, _p, _i64]
+        fn.restype = _i64
     for suffix in _SUFFIX.values():
         fn = getattr(lib, f"ssi_node_reduce_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _p, _p, ctypes.c_int32], None
@@ -268,16 +268,19 @@ def dense_chunk(F, p0: int, p1: int, s: int, cholesky: bool, inline: bool, a_nor
         raise DenseFailure(p0 + box, code == _BOX_NOT_PD, leaf)
 
 
-def dense_sweep(op: str, trans: str, cholesky: bool, factor, w, x, front, table) -> None:
+def dense_sweep(op: str, trans: str, cholesky: bool, factor, w, x, front, table, perm=None) -> None:
     """One solve sweep (``op`` 'up' or 'down', ``trans`` 'N' or 'T') over a class's stored
-    dense factors, in place on ``front`` (P, s + r, k) C-ordered (see
-    ``ssi_dense_sweep``); one column of frontals narrower than ``DENSE_MIN_FRONT`` by inline
-    loops, as they were factored."""
+    dense factors, in place on ``front`` (P, s + r, k) C-ordered (see ``ssi_dense_sweep``);
+    one column of frontals narrower than ``DENSE_MIN_FRONT`` by inline loops, as they were
+    factored.  ``perm`` (P, s) int64: LU's pivoting, applied in the sweep (up 'T' starts
+    from ``P^T a``, down 'N' ends with ``P a``); None: the caller applies it."""
     P, s, r = w.shape
     fn = getattr(_library(), f"ssi_dense_sweep_{_SUFFIX[front.dtype]}")
-    fn(P, s, r, front.shape[2], SWEEPS[op, trans], int(cholesky), _ptr(factor, front.dtype), _ptr(w, front.dtype),
-       None if x is None else _ptr(x, front.dtype), _ptr(front, front.dtype), ctypes.byref(table),
-       _tuning.DENSE_MIN_FRONT)  # fmt: skip
+    status = fn(P, s, r, front.shape[2], SWEEPS[op, trans], int(cholesky), _ptr(factor, front.dtype),
+                _ptr(w, front.dtype), None if x is None else _ptr(x, front.dtype), _ptr(front, front.dtype),
+                None if perm is None else _ptr(perm, np.int64), ctypes.byref(table), _tuning.DENSE_MIN_FRONT)  # fmt: skip
+    if status:
+        raise MemoryError("no memory for a solve sweep's scratch")
 
 
 def add_runs(dst, src, first_row: int, runs) -> bool:

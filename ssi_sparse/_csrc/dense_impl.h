@@ -484,53 +484,80 @@ EXPORT int64_t FN(ssi_dense_chunk)(
     return 0;
 }
 
+/* One box of ssi_dense_sweep: a and b its eliminated and boundary rows (s x k, r x k). */
+static void FN(sweep_box)(const struct blas_table *t, int32_t op, int32_t cholesky, int narrow, int si, int ri,
+                          int ki, const T *fp, const T *wp, const T *xp, T *ap, T *bp)
+{
+    const int64_t s = si, r = ri;
+    if (ki == 1) {
+        if (narrow)
+            FN(sweep_vector_inline)(op, cholesky, s, r, fp, wp, xp, ap, bp);
+        else
+            FN(sweep_vector)(t, op, cholesky, si, ri, fp, wp, xp, ap, bp);
+        return;
+    }
+    switch (op) {
+    case SWEEP_UP_N: /* a^T := a^T U^-1 (or L^-H); b^T -= a^T X (or W^H) */
+        if (cholesky) {
+            FN(trsm)(t, 'R', 'L', 'C', 'N', ki, si, fp, si, ap, ki);
+            FN(gemm)(t, 'N', 'C', ki, ri, si, -1, ap, ki, wp, ri, 1, bp, ki);
+        } else {
+            FN(trsm)(t, 'R', 'U', 'N', 'N', ki, si, fp, si, ap, ki);
+            FN(gemm)(t, 'N', 'N', ki, ri, si, -1, ap, ki, xp, si, 1, bp, ki);
+        }
+        break;
+    case SWEEP_UP_T: /* a = P^T f_S already; a^T := a^T L^-T; b^T -= a^T W^T */
+        FN(trsm)(t, 'R', 'L', 'T', 'U', ki, si, fp, si, ap, ki);
+        FN(gemm)(t, 'N', 'T', ki, ri, si, -1, ap, ki, wp, ri, 1, bp, ki);
+        break;
+    case SWEEP_DOWN_N: /* a^T -= b^T W ; a^T := a^T L^-T (unit for LU) */
+        FN(gemm)(t, 'N', 'N', ki, si, ri, -1, bp, ki, wp, ri, 1, ap, ki);
+        FN(trsm)(t, 'R', 'L', 'N', cholesky ? 'N' : 'U', ki, si, fp, si, ap, ki);
+        break;
+    case SWEEP_DOWN_T: /* a^T -= b^T X^T ; a^T := a^T U^-T */
+        FN(gemm)(t, 'N', 'T', ki, si, ri, -1, bp, ki, xp, si, 1, ap, ki);
+        FN(trsm)(t, 'R', 'U', 'T', 'N', ki, si, fp, si, ap, ki);
+        break;
+    }
+}
+
 /* One solve sweep over P boxes' stored factors (FactoredBlocks' up / down) in place on the
  * frontals' right-hand sides, front (P, s + r, k) C-ordered (column-major transposes, as in
  * _dense.py): per box, a = its first s rows, b = the r boundary rows.  Up: a := the
  * condensed values, b -= the eliminated unknowns' part; down: a := the solution from a and
  * the boundary values b.  Frontals narrower than inline_below sweep one column by inline
- * loops, wider ones by BLAS-2. */
-EXPORT void FN(ssi_dense_sweep)(int64_t P, int64_t s, int64_t r, int64_t k, int32_t op, int32_t cholesky,
-                                const void *factor_, const void *w_, const void *x_, void *front_,
-                                const struct blas_table *t, int64_t inline_below)
+ * loops, wider ones by BLAS-2.  Returns 0, or 1 when out of memory. */
+EXPORT int64_t FN(ssi_dense_sweep)(int64_t P, int64_t s, int64_t r, int64_t k, int32_t op, int32_t cholesky,
+                                   const void *factor_, const void *w_, const void *x_, void *front_,
+                                   const int64_t *perm, const struct blas_table *t, int64_t inline_below)
 {
     const T *factor = (const T *)factor_, *w = (const T *)w_, *x = (const T *)x_;
     T *front = (T *)front_;
     const int si = (int)s, ri = (int)r, ki = (int)k;
     const int64_t f = s + r;
     const int narrow = f < inline_below;
+    /* LU's row pivoting (perm, P x s: P^T v = v[perm]), applied here when given: the
+     * transposed up sweep starts from P^T a, the plain down sweep ends with P a */
+    T *moved = perm && (op == SWEEP_UP_T || op == SWEEP_DOWN_N) ? (T *)malloc(sizeof(T) * s * k) : NULL;
+    if (perm && (op == SWEEP_UP_T || op == SWEEP_DOWN_N) && !moved && s > 0)
+        return 1; /* out of memory: the caller raises */
     for (int64_t p = 0; p < P; p++) {
         const T *fp = factor + p * s * s, *wp = w + p * s * r, *xp = cholesky ? NULL : x + p * r * s;
         T *ap = front + p * f * k, *bp = ap + s * k;
-        if (k == 1) {
-            if (narrow)
-                FN(sweep_vector_inline)(op, cholesky, s, r, fp, wp, xp, ap, bp);
-            else
-                FN(sweep_vector)(t, op, cholesky, si, ri, fp, wp, xp, ap, bp);
-            continue;
+        if (moved && op == SWEEP_UP_T) {
+            for (int64_t i = 0; i < s; i++)
+                for (int64_t j = 0; j < k; j++)
+                    moved[i * k + j] = ap[perm[p * s + i] * k + j];
+            memcpy(ap, moved, sizeof(T) * s * k);
         }
-        switch (op) {
-        case SWEEP_UP_N: /* a^T := a^T U^-1 (or L^-H); b^T -= a^T X (or W^H) */
-            if (cholesky) {
-                FN(trsm)(t, 'R', 'L', 'C', 'N', ki, si, fp, si, ap, ki);
-                FN(gemm)(t, 'N', 'C', ki, ri, si, -1, ap, ki, wp, ri, 1, bp, ki);
-            } else {
-                FN(trsm)(t, 'R', 'U', 'N', 'N', ki, si, fp, si, ap, ki);
-                FN(gemm)(t, 'N', 'N', ki, ri, si, -1, ap, ki, xp, si, 1, bp, ki);
-            }
-            break;
-        case SWEEP_UP_T: /* a = P^T f_S already; a^T := a^T L^-T; b^T -= a^T W^T */
-            FN(trsm)(t, 'R', 'L', 'T', 'U', ki, si, fp, si, ap, ki);
-            FN(gemm)(t, 'N', 'T', ki, ri, si, -1, ap, ki, wp, ri, 1, bp, ki);
-            break;
-        case SWEEP_DOWN_N: /* a^T -= b^T W ; a^T := a^T L^-T (unit for LU) */
-            FN(gemm)(t, 'N', 'N', ki, si, ri, -1, bp, ki, wp, ri, 1, ap, ki);
-            FN(trsm)(t, 'R', 'L', 'N', cholesky ? 'N' : 'U', ki, si, fp, si, ap, ki);
-            break;
-        case SWEEP_DOWN_T: /* a^T -= b^T X^T ; a^T := a^T U^-T */
-            FN(gemm)(t, 'N', 'T', ki, si, ri, -1, bp, ki, xp, si, 1, ap, ki);
-            FN(trsm)(t, 'R', 'U', 'T', 'N', ki, si, fp, si, ap, ki);
-            break;
+        FN(sweep_box)(t, op, cholesky, narrow, si, ri, ki, fp, wp, xp, ap, bp);
+        if (moved && op == SWEEP_DOWN_N) {
+            for (int64_t i = 0; i < s; i++)
+                for (int64_t j = 0; j < k; j++)
+                    moved[perm[p * s + i] * k + j] = ap[i * k + j];
+            memcpy(ap, moved, sizeof(T) * s * k);
         }
     }
+    free(moved);
+    return 0;
 }
