@@ -121,7 +121,7 @@ def system(case, n):
 def ssi_path(A):
     """What ssi_sparse.spsolve does with ``A``: its engine (on which grid) or SciPy (why)."""
     import ssi_sparse
-    from ssi_sparse._frontend import ENGINE_MIN_SIZE
+    from ssi_sparse._tuning import ENGINE_MIN_SIZE
 
     if A.shape[0] < ENGINE_MIN_SIZE:
         return f"fallback (n < ENGINE_MIN_SIZE = {ENGINE_MIN_SIZE})"
