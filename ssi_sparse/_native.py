@@ -308,21 +308,21 @@ def _moves(front, *arrays, index=()):
 def gather_nodes(front, b, nodes) -> bool:
     """``front[:, :s] = b[nodes]``, ``front[:, s:] = 0`` (``front`` (P, f, k), ``b`` (n, k),
     ``nodes`` (P, s)); False (nothing done) where the kernel does not apply."""
-    if not _moves(front, b, index=(nodes,)) or b.shape[1] != front.shape[2]:
-        return False
-    fn = getattr(_library(), f"ssi_gather_nodes_{_SUFFIX[front.dtype]}")
-    P, f, k = front.shape
-    fn(P, nodes.shape[1], f, k, nodes.ctypes.data, b.ctypes.data, front.ctypes.data)
-    return True
+    return _node_move("gather_nodes", front, b, nodes)
 
 
 def scatter_nodes(x, front, nodes) -> bool:
     """``x[nodes] = front[:, :s]`` (see :func:`gather_nodes`); False where it does not apply."""
-    if not _moves(front, x, index=(nodes,)) or x.shape[1] != front.shape[2]:
+    return _node_move("scatter_nodes", front, x, nodes)
+
+
+def _node_move(name, front, by_node, nodes) -> bool:
+    if not _moves(front, by_node, index=(nodes,)) or by_node.shape[1] != front.shape[2]:
         return False
-    fn = getattr(_library(), f"ssi_scatter_nodes_{_SUFFIX[front.dtype]}")
+    fn = getattr(_library(), f"ssi_{name}_{_SUFFIX[front.dtype]}")
     P, f, k = front.shape
-    fn(P, nodes.shape[1], f, k, nodes.ctypes.data, front.ctypes.data, x.ctypes.data)
+    a, b = (by_node, front) if name == "gather_nodes" else (front, by_node)
+    fn(P, nodes.shape[1], f, k, nodes.ctypes.data, a.ctypes.data, b.ctypes.data)
     return True
 
 
