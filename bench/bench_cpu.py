@@ -209,6 +209,26 @@ def _blas_info() -> dict:
     return info
 
 
+def run_unpinned(script: str, argv=None) -> None:
+    """The development VMs pin OpenBLAS to an older core type (``OPENBLAS_CORETYPE``,
+    ``OPENBLAS_L2_SIZE``): restart ``script`` without both, so that this process's NumPy and
+    every solver it starts (children inherit the environment) get the library's own kernel
+    choice, and say so in the output."""
+    pinned = [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if v in os.environ]
+    if pinned:
+        for v in pinned:
+            os.environ.pop(v)
+        os.environ["SSI_BENCH_UNPINNED"] = ",".join(pinned)
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, os.path.abspath(script)]
+                 + list(sys.argv[1:] if argv is None else argv))  # fmt: skip
+    if os.environ.get("SSI_BENCH_UNPINNED"):
+        print(f"note: unset {os.environ['SSI_BENCH_UNPINNED']} for every solver of this run "
+              "(OpenBLAS picks its own kernels)")
+    else:
+        print("note: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE not set: OpenBLAS picks its own kernels")
+
+
 def machine_info() -> dict:
     mem_kb = _proc_field("/proc/meminfo", "MemTotal")
     try:
@@ -709,20 +729,7 @@ def main(argv=None) -> int:
         os.execv(sys.executable, [sys.executable, os.path.abspath(__file__)]
                  + list(sys.argv[1:] if argv is None else argv))
 
-    # The development VMs pin OpenBLAS to an older core type: every solver of this run (the
-    # children inherit the environment) and the matmul reference get the library's own
-    # choice instead; restart so that this process's NumPy loads unpinned too.
-    pinned = [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if v in os.environ]
-    if pinned:
-        for v in pinned:
-            os.environ.pop(v)
-        os.environ["SSI_BENCH_UNPINNED"] = ",".join(pinned)
-        sys.stdout.flush()
-        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__)]
-                 + list(sys.argv[1:] if argv is None else argv))
-    if os.environ.get("SSI_BENCH_UNPINNED"):
-        print(f"note: unset {os.environ['SSI_BENCH_UNPINNED']} for every solver of this run "
-              "(OpenBLAS picks its own kernels)")
+    run_unpinned(__file__, argv)  # the matmul reference too
     sizes = [129, 257] if args.quick else sorted(args.sizes)
     budget = args.max_baseline_seconds
     info = machine_info()

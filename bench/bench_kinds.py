@@ -47,7 +47,7 @@ for path in (REPO_ROOT, os.path.dirname(os.path.abspath(__file__))):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from bench_cpu import _blas_in_use, machine_info, print_machine  # noqa: E402
+from bench_cpu import _blas_in_use, machine_info, print_machine, run_unpinned  # noqa: E402
 from bench_masked import SOLVERS, table  # noqa: E402  (the same five solver calls)
 
 from ssi_sparse import problems  # noqa: E402
@@ -207,16 +207,7 @@ def main(argv=None):
     if args._child:
         child(json.loads(args._child))
         return 0
-    pinned = [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if v in os.environ]
-    if pinned:  # every solver of the run gets OpenBLAS's own kernel choice (see bench_cpu.py)
-        for v in pinned:
-            os.environ.pop(v)
-        os.environ["SSI_BENCH_UNPINNED"] = ",".join(pinned)
-        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:])
-    if os.environ.get("SSI_BENCH_UNPINNED"):
-        print(f"note: unset {os.environ['SSI_BENCH_UNPINNED']} for every solver of this run")
-    else:
-        print("note: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE not set: OpenBLAS picks its own kernels")
+    run_unpinned(__file__, argv)
     info = machine_info()
     print_machine(info)
     print(f"each row: a fresh process; 'first' is its first call, min/median over 1 + "

@@ -60,18 +60,12 @@ def main(argv=None) -> int:
     if args._child:
         print(json.dumps(child(int(args._child[0]), args._child[1])))
         return 0
-    pinned = [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if v in os.environ]
-    if pinned:  # every solver gets OpenBLAS's own kernel choice
-        for v in pinned:
-            os.environ.pop(v)
-        os.environ["SSI_BENCH_UNPINNED"] = ",".join(pinned)
-        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:])
-    from bench_cpu import machine_info, print_machine
+    from bench_cpu import machine_info, print_machine, run_unpinned
+
+    run_unpinned(__file__, argv)
 
     from ssi_sparse._tuning import ENGINE_MIN_SIZE
 
-    if os.environ.get("SSI_BENCH_UNPINNED"):
-        print(f"note: unset {os.environ['SSI_BENCH_UNPINNED']} for every solver of this run")
     print_machine(machine_info())
     print(f"each cell: median over {args.fresh} fresh processes (interleaved); 'first' = a process's first call, "
           f"'loop' = median of its next 10 systems; ENGINE_MIN_SIZE = {ENGINE_MIN_SIZE}")
