@@ -32,6 +32,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import _native as native
+from . import _pages as pages
 from ._kernels import check_rcond, exactly_singular
 from ._lapack import lapack_for, single_threaded_blas
 from ._threads import parallel_map
@@ -264,9 +265,9 @@ class DenseJob:
         self.in_c = native.supports_dtype(np, dtype)
         if (source is not None or inline) and not self.in_c:
             raise ValueError("fused assembly and the inline kernel need the native extension")
-        self.factor = np.empty((P, s, s), dtype=dtype)
-        self.x = None if cholesky else np.empty((P, r, s), dtype=dtype)
-        self.w = np.empty((P, s, r), dtype=dtype)
+        self.factor = pages.empty((P, s, s), dtype)
+        self.x = None if cholesky else pages.empty((P, r, s), dtype)
+        self.w = pages.empty((P, s, r), dtype)
         self.perm = None if cholesky else np.empty((P, s), dtype=np.intp)
         self.rconds = np.ones(P)
         self._task_seconds = []  # one entry per run (list.append is thread-safe)

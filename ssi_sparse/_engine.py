@@ -25,6 +25,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import _native as native
+from . import _pages as pages
 from ._dense import DenseJob, NotPositiveDefinite, run_jobs
 from ._kernels import EliminatedBlocks, allocate_blocks, eliminate
 from ._lapack import single_threaded_blas, single_threaded_blas_available
@@ -229,7 +230,8 @@ class _Workspace:
         self.xp = xp
         self.sizes = [0 if k in skip else sum(c.n_boxes * c.n_front * c.n_front for c in level.classes)
                       for k, level in enumerate(plan.levels)]  # fmt: skip
-        self.arenas = [xp.empty(max([1, *self.sizes[parity::2]]), dtype=dtype) for parity in (0, 1)]
+        empty = pages.empty if xp is np else lambda n, dtype: xp.empty(n, dtype=dtype)
+        self.arenas = [empty(max([1, *self.sizes[parity::2]]), dtype) for parity in (0, 1)]
 
     def done_with(self, k):
         """Level ``k``'s frontals are consumed: hand the pages of its arena that no later level
@@ -496,7 +498,8 @@ def _up_sweep(factor, b, trans, xp, spare):
         level_fronts = []
         for ci, cls in enumerate(level.classes):
             P, s = cls.n_boxes, cls.n_elim
-            front = xp.empty((P, cls.n_front, k_rhs), dtype=b.dtype) if spare is None else spare[k][ci]
+            front = spare[k][ci] if spare is not None else (
+                pages.empty((P, cls.n_front, k_rhs), b.dtype) if xp is np else xp.empty((P, cls.n_front, k_rhs), dtype=b.dtype))
             if not (native_moves and native.gather_nodes(front, b, cls.eliminated)):
                 if bp is None:
                     bp = xp.take(b, plan.device(xp)(plan.order), axis=0)

@@ -6,6 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
+from . import _pages as pages
 from ._backend import Backend, is_cupy_array, select_backend
 from ._engine import NumericFactor, factorize_values, selected_inverse, solve_values
 from ._errors import SingularMatrixError
@@ -51,12 +52,13 @@ def _factor_dtype(dtype, factor_dtype):
 
 
 def available_memory() -> int | None:
-    """Bytes the OS can still give this process (Linux MemAvailable), or None if unknown."""
+    """Bytes the OS can still give this process (Linux MemAvailable, plus the freed buffers
+    the engine keeps for reuse), or None if unknown."""
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    return int(line.split()[1]) * 1024 + pages.idle_bytes()
     except OSError:
         pass
     return None

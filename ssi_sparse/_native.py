@@ -23,6 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from . import _pages as pages
 from . import _tuning
 
 __all__ = ["DenseFailure", "add_runs", "assemble_runs", "available", "column_absmax", "dense_chunk", "dense_sweep",
@@ -469,7 +470,7 @@ def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None):
         if nodes.shape != (n,):
             return None
         seen = np.zeros(n_nodes, dtype=np.uint8)
-    V = np.zeros((n_nodes, 9), dtype=acc)
+    V = pages.zeros((n_nodes, 9), acc)
     status = getattr(_library(), f"ssi_stencil_{suffix}")(
         n, *ptrs, None if nodes is None else nodes.ctypes.data, int(n_nodes), int(width), csc, V.ctypes.data,
         None if seen is None else seen.ctypes.data, ctypes.byref(diagonal))  # fmt: skip
@@ -543,7 +544,7 @@ def scale_stencil(V, s, dims):
     fn = _stencil_fn("scale", V)
     if fn is None or s.dtype != _real(V.dtype) or not s.flags.c_contiguous:
         return None
-    out = np.empty_like(V)
+    out = pages.empty(V.shape, V.dtype)
     fn(*dims, V.ctypes.data, s.ctypes.data, out.ctypes.data)
     return out
 

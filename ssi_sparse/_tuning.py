@@ -94,6 +94,16 @@ DETECT_MAX_COMPONENTS = 4
 #: 64 systems of 513^2 on 2 workers, 43 s batched in 16s vs 50 s one by one).
 DASK_BATCH_MAX_UNKNOWNS = 1 << 22
 
+#: Stencil arrays, frontal arenas, stored factors and solve fronts at least this large are
+#: mapped by :mod:`._pages` (small pages where the machine reports freed memory to a
+#: hypervisor); smaller arrays come from NumPy's allocator and its free lists.
+SMALL_PAGES_MIN_BYTES = 4 << 20
+
+#: ... and, freed, they stay mapped this long for the next buffer of their size (the kernel
+#: reports a free block to the hypervisor after 2 s; an allocator's decay, e.g. jemalloc's,
+#: is 10 s).
+KEEP_FREED_S = 2.0
+
 KERNELS = ("dense", "native", "portable")
 
 
