@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from . import _pages as pages
 from ._backend import is_cupy_array, select_backend
 from ._grid import StencilPattern, grid_stencil
 
@@ -68,7 +69,8 @@ def batch_stencils(matrices, spec=None, pattern=None, hints=None):
                     pattern = StencilPattern(A, spec)
             rows.append(V)
     dtype = np.result_type(*[_engine_dtype(V.dtype) for V in rows])
-    return spec, pattern, np.concatenate([V.astype(dtype, copy=False) for V in rows], axis=0)
+    out = pages.empty((sum(V.shape[0] for V in rows), *rows[0].shape[1:]), dtype)
+    return spec, pattern, np.concatenate(rows, axis=0, out=out, casting="same_kind")
 
 
 def factorize_batch(matrices, *, backend=None, factor_dtype=None, **layout):
