@@ -553,7 +553,7 @@ def _down_sweep(factor, fronts, u_top, trans, xp):
             factor.blocks[k][ci].down(xp, front, trans)
     n_nodes = len(plan.inverse_order)
     if native_moves:
-        x = (np.zeros if plan.dropped is not None else np.empty)((n_nodes, k_rhs), dtype=dtype)
+        x = (pages.zeros if plan.dropped is not None else pages.empty)((n_nodes, k_rhs), dtype)
         if all(native.scatter_nodes(x, front, cls.eliminated)
                for level, level_fronts in zip(plan.levels, fronts) for cls, front in zip(level.classes, level_fronts)):  # fmt: skip
             if u_top is not None:

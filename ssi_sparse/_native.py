@@ -563,7 +563,7 @@ def stencil_matvec(V, dims, x, parallel_map=map, n_parts=1):
     if fn is None or x.dtype != V.dtype or x.ndim != 2:
         return None
     x = np.ascontiguousarray(x)
-    out = np.empty_like(x)
+    out = pages.empty(x.shape, x.dtype)
     h = dims[0]
     cuts = np.linspace(0, h, max(1, min(n_parts, h)) + 1).astype(int).tolist()
 
