@@ -15,9 +15,9 @@ compile_args = [] if sys.platform == "win32" else ["-O3", "-fcx-limited-range", 
 setup(
     ext_modules=[
         Extension(
-            "ssi_sparse._native_frontal",
-            sources=["ssi_sparse/_csrc/frontal.c", "ssi_sparse/_csrc/stencil.c"],
-            depends=["ssi_sparse/_csrc/frontal_impl.h", "ssi_sparse/_csrc/inline_impl.h", "ssi_sparse/_csrc/dense_impl.h"],
+            "ssi_sparse._engine._native_frontal",
+            sources=["ssi_sparse/_engine/_csrc/frontal.c", "ssi_sparse/_engine/_csrc/stencil.c"],
+            depends=["ssi_sparse/_engine/_csrc/frontal_impl.h", "ssi_sparse/_engine/_csrc/inline_impl.h", "ssi_sparse/_engine/_csrc/dense_impl.h"],
             extra_compile_args=compile_args,
             optional=True,
         )

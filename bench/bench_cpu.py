@@ -238,7 +238,7 @@ def machine_info() -> dict:
     try:
         import ssi_sparse
 
-        from ssi_sparse._native import describe
+        from ssi_sparse._engine.native import describe
 
         ssi = f"{ssi_sparse.__version__} ({os.path.dirname(ssi_sparse.__file__)})"
         kernels = describe()
@@ -371,7 +371,7 @@ def _time_factor_and_solves(A, b, B8, res, factor, solve):
 
 def _child_ssi(A, b, B8, res):
     import ssi_sparse
-    from ssi_sparse._plan import build_plan
+    from ssi_sparse._planning.plan import build_plan
 
     H = W = int(round(math.sqrt(A.shape[0])))
     build_plan.cache_clear()
@@ -543,7 +543,7 @@ def child_main(spec_json: str) -> None:
     spec = json.loads(spec_json)
     if spec["solver"] in ("ssi_sparse", "ssi_mixed"):  # import before the baseline RSS is taken
         import ssi_sparse  # noqa: F401
-        from ssi_sparse._plan import build_plan  # noqa: F401
+        from ssi_sparse._planning.plan import build_plan  # noqa: F401
     A = sp.load_npz(spec["matrix"]).tocsr()
     n = A.shape[0]
     rng = np.random.default_rng(RHS_SEED)

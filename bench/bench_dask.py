@@ -62,7 +62,7 @@ def main():
         t_dask = time.perf_counter() - t
 
         def misses():
-            from ssi_sparse._plan import build_plan
+            from ssi_sparse._planning.plan import build_plan
 
             return build_plan.cache_info().misses
 

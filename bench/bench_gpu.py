@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import ssi_sparse  # noqa: E402
-from ssi_sparse._plan import DEFAULT_LEAF_CELLS, build_plan  # noqa: E402
+from ssi_sparse._planning.plan import DEFAULT_LEAF_CELLS, build_plan  # noqa: E402
 from ssi_sparse.problems import diffusion_2d, random_spd_9pt  # noqa: E402
 
 PROBLEMS = {"laplace5": lambda N: diffusion_2d(N, N), "varcoef9": lambda N: random_spd_9pt(N, N, seed=2024)}

@@ -31,10 +31,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_cpu import make_problem  # noqa: E402
 
-from ssi_sparse import _engine  # noqa: E402
-from ssi_sparse._grid import grid_stencil  # noqa: E402
-from ssi_sparse._plan import build_plan  # noqa: E402
-from ssi_sparse._stencil import equilibrate, is_hermitian, stencil_norm_inf  # noqa: E402
+from ssi_sparse._engine import walks as _engine  # noqa: E402
+from ssi_sparse._structure.grid import grid_stencil  # noqa: E402
+from ssi_sparse._planning.plan import build_plan  # noqa: E402
+from ssi_sparse._structure.stencil import equilibrate, is_hermitian, stencil_norm_inf  # noqa: E402
 
 
 def main() -> int:

@@ -92,7 +92,7 @@ def one_process(side, out_dir):
     x = lu.solve(b)
     t2 = time.perf_counter()
     np.save(os.path.join(out_dir, "x.npy"), x)
-    from ssi_sparse._plan import build_plan
+    from ssi_sparse._planning.plan import build_plan
 
     flops = build_plan(side, side).flops() / (2 if lu.hermitian else 1)
     return {"rss_after_imports_mib": base, "peak_rss_mib": _rss_mib(), "factorize_s": t1 - t0, "solve_s": t2 - t1,

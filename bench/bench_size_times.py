@@ -14,7 +14,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import ssi_sparse  # noqa: E402
-from ssi_sparse._plan import DEFAULT_LEAF_CELLS, build_plan  # noqa: E402
+from ssi_sparse._planning.plan import DEFAULT_LEAF_CELLS, build_plan  # noqa: E402
 from ssi_sparse.problems import diffusion_2d  # noqa: E402
 
 

@@ -31,7 +31,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from ssi_sparse._plan import build_plan  # noqa: E402
+from ssi_sparse._planning.plan import build_plan  # noqa: E402
 
 NON_SQUARE = [(1080, 1920), (720, 1280), (1000, 1500)]
 TIMED = [(1025, 1025), (1080, 1920)]

@@ -6,7 +6,7 @@ Run from the repository root::
     PYTHONPATH=. python bench/model_mpi.py [--sides 4097 8193 16385] [--ranks 1 2 4 ... 64]
         [--rate GFLOPS] [--bandwidth GBS] [--check bench/results/mpi_2049.json]
 
-Everything comes from the plan's geometry (``ssi_sparse._tree``: class sizes from the
+Everything comes from the plan's geometry (``ssi_sparse._planning.tree``: class sizes from the
 segments alone, no index maps, so 16385^2 on 64 ranks takes seconds):
 
 - memory per rank: the stored factors of its windows and merges plus its largest transient
@@ -33,8 +33,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from ssi_sparse._plan import flops_of_sizes, memory_of_sizes  # noqa: E402
-from ssi_sparse._tree import distributed_plan, tree_sizes  # noqa: E402
+from ssi_sparse._planning.plan import flops_of_sizes, memory_of_sizes  # noqa: E402
+from ssi_sparse._planning.tree import distributed_plan, tree_sizes  # noqa: E402
 from ssi_sparse.mpi import slab_rows, traffic_model  # noqa: E402
 
 STENCIL_BYTES = 72  # 9 float64 couplings a node

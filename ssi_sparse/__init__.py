@@ -6,14 +6,14 @@ by the Schwarz-Schur involution (batched dense eliminations of boxes and Schur-c
 of neighbouring boxes); anything else falls back to SciPy.
 """
 
-from ._adjoint import solve_backward
-from ._batch import factorize_batch
+from ._api.adjoint import solve_backward
+from ._api.batch import factorize_batch
 from ._errors import NotGridStructuredError, SingularMatrixError
-from ._factor import GridFactor, factorize
-from ._from_stencil import factorize_stencil, to_csr
-from ._frontend import factorized, spsolve
-from ._grid import GridSpec, detect_grid
-from ._patch import patch_scipy
+from ._api.factor import GridFactor, factorize
+from ._api.from_stencil import factorize_stencil, to_csr
+from ._api.frontend import factorized, spsolve
+from ._structure.grid import GridSpec, detect_grid
+from ._api.patch import patch_scipy
 
 __all__ = [
     "GridFactor",

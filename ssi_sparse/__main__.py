@@ -48,7 +48,7 @@ def demo(size=1025, scipy_baseline=True, out=None):
     res = _residual(A, x, b)
     print(f"  grid detected      : {lu.grid}; backend: {lu.backend.name}", file=out)
     if lu.backend.name == "cpu":
-        from ._native import describe
+        from ._engine.native import describe
 
         print(f"  CPU kernels        : {describe()}", file=out)
     print(f"  ssi_sparse factorize {t1 - t0:8.3f} s   solve {t2 - t1:6.3f} s   "
@@ -225,7 +225,7 @@ def info(out=None):
         print(f"backend: GPU (CuPy) for problems of {GPU_MIN_SIZE:,}+ unknowns, else NumPy (CPU)", file=out)
     else:
         print("backend: NumPy (CPU)", file=out)
-    from ._native import describe
+    from ._engine.native import describe
 
     print(f"CPU kernels: {describe()}", file=out)
     print(f"threads: {os.cpu_count()} (engine pool; SSI_SPARSE_NUM_THREADS to change)", file=out)

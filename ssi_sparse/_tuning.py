@@ -78,7 +78,7 @@ DENSE_MIN_FRONT_PYTHON_LOOP = 257
 MASK_MIN_COVERAGE = 0.4
 
 #: Masked grids: from the level where a level holds at most this many boxes upwards, every
-#: box is its own class whose frontal carries only the unknowns (:mod:`._masked_plan`);
+#: box is its own class whose frontal carries only the unknowns (:mod:`ssi_sparse._planning.masked_plan`);
 #: the wide frontals up there hold most of the work and memory, and a class per box costs
 #: a little Python per box.
 MASK_COMPACT_MAX_BOXES = 64
@@ -95,7 +95,7 @@ DETECT_MAX_COMPONENTS = 4
 DASK_BATCH_MAX_UNKNOWNS = 1 << 22
 
 #: Stencil arrays, frontal arenas, stored factors and solve fronts at least this large are
-#: mapped by :mod:`._pages` (small pages where the machine reports freed memory to a
+#: mapped by :mod:`ssi_sparse._engine.pages` (small pages where the machine reports freed memory to a
 #: hypervisor); smaller arrays come from NumPy's allocator and its free lists.
 SMALL_PAGES_MIN_BYTES = 4 << 20
 
@@ -110,12 +110,12 @@ KERNELS = ("dense", "native", "portable")
 def choose_kernel(xp, dtype, cls, level: int) -> str:
     """Which kernel assembles and eliminates class ``cls`` of level ``level``.
 
-    ``"dense"``: per-box LAPACK/BLAS (:mod:`._dense`), NumPy arrays only.  ``"native"``: the
-    inline C loops (:mod:`._native`) for narrow frontals, in the same format.  ``"portable"``:
-    the batched array-API inverse kernel (:mod:`._kernels`), any namespace (CuPy,
+    ``"dense"``: per-box LAPACK/BLAS (:mod:`ssi_sparse._engine.dense`), NumPy arrays only.  ``"native"``: the
+    inline C loops (:mod:`ssi_sparse._engine.native`) for narrow frontals, in the same format.  ``"portable"``:
+    the batched array-API inverse kernel (:mod:`ssi_sparse._engine.portable`), any namespace (CuPy,
     array_api_strict).
     """
-    from . import _native as native  # the native module imports the kernels' helpers
+    from ._engine import native  # the native module imports the kernels' helpers
 
     if xp is not np:
         return "portable"

@@ -2,7 +2,7 @@
 
 Each rank holds a *slab*: consecutive rows of the grid (its rows of the stencil array, of the
 right-hand side and of the answer).  The factorization cuts the grid along its own box tree
-(:mod:`._tree`): every rank factorizes its *windows* (boxes of one level of the tree) with the
+(:mod:`ssi_sparse._planning.tree`): every rank factorizes its *windows* (boxes of one level of the tree) with the
 ordinary engine, and the windows' boundary Schur complements are merged pairwise up the top
 levels, ``log2 P`` rounds of one message per pair.  A solve runs the same tree: condensed
 right-hand sides up, boundary values down.  No rank ever holds all of ``A``, ``b`` or ``x``.
@@ -24,14 +24,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._dense import NotPositiveDefinite, factor_class
-from ._engine import down_sweep, factorize_values, plain_trans, thread_budget, up_sweep
+from ._engine.dense import NotPositiveDefinite, factor_class
+from ._engine.walks import down_sweep, factorize_values, plain_trans, thread_budget, up_sweep
 from ._errors import SingularMatrixError
-from ._factor import MAX_REFINE_STEPS, _engine_dtype, available_memory
-from ._plan import STENCIL_OFFSETS
-from ._refine import refine, refuse_unsolved
-from ._stencil import is_hermitian, scale_couplings, stencil_matvec, stencil_row_sums, transpose_stencil
-from ._tree import Window, distributed_plan
+from ._api.factor import MAX_REFINE_STEPS, _engine_dtype, available_memory
+from ._planning.plan import STENCIL_OFFSETS
+from ._engine.refine import refine, refuse_unsolved
+from ._structure.stencil import is_hermitian, scale_couplings, stencil_matvec, stencil_row_sums, transpose_stencil
+from ._planning.tree import Window, distributed_plan
 
 __all__ = ["SlabFactor", "factorize_slab", "slab_rows", "spsolve", "traffic_model"]
 
@@ -273,7 +273,7 @@ class SlabFactor:
     hermitian : bool
         Whether the matrix was found exactly Hermitian (on every rank's rows).
     plan : DistributedPlan
-        Windows, merges and their owners (:mod:`ssi_sparse._tree`).
+        Windows, merges and their owners (:mod:`ssi_sparse._planning.tree`).
     """
 
     def __init__(self, comm, V_rows, shape, windows=None):
@@ -771,7 +771,7 @@ def spsolve(A, b, *, comm=None, root=0, grid=None, order=None):
     import ssi_sparse
 
     from ._errors import NotGridStructuredError
-    from ._grid import grid_stencil
+    from ._structure.grid import grid_stencil
 
     comm = _world(comm)
     me = comm.rank

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._plan import STENCIL_OFFSETS
-from ._stencil import stencil_to_csr
+from ._planning.plan import STENCIL_OFFSETS
+from ._structure.stencil import stencil_to_csr
 
 __all__ = [
     "diffusion_2d", "random_spd_9pt", "convection_diffusion_2d", "helmholtz_2d",

@@ -1,7 +1,7 @@
 """PyTorch integration: ``x = A^-1 b`` as a differentiable operation (extra ``ssi_sparse[torch]``).
 
 The backward pass reuses the forward factorization: ``dL/db = A^-H dL/dx`` is one more solve,
-``dL/dA`` on the stored entries is O(nnz) work (see :mod:`ssi_sparse._adjoint`).  Only this
+``dL/dA`` on the stored entries is O(nnz) work (see :mod:`ssi_sparse._api.adjoint`).  Only this
 module imports torch; the rest of ssi_sparse works without it.
 
 >>> import torch, ssi_sparse.torch as sst                               # doctest: +SKIP
@@ -23,8 +23,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
         "ssi_sparse.torch needs PyTorch: pip install 'ssi-sparse[torch]'"
     ) from exc
 
-from ._adjoint import stored_entry_gradient
-from ._factor import factorize
+from ._api.adjoint import stored_entry_gradient
+from ._api.factor import factorize
 
 __all__ = ["spsolve", "slogdet", "SparseSolve"]
 
@@ -222,7 +222,7 @@ class SparseSolve(torch.nn.Module):
         return copy.copy(self._factor).refactorize(A)
 
     def _batch_factor_for(self, matrices, backend):
-        from ._batch import factorize_batch
+        from ._api.batch import factorize_batch
 
         f = self._batch_factor
         if f is None or f.dtype != matrices[0].dtype or f.backend.name != backend or f.batch != len(matrices):

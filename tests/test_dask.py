@@ -23,7 +23,7 @@ def client():
 def _plan_builds(client):
     """Plans each worker built so far (cache misses of build_plan)."""
     def misses():
-        from ssi_sparse._plan import build_plan
+        from ssi_sparse._planning.plan import build_plan
 
         return build_plan.cache_info().misses
 

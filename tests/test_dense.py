@@ -1,4 +1,4 @@
-"""The dense kernel (``ssi_sparse/_dense.py``: per-box LAPACK, factors instead of inverses).
+"""The dense kernel (``ssi_sparse/_engine/dense.py``: per-box LAPACK, factors instead of inverses).
 
 On real problems it runs only on frontals wider than ``DENSE_MIN_FRONT`` (with the native box
 loop; ``DENSE_MIN_FRONT_PYTHON_LOOP`` without it); here the thresholds are lowered so that every level of small grids goes through it, and its answers are compared
@@ -16,7 +16,7 @@ import ssi_sparse
 import ssi_sparse.problems
 from helpers import stencil_matrix
 from ssi_sparse import SingularMatrixError, _tuning
-from ssi_sparse._dense import FactoredBlocks, NotPositiveDefinite, factor_class
+from ssi_sparse._engine.dense import FactoredBlocks, NotPositiveDefinite, factor_class
 
 DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
 
@@ -157,7 +157,7 @@ def test_factor_class_blocks(dtype):
 @pytest.mark.parametrize("k", [1, 3])  # one column: the C sweeps' matrix-vector path
 def test_native_box_loop_matches_python_loop(monkeypatch, dtype, cholesky, k):
     """The C loop over boxes (factors and both sweeps) against the same arithmetic from Python."""
-    from ssi_sparse import _native
+    from ssi_sparse._engine import native as _native
 
     if not _native.available():
         pytest.skip("native kernel not built")
@@ -278,7 +278,7 @@ def _class_frontals(rng, P, f, dtype, hermitian):
 
 
 def _run_job(F, s, cholesky, inline, finish=True):
-    from ssi_sparse._dense import DenseJob, run_jobs
+    from ssi_sparse._engine.dense import DenseJob, run_jobs
 
     job = DenseJob(F, s, cholesky, 1.0, "test", inline=inline)
     run_jobs([job])
@@ -292,7 +292,7 @@ def test_inline_kernel_matches_lapack_kernel(dtype, cholesky, s):
     """The native inline loops and LAPACK/BLAS store the same factors, X, W and Schur
     complements (Cholesky is unique; these LU frontals pivot alike), and both estimate the
     blocks' conditioning by the same method."""
-    from ssi_sparse import _native
+    from ssi_sparse._engine import native as _native
 
     if not _native.available():
         pytest.skip("native kernel not built")
@@ -315,7 +315,7 @@ def test_inline_kernel_matches_lapack_kernel(dtype, cholesky, s):
 def test_inline_lu_pivots_do_not_depend_on_column_scaling(dtype):
     """Scaled partial pivoting: the columns of F (the unknowns' units) scaled by powers of two
     (exact) give the same pivots and the same factors, scaled back."""
-    from ssi_sparse import _native
+    from ssi_sparse._engine import native as _native
 
     if not _native.available():
         pytest.skip("native kernel not built")

@@ -10,8 +10,8 @@ try:
 except ImportError:  # the mpi extra is optional
     mpi4py = None
 
-MODULES = ["ssi_sparse._factor", "ssi_sparse._grid", "ssi_sparse._frontend", "ssi_sparse._adjoint",
-           "ssi_sparse.problems", "ssi_sparse._from_stencil"] + (["ssi_sparse.mpi"] if mpi4py else [])
+MODULES = ["ssi_sparse._api.factor", "ssi_sparse._structure.grid", "ssi_sparse._api.frontend", "ssi_sparse._api.adjoint",
+           "ssi_sparse.problems", "ssi_sparse._api.from_stencil"] + (["ssi_sparse.mpi"] if mpi4py else [])
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -19,7 +19,7 @@ def rel_res(A, x, b):
 def test_refactorize_same_pattern_skips_detection(fmt, monkeypatch):
     A0 = random_spd_9pt(33, 21, seed=1).asformat(fmt)
     lu = ssi_sparse.factorize(A0)
-    import ssi_sparse._factor as factor_mod
+    import ssi_sparse._api.factor as factor_mod
 
     def no_detection(*a, **k):
         raise AssertionError("detection must not run for the same sparsity pattern")
@@ -94,7 +94,7 @@ def test_inverse_operator_as_preconditioner_and_shift_invert():
 
 
 def test_too_little_memory_is_refused_before_allocating(monkeypatch):
-    import ssi_sparse._factor as factor_mod
+    import ssi_sparse._api.factor as factor_mod
 
     A = diffusion_2d(64, 64)
     monkeypatch.setattr(factor_mod, "available_memory", lambda: 1 << 20)  # 1 MiB left
@@ -106,7 +106,7 @@ def test_too_little_memory_is_refused_before_allocating(monkeypatch):
 
 def test_memory_refusal_comes_before_detection_and_the_plan(monkeypatch):
     """A given grid is refused before the matrix is read; a found one before any plan."""
-    import ssi_sparse._factor as factor_mod
+    import ssi_sparse._api.factor as factor_mod
 
     A = diffusion_2d(40, 30)
     monkeypatch.setattr(factor_mod, "available_memory", lambda: 1 << 20)
@@ -129,7 +129,7 @@ def test_memory_refusal_comes_before_detection_and_the_plan(monkeypatch):
 @pytest.mark.parametrize("components, batch, radius", [(1, 1, 1), (2, 1, 1), (1, 3, 1), (3, 2, 1), (1, 1, 2)])
 def test_memory_estimate_is_the_plans_without_building_it(shape, components, batch, radius):
     from ssi_sparse import GridSpec
-    from ssi_sparse._plan import build_plan
+    from ssi_sparse._planning.plan import build_plan
 
     spec = GridSpec(shape, components=components, radius=radius)
     h, w, k = spec.engine_dims
@@ -141,7 +141,7 @@ def test_memory_estimate_is_the_plans_without_building_it(shape, components, bat
 
 
 def test_memory_estimate_of_huge_grids_needs_no_plan(monkeypatch):
-    import ssi_sparse._plan as plan_mod
+    import ssi_sparse._planning.plan as plan_mod
     from ssi_sparse import GridSpec
 
     monkeypatch.setattr(plan_mod, "_plan_from_segments", None)  # a plan of 30000^2 would not fit
@@ -150,7 +150,7 @@ def test_memory_estimate_of_huge_grids_needs_no_plan(monkeypatch):
 
 
 def test_memory_estimate_bounds_the_stored_factor():
-    from ssi_sparse._plan import build_plan
+    from ssi_sparse._planning.plan import build_plan
 
     lu = ssi_sparse.factorize(random_spd_9pt(90, 70))
     plan = build_plan(90, 70, 5)
@@ -182,7 +182,7 @@ def test_factorize_in_forked_child_after_parent():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_DONTNEED) is Linux's")
 def test_arena_tail_goes_back_to_the_system():
     # the engine hands back the pages of a level arena that no later level reaches
-    from ssi_sparse._engine import _release_tail
+    from ssi_sparse._engine.walks import _release_tail
 
     arena = np.ones(1 << 20)  # 8 MiB
     keep = 300_001

@@ -13,7 +13,7 @@ from scipy.sparse import SparseEfficiencyWarning
 from scipy.sparse.linalg import MatrixRankWarning
 
 import ssi_sparse
-import ssi_sparse._frontend as frontend
+import ssi_sparse._api.frontend as frontend
 from ssi_sparse._tuning import ENGINE_MIN_SIZE
 from ssi_sparse.problems import convection_diffusion_2d, diffusion_2d, random_spd_9pt
 

@@ -85,7 +85,7 @@ def test_cupyx_input_stays_on_gpu_and_non_grid_falls_back_to_cupyx():
 @pytest.mark.gpu
 @needs_gpu
 def test_gpu_singular_and_memory_errors(monkeypatch):
-    import ssi_sparse._factor as factor_mod
+    import ssi_sparse._api.factor as factor_mod
 
     with pytest.raises(ssi_sparse.SingularMatrixError):
         ssi_sparse.factorize(diffusion_2d(40, 40, neumann=True), backend="gpu").solve(np.ones(1600))
@@ -117,8 +117,8 @@ class _NumpyAsCupy(Backend):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_gpu_code_path_with_numpy_standing_in(name):
-    from ssi_sparse._factor import GridFactor
-    from ssi_sparse._grid import grid_stencil
+    from ssi_sparse._api.factor import GridFactor
+    from ssi_sparse._structure.grid import grid_stencil
 
     make, dtype = CASES[name]
     A = make().astype(dtype)

@@ -325,8 +325,10 @@ def test_boxes_factored_without_absent_pixels_store_the_same_factors(monkeypatch
     """Each box of a masked grid is factored without its absent pixels (decoupled nodes) and
     the results scattered back: the stored factors, X, W, pivots and determinants equal those
     of factoring the full frontals, and so do the solves."""
-    from ssi_sparse import _factor, _native, _tuning
-    from ssi_sparse._dense import FactoredBlocks
+    from ssi_sparse._api import factor as _factor
+    from ssi_sparse._engine import native as _native
+    from ssi_sparse import _tuning
+    from ssi_sparse._engine.dense import FactoredBlocks
 
     if not _native.available():
         pytest.skip("native kernel not built")
@@ -362,14 +364,15 @@ def test_boxes_factored_without_absent_pixels_store_the_same_factors(monkeypatch
     assert rel_residual(A, x_c, b) <= RESIDUAL_TOL[_precision(dtype)]
 
 
-@pytest.mark.skipif(not ssi_sparse._native.available(), reason="native kernel not built")
+@pytest.mark.skipif(not ssi_sparse._engine.native.available(), reason="native kernel not built")
 @settings(max_examples=60, deadline=None)
 @given(mask=masks(), nine_point=st.booleans(), order=st.sampled_from(["C", "F"]), fmt=st.sampled_from(["csr", "csc"]),
        seed=st.integers(0, 2**31 - 1))
 def test_native_runs_and_edges_match_numpy(mask, nine_point, order, fmt, seed):
     """The native pass over the pattern finds the same runs and run pairs as the NumPy path
     (or steps aside), so detection finds the same embedding either way."""
-    from ssi_sparse import _mask, _native
+    from ssi_sparse._structure import mask as _mask
+    from ssi_sparse._engine import native as _native
 
     A, _ = masked_matrix(mask, np.random.default_rng(seed), "nonsym", np.float64, order, nine_point)
     A = A.asformat(fmt)

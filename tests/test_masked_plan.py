@@ -1,7 +1,7 @@
 """Masked plans: the top levels carry only the unknowns, and solve exactly what the full
 grid's plan solves.
 
-The masked plan (:mod:`ssi_sparse._masked_plan`) drops decoupled (absent) nodes from the
+The masked plan (:mod:`ssi_sparse._planning.masked_plan`) drops decoupled (absent) nodes from the
 wide frontals at the top of the tree and whole boxes with no unknown in their region.  Every
 answer must equal the full plan's: solutions (all ``trans``), ``slogdet``, selected
 inverse entries, conditioning refusals; and the plan's own invariants must hold.
@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ssi_sparse
-from ssi_sparse import _factor
-from ssi_sparse._masked_plan import masked_plan_for
-from ssi_sparse._plan import build_plan, stored_entries_of_sizes
+from ssi_sparse._api import factor as _factor
+from ssi_sparse._planning.masked_plan import masked_plan_for
+from ssi_sparse._planning.plan import build_plan, stored_entries_of_sizes
 from ssi_sparse.problems import ring_mask
 from helpers import stencil_matrix
 from test_mask import KIND_DTYPE, masked_matrix, masks

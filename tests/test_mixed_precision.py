@@ -6,7 +6,8 @@ import scipy.sparse as sp
 
 import ssi_sparse
 from helpers import stencil_matrix
-from ssi_sparse import _factor, problems
+from ssi_sparse._api import factor as _factor
+from ssi_sparse import problems
 
 
 def _backward_error(A, x, b):

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from helpers import random_stencil
 from ssi_sparse import factorize_stencil
-from ssi_sparse._plan import build_plan, build_window_plan, memory_of_sizes
-from ssi_sparse._tree import distributed_plan, n_windows_for, tree_sizes
+from ssi_sparse._planning.plan import build_plan, build_window_plan, memory_of_sizes
+from ssi_sparse._planning.tree import distributed_plan, n_windows_for, tree_sizes
 
 HERE = Path(__file__).parent
 

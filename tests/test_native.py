@@ -1,4 +1,4 @@
-"""The native CPU kernel (``ssi_sparse/_csrc``) against the portable NumPy kernel.
+"""The native CPU kernel (``ssi_sparse/_engine/_csrc``) against the portable NumPy kernel.
 
 The native kernel stores factors, the portable one inverses: every eliminated block's
 determinant and conditioning, the selected inverse and the solves must agree to rounding, on
@@ -16,11 +16,12 @@ from hypothesis import strategies as st
 
 import ssi_sparse
 from helpers import rel_residual, stencil_matrix
-from ssi_sparse import SingularMatrixError, _native, _tuning
-from ssi_sparse._engine import factorize_values, selected_inverse, solve_values
-from ssi_sparse._grid import grid_stencil
-from ssi_sparse._plan import build_plan
-from ssi_sparse._stencil import equilibrate, is_hermitian
+from ssi_sparse._engine import native as _native
+from ssi_sparse import SingularMatrixError, _tuning
+from ssi_sparse._engine.walks import factorize_values, selected_inverse, solve_values
+from ssi_sparse._structure.grid import grid_stencil
+from ssi_sparse._planning.plan import build_plan
+from ssi_sparse._structure.stencil import equilibrate, is_hermitian
 
 
 def test_native_kernel_built_where_required():

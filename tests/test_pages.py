@@ -1,4 +1,4 @@
-"""The engine's large buffers (ssi_sparse._pages): NumPy's semantics, reuse only after the
+"""The engine's large buffers (ssi_sparse._engine.pages): NumPy's semantics, reuse only after the
 last view is gone, freed buffers unmapped after a while."""
 
 import gc
@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from ssi_sparse import _pages as pages
-from ssi_sparse._factor import available_memory
+from ssi_sparse._engine import pages
+from ssi_sparse._api.factor import available_memory
 from ssi_sparse._tuning import SMALL_PAGES_MIN_BYTES
 
 mapped = pytest.mark.skipif(not pages._MAPPING_WORKS, reason="buffers are mapped on Linux only")

@@ -14,7 +14,7 @@ import scipy.sparse.linalg as spla
 from scipy.sparse.linalg._dsolve import linsolve
 
 import ssi_sparse
-from ssi_sparse import _fallback
+from ssi_sparse._api import fallback as _fallback
 from ssi_sparse.problems import diffusion_2d
 
 SCIPY_SPSOLVE = linsolve.spsolve
@@ -47,7 +47,7 @@ def _assert_restored(mod=None):
 @pytest.fixture
 def engine_calls(monkeypatch):
     """The grids our engine factorized (a spy on the front end's engine entry)."""
-    from ssi_sparse import _frontend
+    from ssi_sparse._api import frontend as _frontend
 
     seen = []
     real = _frontend._engine_factor

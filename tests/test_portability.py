@@ -10,10 +10,10 @@ import pytest
 
 xs = pytest.importorskip("array_api_strict")
 
-from ssi_sparse._engine import factorize_values, solve_values  # noqa: E402
-from ssi_sparse._grid import grid_stencil  # noqa: E402
-from ssi_sparse._plan import build_plan  # noqa: E402
-from ssi_sparse._stencil import equilibrate, is_hermitian, stencil_matvec, transpose_stencil  # noqa: E402
+from ssi_sparse._engine.walks import factorize_values, solve_values  # noqa: E402
+from ssi_sparse._structure.grid import grid_stencil  # noqa: E402
+from ssi_sparse._planning.plan import build_plan  # noqa: E402
+from ssi_sparse._structure.stencil import equilibrate, is_hermitian, stencil_matvec, transpose_stencil  # noqa: E402
 from ssi_sparse.problems import convection_diffusion_2d, helmholtz_2d, random_spd_9pt  # noqa: E402
 
 CASES = {

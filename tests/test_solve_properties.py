@@ -336,8 +336,8 @@ def test_one_asymmetric_coupling_is_not_hermitian(H, W, dtype, pick, seed):
     """The Hermitian test reads only half of the stencil slots: changing any one stored
     coupling of a Hermitian matrix (either triangle, the diagonal of a complex one) must
     still be seen."""
-    from ssi_sparse._grid import grid_stencil
-    from ssi_sparse._stencil import is_hermitian
+    from ssi_sparse._structure.grid import grid_stencil
+    from ssi_sparse._structure.stencil import is_hermitian
 
     A = stencil_matrix(H, W, np.random.default_rng(seed), "spd", dtype).tocoo()
     spec, V = grid_stencil(A, grid=(H, W))

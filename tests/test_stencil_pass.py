@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import stencil_matrix
-from ssi_sparse import _native as native
+from ssi_sparse._engine import native
 from ssi_sparse._errors import NotGridStructuredError
-from ssi_sparse._grid import _detect, _Hints, detect_grid, grid_stencil
+from ssi_sparse._structure.grid import _detect, _Hints, detect_grid, grid_stencil
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native kernel not built")
 
@@ -118,7 +118,7 @@ def _unsummed(coo, fmt):
 
 def test_the_native_pass_is_taken_for_plain_grids(monkeypatch):
     """A plain grid never reaches the general path (the speed this module is for)."""
-    import ssi_sparse._grid as grid_mod
+    import ssi_sparse._structure.grid as grid_mod
 
     A = stencil_matrix(20, 30, np.random.default_rng(0), "spd", np.float64)
 
@@ -133,7 +133,7 @@ def test_the_native_pass_is_taken_for_plain_grids(monkeypatch):
 def test_the_native_pass_is_taken_for_given_masks(monkeypatch):
     """A masked grid whose mask the caller gives is read and checked in the one pass (no
     coordinates of every entry)."""
-    import ssi_sparse._grid as grid_mod
+    import ssi_sparse._structure.grid as grid_mod
 
     mask = np.ones((20, 30), dtype=bool)
     mask[5:9, 4:20] = False
@@ -232,7 +232,7 @@ def _numpy_only():
 def test_whole_grid_passes_agree_with_numpy(h, w, k, dtype, hermitian, perturb, seed, m):
     """Row maxima and sums, equilibration and the exact Hermitian test: the native passes
     give the NumPy versions' answers (maxima and scaled values bit for bit)."""
-    from ssi_sparse._stencil import equilibrate, is_hermitian, stencil_matvec, stencil_row_sums, stencil_to_csr
+    from ssi_sparse._structure.stencil import equilibrate, is_hermitian, stencil_matvec, stencil_row_sums, stencil_to_csr
 
     rng = np.random.default_rng(seed)
     n = h * w * k

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from . import _pages as pages
-from ._backend import is_cupy_array, select_backend
-from ._grid import StencilPattern, grid_stencil
+from .._engine import pages
+from .._backend import is_cupy_array, select_backend
+from .._structure.grid import StencilPattern, grid_stencil
 
 __all__ = ["factorize_batch", "batch_stencils"]
 
@@ -33,8 +33,8 @@ def batch_stencils(matrices, spec=None, pattern=None, hints=None):
     ``spec``/``pattern``: a layout already known (refactorization); else it is detected from
     the first matrix with ``hints`` (the keyword arguments of :func:`factorize`).
     """
-    from ._factor import _engine_dtype
-    from ._from_stencil import _engine_rows
+    from .factor import _engine_dtype
+    from .from_stencil import _engine_rows
 
     if isinstance(matrices, np.ndarray) and matrices.ndim in (5, 7) or is_cupy_array(matrices):
         parts = [_engine_rows(V) for V in matrices]  # stencil arrays, batch axis first
@@ -108,7 +108,7 @@ def factorize_batch(matrices, *, backend=None, factor_dtype=None, **layout):
     >>> x.shape, bool(max(np.linalg.norm(A @ xt - 1) for A, xt in zip(systems, x)) < 1e-10)
     ((8, 1024), True)
     """
-    from ._factor import GridFactor
+    from .factor import GridFactor
 
     spec, pattern, V = batch_stencils(matrices, hints=layout)
     batch = V.shape[0] // (spec.n_nodes * spec.engine_components)

@@ -21,8 +21,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse import csgraph
 
-from . import _native as native
-from ._tuning import MASK_MAX_COMPONENTS, MASK_MIN_COVERAGE
+from .._engine import native
+from .._tuning import MASK_MAX_COMPONENTS, MASK_MIN_COVERAGE
 
 __all__ = ["find_embedding", "embedding_fits"]
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._errors import SingularMatrixError
-from ._tuning import CHUNK_BYTES
+from .._errors import SingularMatrixError
+from .._tuning import CHUNK_BYTES
 
 __all__ = [
     "EliminatedBlocks",

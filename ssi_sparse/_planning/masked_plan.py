@@ -22,8 +22,8 @@ import functools
 
 import numpy as np
 
-from ._plan import BoxClass, Level, Plan, _link_down_sweep, build_plan, child_link
-from ._tuning import MASK_COMPACT_MAX_BOXES
+from .plan import BoxClass, Level, Plan, _link_down_sweep, build_plan, child_link
+from .._tuning import MASK_COMPACT_MAX_BOXES
 
 __all__ = ["build_masked_plan", "masked_plan_for"]
 

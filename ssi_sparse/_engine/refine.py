@@ -1,6 +1,6 @@
 """Iterative refinement against the exact stencil residual, and the refusal of unsolved systems.
 
-Shared by the one-process factor (:mod:`._factor`) and the distributed one (:mod:`.mpi`):
+Shared by the one-process factor (:mod:`ssi_sparse._api.factor`) and the distributed one (:mod:`.mpi`):
 they differ only in how a solve, a product and the maximum over all processes are computed.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _native as native
-from ._errors import SingularMatrixError
+from . import native
+from .._errors import SingularMatrixError
 
 __all__ = ["column_absmax", "refine", "refuse_unsolved"]
 

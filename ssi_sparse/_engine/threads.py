@@ -2,7 +2,7 @@
 
 Host threads run box ranges of the small frontals, dense classes side by side and the
 whole-grid stencil passes (ctypes releases the GIL in the native calls); BLAS's own threads
-run only where the engine's are idle (see :mod:`._engine`).
+run only where the engine's are idle (see :mod:`ssi_sparse._engine.walks`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class thread_budget:
 
     def __enter__(self):
         global _THREAD_BUDGET
-        from ._lapack import blas_thread_count
+        from .lapack import blas_thread_count
 
         self._saved = _THREAD_BUDGET
         if not os.environ.get("SSI_SPARSE_NUM_THREADS"):
@@ -44,7 +44,7 @@ class thread_budget:
 
     def __exit__(self, *exc):
         global _THREAD_BUDGET
-        from ._lapack import blas_thread_count
+        from .lapack import blas_thread_count
 
         _THREAD_BUDGET = self._saved
         if self._blas is not None:

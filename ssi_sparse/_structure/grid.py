@@ -7,14 +7,14 @@ that are not unknowns (decoupled in the engine):
 
 * a column-major (``order='F'``) H x W grid is the row-major W x H grid;
 * a *masked* grid has unknowns on a subset of the pixels only (an irregular domain, the
-  pixels a segmentation left unseeded): ``GridSpec.pixels`` (:mod:`._mask` finds it from
+  pixels a segmentation left unseeded): ``GridSpec.pixels`` (:mod:`ssi_sparse._structure.mask` finds it from
   the pattern when no one says);
 * ``components=k`` unknowns per pixel (optical flow's u and v, elasticity's displacement)
   numbered pixel-major ``[u0, v0, u1, v1, ...]`` or component-major ``[u0, u1, ..., v0, ...]``;
 * a 5x5 stencil (``radius=2``: biharmonic, fourth-order differences) is a 3x3 stencil of
   2x2 cells with 4 unknowns each, on a grid of half the size (odd sides: a half-empty cell).
 
-The stencil array ``V`` (``H*W*k*k`` rows of 9 slots, see :mod:`._stencil`) holds the
+The stencil array ``V`` (``H*W*k*k`` rows of 9 slots, see :mod:`ssi_sparse._structure.stencil`) holds the
 couplings on the engine's grid; duplicate entries are summed, explicit zeros are ignored,
 rows of nodes that are not unknowns are zero.
 """
@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from . import _native as native
-from ._errors import NotGridStructuredError
-from ._mask import embedding_fits, find_embedding
-from ._plan import memory_estimate
-from ._tuning import DETECT_MAX_COMPONENTS, MASK_MIN_COVERAGE
+from .._engine import native
+from .._errors import NotGridStructuredError
+from .mask import embedding_fits, find_embedding
+from .._planning.plan import memory_estimate
+from .._tuning import DETECT_MAX_COMPONENTS, MASK_MIN_COVERAGE
 
 __all__ = ["GridSpec", "StencilPattern", "detect_grid", "grid_stencil"]
 
@@ -84,7 +84,7 @@ class GridSpec:
 
     @property
     def engine_dims(self) -> tuple:
-        """``(height, width, k)`` of the engine's grid, as :mod:`._stencil` takes it."""
+        """``(height, width, k)`` of the engine's grid, as :mod:`ssi_sparse._structure.stencil` takes it."""
         return (*self.engine_shape, self.engine_components)
 
     @property
@@ -327,7 +327,7 @@ class _Hints:
 
 def _detect(A, hints, reach=None):
     """``(GridSpec, V)`` (``V`` the stencil array) or raise NotGridStructuredError.
-    ``reach``: :func:`._native.grid_reach` of ``A`` if already known."""
+    ``reach``: :func:`ssi_sparse._engine.native.grid_reach` of ``A`` if already known."""
     hints.check()
     try:
         return _detect_entries(A, hints, reach)
@@ -633,7 +633,7 @@ def _finish(shape, order, pixels, k, numbering, radius, rows, cols, vals, pr, pc
 
 def grid_stencil(A, grid=None, order=None, *, pixels=None, mask=None, components=None, numbering=None, radius=None):
     """Detect (or check) the grid and return ``(GridSpec, V)``, ``V`` the engine's stencil
-    array (see :mod:`._stencil`).
+    array (see :mod:`ssi_sparse._structure.stencil`).
 
     Raises
     ------
@@ -651,7 +651,7 @@ def _full_grid_pass(A, hints):
     """``((GridSpec, V), reach)`` for the commonest layout (a full grid, one unknown per
     pixel, 3x3 stencil) by the native one-pass kernel, or ``(None, reach)``: that layout does
     not fit, or the pass cannot read ``A``, and the general path decides (with its messages;
-    ``reach``, :func:`._native.grid_reach`'s answer when it ran, saves it a pass).  The same
+    ``reach``, :func:`ssi_sparse._engine.native.grid_reach`'s answer when it ran, saves it a pass).  The same
     grid as the general path finds: it tries the same widths in the same order."""
     if hints.pixels is not None or hints.mask is not None or hints.components not in (None, 1) or (
         hints.radius not in (None, 1)

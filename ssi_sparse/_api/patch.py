@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from . import _fallback
-from ._frontend import factorized, spsolve
+from . import fallback as _fallback
+from .frontend import factorized, spsolve
 
 __all__ = ["patch_scipy"]
 

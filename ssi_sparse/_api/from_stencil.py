@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._backend import is_cupy_array, select_backend
-from ._grid import GridSpec
-from ._plan import STENCIL_OFFSETS
-from ._stencil import stencil_to_csr
+from .._backend import is_cupy_array, select_backend
+from .._structure.grid import GridSpec
+from .._planning.plan import STENCIL_OFFSETS
+from .._structure.stencil import stencil_to_csr
 
 __all__ = ["factorize_stencil", "stencil_spec", "to_csr"]
 
@@ -113,7 +113,7 @@ def factorize_stencil(V, *, backend=None, factor_dtype=None):
     >>> bool(np.linalg.norm(to_csr(V) @ x - b) < 1e-10 * np.linalg.norm(b))
     True
     """
-    from ._factor import GridFactor, _engine_dtype
+    from .factor import GridFactor, _engine_dtype
 
     spec, rows = _engine_rows(V)
     chosen = select_backend(backend, V if is_cupy_array(V) else rows)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _native as native
-from ._plan import STENCIL_OFFSETS
-from ._threads import parallel_map
+from .._engine import native
+from .._planning.plan import STENCIL_OFFSETS
+from .._engine.threads import parallel_map
 
 __all__ = [
     "stencil_matvec",

@@ -1,10 +1,10 @@
 """Native CPU kernels (C, via ctypes): every box of the tree assembled and factored in C.
 
 The bottom levels of the box tree hold tens of thousands of frontals a few dozen wide.  The
-portable path (:mod:`._engine` with :func:`._kernels.eliminate`) spends most of its time there
+portable path (:mod:`ssi_sparse._engine.walks` with :func:`ssi_sparse._engine.portable.eliminate`) spends most of its time there
 in per-matrix LAPACK calls and index gathers.  Here (:func:`dense_chunk`, ``_csrc/``) each box
 is gathered just before it is factored, on the thread that factors it, and factored into the
-dense kernel's format (:mod:`._dense`: factors, not inverses): narrow frontals by inline loops
+dense kernel's format (:mod:`ssi_sparse._engine.dense`: factors, not inverses): narrow frontals by inline loops
 (``inline_impl.h``), wide ones by SciPy's BLAS/LAPACK (``dense_impl.h``); level 1 assembles
 and factors its two leaves per box first, so the leaves' frontals never reach memory.  The
 solve sweeps over the stored factors run there too (:func:`dense_sweep`);
@@ -23,8 +23,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from . import _pages as pages
-from . import _tuning
+from . import pages
+from .. import _tuning
 
 __all__ = ["DenseFailure", "add_runs", "assemble_runs", "available", "column_absmax", "dense_chunk", "dense_sweep",
            "describe", "fuses_assembly", "gather_boundary", "gather_nodes", "gathers_dense", "grid_reach",
@@ -59,7 +59,7 @@ class _Source(ctypes.Structure):
 
 @lru_cache(maxsize=1)
 def _library():
-    spec = importlib.util.find_spec("ssi_sparse._native_frontal")
+    spec = importlib.util.find_spec("ssi_sparse._engine._native_frontal")
     if spec is None or not spec.origin:
         return None
     try:
@@ -224,11 +224,11 @@ class DenseFailure(Exception):
 def dense_chunk(F, p0: int, p1: int, s: int, cholesky: bool, inline: bool, a_norm: float, factor, x, w, perm, rconds,
                 table, source=(None, None, None, None, None, None), compact: bool = False) -> None:
     """Factor boxes ``[p0, p1)`` of ``F`` (P, f, f) in place with the dense kernel's
-    arithmetic (:mod:`._dense`), by inline loops (``inline``) or LAPACK/BLAS, the loop in C;
+    arithmetic (:mod:`ssi_sparse._engine.dense`), by inline loops (``inline``) or LAPACK/BLAS, the loop in C;
     the outputs are the class's arrays (all P boxes).  ``source``: ``(cls, level, V, fronts,
     child_classes, leaf_jobs)`` to assemble each box first (``cls`` None: assembled already;
     ``leaf_jobs`` not None: level 1 factors its two leaves per box first, into those jobs'
-    arrays).  ``table``: :attr:`._lapack.Lapack.table`.  ``compact``: the frontals may hold
+    arrays).  ``table``: :attr:`ssi_sparse._engine.lapack.Lapack.table`.  ``compact``: the frontals may hold
     decoupled nodes (a masked grid's absent pixels), factored without them.  Raises
     :class:`DenseFailure`."""
     dtype = F.dtype
@@ -483,7 +483,7 @@ def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None):
 
 def mask_runs_and_edges(A, max_degree: int):
     """The runs of coupled consecutive unknowns and the run pairs the other couplings join,
-    from ``A``'s pattern (see :mod:`._mask`): ``(run_of, offset, n_runs, keys, low, high)``,
+    from ``A``'s pattern (see :mod:`ssi_sparse._structure.mask`): ``(run_of, offset, n_runs, keys, low, high)``,
     ``keys`` sorted; None when the pattern is not a raster-numbered masked grid's; and
     NotImplemented where this pass does not decide (the NumPy path then does)."""
     parts = _csr_parts(A)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._tuning import FLAT_GATHER_MAX_FRONT
+from .._tuning import FLAT_GATHER_MAX_FRONT
 
 __all__ = ["Plan", "BoxClass", "ChildLink", "build_plan", "build_window_plan", "DEFAULT_LEAF_CELLS",
            "flops_of_sizes", "memory_estimate", "memory_of_sizes", "stored_entries_of_sizes", "tree_sizes"]
@@ -128,7 +128,7 @@ class Plan:
     #: root's boundary, the nodes it keeps for the tree above, in the order of its Schur
     #: complement; ``inverse_order`` then inverts ``order`` followed by ``boundary``.
     boundary: np.ndarray | None = None
-    #: Masked plans (:mod:`._masked_plan`): the nodes no box eliminates (decoupled, absent
+    #: Masked plans (:mod:`ssi_sparse._planning.masked_plan`): the nodes no box eliminates (decoupled, absent
     #: pixels; ``inverse_order`` points them one past the end: their solution is zero).
     dropped: np.ndarray | None = None
     #: What rebuilds this plan in another process: (function, arguments).
@@ -608,7 +608,7 @@ def child_link(kc: int, rows: slice, boundary_pos: np.ndarray, n_front: int, kid
                use_flat: bool) -> ChildLink:  # fmt: skip
     """The link of a merge class to one child class ``kc`` (its boxes ``rows``) whose
     boundary node ``i`` sits at position ``boundary_pos[i]`` of the parent's frontal (-1: a
-    decoupled node the parent does not carry, see :mod:`._masked_plan`)."""
+    decoupled node the parent does not carry, see :mod:`ssi_sparse._planning.masked_plan`)."""
     n_kid = len(boundary_pos)
     carried = boundary_pos >= 0
     gather = np.full(n_front, n_kid, dtype=np.int64)  # n_kid = the zero slot

@@ -1,6 +1,6 @@
 """The top of a grid's box tree split across processes: windows, owners, merges above them.
 
-A grid too large for one process is cut along its own box tree (:mod:`._plan`): the boxes of
+A grid too large for one process is cut along its own box tree (:mod:`ssi_sparse._planning.plan`): the boxes of
 one level become *windows*, each factorized by one process with an ordinary (window) plan that
 keeps the window's shared sides; the levels above are *merges*, each owned by one process,
 which receives its children's Schur complements (and, in the solve, their condensed
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._plan import (
+from .plan import (
     DEFAULT_LEAF_CELLS,
     _boundary_nodes,
     _children_of,
@@ -43,7 +43,7 @@ class _Box:
     cols: tuple  # (c0, c1)
     owner: int
     #: Global (row-major) ids of the nodes this box keeps for its parent, in the order of its
-    #: Schur complement (shared sides, as :func:`._plan._boundary_nodes` orders them).
+    #: Schur complement (shared sides, as :func:`ssi_sparse._planning.plan._boundary_nodes` orders them).
     boundary: np.ndarray
 
     @property

@@ -12,10 +12,11 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse import SparseEfficiencyWarning
 
-from . import _fallback, _tuning
-from ._backend import is_cupy_array
-from ._errors import NotGridStructuredError, SingularMatrixError
-from ._factor import factorize
+from . import fallback as _fallback
+from .. import _tuning
+from .._backend import is_cupy_array
+from .._errors import NotGridStructuredError, SingularMatrixError
+from .factor import factorize
 
 __all__ = ["spsolve", "factorized"]
 

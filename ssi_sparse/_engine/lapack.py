@@ -7,7 +7,7 @@ frontals are sub-blocks of one array, so it reaches the routines behind
 frontals therefore runs in one BLAS library, SciPy's, with its own thread pool.
 
 All matrices here are column-major, as LAPACK sees them.  A C-ordered NumPy block is the
-transpose of what LAPACK sees; the callers (:mod:`._dense`) work in that transposed view.
+transpose of what LAPACK sees; the callers (:mod:`ssi_sparse._engine.dense`) work in that transposed view.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import weakref
 
 import numpy as np
 
-from ._tuning import KEEP_FREED_S, SMALL_PAGES_MIN_BYTES
+from .._tuning import KEEP_FREED_S, SMALL_PAGES_MIN_BYTES
 
 #: ``SSI_SPARSE_PAGES=small`` or ``=numpy`` overrides the detection (benchmarks compare both).
 _OVERRIDE = "SSI_SPARSE_PAGES"

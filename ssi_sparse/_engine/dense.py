@@ -1,9 +1,9 @@
 """Dense kernel for the wider frontals on the CPU: factors, not inverses, one box at a time.
 
 Each frontal ``F = [[S, S_R], [R_S, R]]`` is eliminated in place with LAPACK/BLAS-3 on
-sub-blocks (:mod:`._lapack`, SciPy's library): no explicit inverse, no copies.  The loop over
+sub-blocks (:mod:`ssi_sparse._engine.lapack`, SciPy's library): no explicit inverse, no copies.  The loop over
 boxes (with each box's assembly just before it) and the solve sweeps run in C
-(:func:`._native.dense_chunk`, :func:`._native.dense_sweep`); the same arithmetic from Python
+(:func:`ssi_sparse._engine.native.dense_chunk`, :func:`ssi_sparse._engine.native.dense_sweep`); the same arithmetic from Python
 serves where the extension is not built.  :func:`run_jobs` runs a level's classes side by side.
 
 The routines see a C-ordered frontal as its transpose ``G = F^T`` (column-major).  Eliminating
@@ -31,12 +31,12 @@ from functools import lru_cache
 
 import numpy as np
 
-from . import _native as native
-from . import _pages as pages
-from ._kernels import check_rcond, exactly_singular
-from ._lapack import lapack_for, single_threaded_blas
-from ._threads import parallel_map
-from ._tuning import SWEEP_PARALLEL_MIN_ENTRIES
+from . import native
+from . import pages
+from .portable import check_rcond, exactly_singular
+from .lapack import lapack_for, single_threaded_blas
+from .threads import parallel_map
+from .._tuning import SWEEP_PARALLEL_MIN_ENTRIES
 
 __all__ = ["DenseJob", "FactoredBlocks", "NotPositiveDefinite", "factor_class", "run_jobs"]
 
@@ -140,7 +140,7 @@ class FactoredBlocks:
         return sign, logabs
 
     def inverse_frontal(self, xp, Z_RR):
-        """As :meth:`._kernels.EliminatedBlocks.inverse_frontal`, from the stored factors.
+        """As :meth:`ssi_sparse._engine.portable.EliminatedBlocks.inverse_frontal`, from the stored factors.
 
         In the column-major view ``G = F^T`` (see the module doc), ``G_SS^-1 G_SR = U^-1 X``
         and ``G_RS G_SS^-1 = W L^-1 P^T``; the inverse of ``G`` is the transpose of ``F``'s.
@@ -189,7 +189,7 @@ class FactoredBlocks:
                 and self.perm.dtype == np.int64 and self.perm.flags.c_contiguous)  # fmt: skip
 
     def _sweep(self, op, trans, front):
-        """:func:`._native.dense_sweep` over all boxes; a class with many stored entries is cut
+        """:func:`ssi_sparse._engine.native.dense_sweep` over all boxes; a class with many stored entries is cut
         into one box range per engine thread (the sweeps read each factor once: memory-bound,
         and one core does not saturate the memory)."""
         lap = lapack_for(self.factor.dtype)
@@ -246,7 +246,7 @@ class DenseJob:
     complements.  ``inline``: the native kernel's inline loops (narrow frontals) instead of
     LAPACK/BLAS; the same factors either way.  ``source``: ``(cls, level, V, fronts,
     child_classes, leaf_jobs)`` when the native kernel assembles each box just before it is
-    factored (:func:`._native.dense_chunk`), None when ``F`` is assembled already;
+    factored (:func:`ssi_sparse._engine.native.dense_chunk`), None when ``F`` is assembled already;
     ``leaf_jobs`` (level 1 only, else None): the leaf classes' jobs (:meth:`for_leaves`),
     whose boxes this job assembles and factors beside its own.  ``compact``: the frontals may
     hold decoupled nodes (a masked grid's absent pixels); the native kernel factors each box

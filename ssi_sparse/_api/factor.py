@@ -6,15 +6,15 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
-from . import _pages as pages
-from ._backend import Backend, is_cupy_array, select_backend
-from ._engine import NumericFactor, factorize_values, selected_inverse, solve_values
-from ._errors import SingularMatrixError
-from ._grid import GridSpec, StencilPattern, grid_stencil
-from ._masked_plan import masked_plan_for
-from ._plan import DEFAULT_LEAF_CELLS, build_plan
-from ._refine import refine, refuse_unsolved
-from ._stencil import (
+from .._engine import pages
+from .._backend import Backend, is_cupy_array, select_backend
+from .._engine.walks import NumericFactor, factorize_values, selected_inverse, solve_values
+from .._errors import SingularMatrixError
+from .._structure.grid import GridSpec, StencilPattern, grid_stencil
+from .._planning.masked_plan import masked_plan_for
+from .._planning.plan import DEFAULT_LEAF_CELLS, build_plan
+from .._engine.refine import refine, refuse_unsolved
+from .._structure.stencil import (
     equilibrate,
     is_hermitian,
     scale_couplings,
@@ -362,7 +362,7 @@ class GridFactor:
         if self.batch is not None:
             raise ValueError("a batch factor takes new values with refactorize_batch")
         if not sp.issparse(A) and np.ndim(A) in (4, 6):  # a stencil array (factorize_stencil)
-            from ._from_stencil import _engine_rows
+            from .from_stencil import _engine_rows
 
             spec, V = _engine_rows(A)
             if self.grid.nodes is not None or spec.engine_dims != self.grid.engine_dims:
@@ -388,7 +388,7 @@ class GridFactor:
         """New values for every system of a batch factor (:func:`factorize_batch`): a
         sequence of ``batch`` matrices, or stencil arrays, on the batch's layout.  Updates the
         factor in place and returns it."""
-        from ._batch import batch_stencils
+        from .batch import batch_stencils
 
         if self.batch is None:
             raise ValueError("refactorize_batch needs a batch factor (factorize_batch); use refactorize")
@@ -522,7 +522,7 @@ class GridFactor:
 
     def _solve_refined(self, B, trans):
         """Solve, then refine with the exact residual until the backward error is tiny; an
-        answer that does not satisfy the equations is refused (:mod:`._refine`).  A
+        answer that does not satisfy the equations is refused (:mod:`ssi_sparse._engine.refine`).  A
         lower-precision factor whose refinement does not reach working accuracy is replaced
         by a full-precision one, for good."""
         xp = self._xp

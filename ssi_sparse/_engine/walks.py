@@ -24,16 +24,16 @@ from functools import lru_cache
 
 import numpy as np
 
-from . import _native as native
-from . import _pages as pages
-from ._dense import DenseJob, NotPositiveDefinite, run_jobs
-from ._kernels import EliminatedBlocks, allocate_blocks, eliminate
-from ._lapack import single_threaded_blas, single_threaded_blas_available
-from ._plan import Plan
-from ._threads import num_threads as _num_threads
-from ._threads import pool as _pool
-from ._threads import thread_budget  # noqa: F401  (the engine's public knob, used by .mpi)
-from ._tuning import (
+from . import native
+from . import pages
+from .dense import DenseJob, NotPositiveDefinite, run_jobs
+from .portable import EliminatedBlocks, allocate_blocks, eliminate
+from .lapack import single_threaded_blas, single_threaded_blas_available
+from .._planning.plan import Plan
+from .threads import num_threads as _num_threads
+from .threads import pool as _pool
+from .threads import thread_budget  # noqa: F401  (the engine's public knob, used by .mpi)
+from .._tuning import (
     BLAS_THREADS_MIN_FRONT,
     GATHER_BLOCK_BYTES,
     NUMPY_FLAT_MAX_FRONT,
@@ -406,7 +406,7 @@ def _where(k, cls) -> str:
 
 
 def _leaves_fused_into_level_1(xp, dtype, plan: Plan) -> bool:
-    """Whether level 1 assembles and factors its leaves itself (:func:`._native.dense_chunk`):
+    """Whether level 1 assembles and factors its leaves itself (:func:`ssi_sparse._engine.native.dense_chunk`):
     every class of both levels on the native inline kernel, level 1 merging two leaves each
     by flat maps."""
     if xp is not np or len(plan.levels) < 2:
@@ -480,7 +480,7 @@ def up_sweep(factor: NumericFactor, b, trans: str, xp=np, spare=None):
 
 def _sweep_blas(xp):
     """The solve sweeps run with single-threaded BLAS: they split big classes among the
-    engine's threads themselves (:meth:`._dense.FactoredBlocks.up`)."""
+    engine's threads themselves (:meth:`ssi_sparse._engine.dense.FactoredBlocks.up`)."""
     return single_threaded_blas() if xp is np else contextlib.nullcontext()
 
 
