@@ -81,6 +81,39 @@ def test_native_blocks_match_portable(dtype, kind, shape, monkeypatch):
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["spd", "nonsym"])
+def test_decoupled_boxes_match_portable(dtype, kind, monkeypatch):
+    """Boxes whose eliminated nodes are coupled to nothing (a masked grid's absent pixels, or
+    identity rows) take the inline kernel's diagonal shortcut: the same determinants,
+    conditioning and inverse as the portable kernel's full elimination."""
+    import scipy.sparse as sp
+
+    H, W = 40, 44
+    rng = np.random.default_rng(3)
+    A = stencil_matrix(H, W, rng, kind, np.dtype(dtype))
+    rows, cols = np.divmod(np.arange(H * W), W)
+    decoupled = ((rows < 22) & (cols >= 9) & (cols < 35)) | ((rows >= 30) & (cols < 12))
+    keep = sp.diags((~decoupled).astype(A.dtype))
+    d = rng.uniform(0.5, 4.0, H * W) * (1 if kind == "spd" else rng.choice([-1, 1], H * W))
+    A = sp.csr_matrix(keep @ A @ keep + sp.diags(np.where(decoupled, d, 0).astype(A.dtype)))
+    native, _ = _factor(A, dtype, True, monkeypatch)
+    portable, _ = _factor(A, dtype, False, monkeypatch)
+    tol = _tol(dtype)
+    for level_n, level_p in zip(native.blocks, portable.blocks):
+        for bn, bp in zip(level_n, level_p):
+            (sign_n, log_n), (sign_p, log_p) = bn.slogdet(np), bp.slogdet(np)
+            np.testing.assert_allclose(log_n, log_p, rtol=tol, atol=tol * max(1.0, np.abs(log_p).max(initial=0)))
+            np.testing.assert_allclose(sign_n, sign_p, atol=100 * tol)
+            assert bp.min_rcond * (1 - 1e-3) <= bn.min_rcond <= 10 * bp.min_rcond
+    Z_n, Z_p = selected_inverse(native, np), selected_inverse(portable, np)
+    np.testing.assert_allclose(Z_n, Z_p, rtol=tol, atol=10 * tol * np.abs(Z_p).max())
+    b = rng.standard_normal(H * W).astype(dtype)
+    x = ssi_sparse.factorize(A).solve(b)
+    assert rel_residual(A, x, b) < 100 * tol
+
+
+@needs_native
 @settings(max_examples=40, deadline=None)
 @given(
     H=st.integers(1, 48),

@@ -53,8 +53,8 @@ _DENSE_ARGTYPES = [_i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32, _p, _p, _p,
 class _Source(ctypes.Structure):
     # struct source in _csrc/frontal.c: the same fields in the same order
     _fields_ = [("mode", ctypes.c_int32), ("a", _p), ("stride_a", _i64), ("idx_a", _p), ("b", _p),
-                ("stride_b", _i64), ("idx_b", _p), ("nodes", _p), ("n_nodes", _i64), ("tnode", _p),
-                ("tslot", _p)]  # fmt: skip
+                ("stride_b", _i64), ("idx_b", _p), ("nodes", _p), ("n_nodes", _i64), ("tpos", _p),
+                ("tnode", _p), ("tslot", _p), ("n_entries", _i64)]  # fmt: skip
 
 
 @lru_cache(maxsize=1)
@@ -157,11 +157,10 @@ def _source(dtype, cls, rows: slice, level: int, V, fronts, child_classes=None):
         return _Source(_MODE_NONE), None, []
     if level == 0:
         nodes = np.ascontiguousarray(cls.closed_nodes[rows], dtype=np.int64)
-        template = np.ascontiguousarray(cls.leaf_template, dtype=np.int64).reshape(-1)
-        tnode, tslot = np.divmod(template, 9)
+        tpos, tnode, tslot = _owned_entries(cls)
         src = _Source(_MODE_LEAF, _ptr(V, dtype), V.shape[0], nodes=_ptr(nodes), n_nodes=nodes.shape[1],
-                      tnode=_ptr(tnode), tslot=_ptr(tslot))  # fmt: skip
-        return src, None, [nodes, tnode, tslot]
+                      tpos=_ptr(tpos), tnode=_ptr(tnode), tslot=_ptr(tslot), n_entries=tpos.shape[0])  # fmt: skip
+        return src, None, [nodes, tpos, tnode, tslot]
     if not cls.children[0].has_flat or cls.n_front > _tuning.NATIVE_FLAT_MAX_FRONT:
         per_child = _children_by_runs(cls, fronts, child_classes, cls.n_front)
         runs = _RunsSource()
@@ -181,9 +180,20 @@ def _source(dtype, cls, rows: slice, level: int, V, fronts, child_classes=None):
     return _Source(_MODE_MERGE, *args), None, keep
 
 
+def _owned_entries(cls):
+    """``(tpos, tnode, tslot)``: the leaf template's entries that read a coupling (frontal
+    position, closed node, stencil slot); the others read the closed nodes' last column, the
+    zero sentinel past the grid (``Plan``'s leaf template), and stay zero."""
+    template = np.ascontiguousarray(cls.leaf_template, dtype=np.int64).reshape(-1)
+    tpos = np.flatnonzero(template != (cls.closed_nodes.shape[1] - 1) * 9)
+    tnode, tslot = np.divmod(template[tpos], 9)
+    return tpos, np.ascontiguousarray(tnode), np.ascontiguousarray(tslot)
+
+
 class _LeafSource(ctypes.Structure):
     # struct leaf_source in _csrc/frontal.c: the same fields in the same order
-    _fields_ = [("nodes", _p), ("n_nodes", _i64), ("tnode", _p), ("tslot", _p), ("f", _i64), ("s", _i64),
+    _fields_ = [("nodes", _p), ("n_nodes", _i64), ("tpos", _p), ("tnode", _p), ("tslot", _p), ("n_entries", _i64),
+                ("f", _i64), ("s", _i64),
                 ("factor", _p), ("x", _p), ("w", _p), ("perm", _p), ("rcond", _p)]  # fmt: skip
 
 
@@ -199,14 +209,14 @@ def _leaf_pair(cls, rows: slice, child_classes, leaf_jobs, dtype):
         lc, job = child_classes[link.cls], leaf_jobs[link.cls]
         first = link.rows.start + rows.start
         nodes = np.ascontiguousarray(lc.closed_nodes[first : first + rows.stop - rows.start], dtype=np.int64)
-        tnode, tslot = np.divmod(np.ascontiguousarray(lc.leaf_template, dtype=np.int64).reshape(-1), 9)
-        keep += [nodes, tnode, tslot]
+        tpos, tnode, tslot = _owned_entries(lc)
+        keep += [nodes, tpos, tnode, tslot]
         fl, sl = lc.n_front, lc.n_elim
 
         def at(a, per_box):
             return None if a is None else _ptr(a, a.dtype) + first * per_box * a.itemsize
 
-        leaves[c] = _LeafSource(_ptr(nodes), nodes.shape[1], _ptr(tnode), _ptr(tslot), fl, sl,
+        leaves[c] = _LeafSource(_ptr(nodes), nodes.shape[1], _ptr(tpos), _ptr(tnode), _ptr(tslot), tpos.shape[0], fl, sl,
                                 at(job.factor, sl * sl), at(job.x, (fl - sl) * sl), at(job.w, sl * (fl - sl)),
                                 at(job.perm, sl), at(job.rconds, 1))  # fmt: skip
     return leaves, keep

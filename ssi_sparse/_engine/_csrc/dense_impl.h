@@ -288,20 +288,27 @@ static int FN(factor_box)(const struct blas_table *t, int inline_kernel, T *F, i
 }
 
 /* mark[i] = 1 where node i of frontal F is coupled to another node, 0 where it is not (an
- * absent pixel of a masked grid: its row and column hold only the diagonal); one pass over F. */
-static inline void FN(mark_coupled)(const T *F, int64_t f, int64_t *mark)
+ * absent pixel of a masked grid: its row and column hold only the diagonal); one pass over F,
+ * counting nonzeros per column (in mark) and per row (in rows: f entries) without branches:
+ * absent and present nodes interleave, and the data-dependent branch was mispredicted. */
+static inline void FN(mark_coupled)(const T *restrict F, int64_t f, int64_t *restrict mark, int64_t *restrict rows)
 {
     for (int64_t i = 0; i < f; i++)
         mark[i] = 0;
     for (int64_t i = 0; i < f; i++) {
-        const T *row = F + i * f;
-        int64_t any = 0;
-        for (int64_t j = 0; j < f; j++)
-            if (row[j] != 0 && j != i) {
-                any = 1;
-                mark[j] = 1;
-            }
-        mark[i] |= any;
+        const T *restrict row = F + i * f;
+        int64_t in_row = 0;
+#pragma omp simd reduction(+ : in_row)
+        for (int64_t j = 0; j < f; j++) {
+            const int64_t nonzero = row[j] != 0;
+            in_row += nonzero;
+            mark[j] += nonzero;
+        }
+        rows[i] = in_row;
+    }
+    for (int64_t i = 0; i < f; i++) {
+        const int64_t diagonal = F[i * f + i] != 0;
+        mark[i] = mark[i] + rows[i] > 2 * diagonal;
     }
 }
 
@@ -322,7 +329,7 @@ static int FN(factor_box_compact)(const struct blas_table *t, int inline_kernel,
     R d_min = 0;
     int any_decoupled = 0;
     int64_t *mark = keep + f; /* then the kept nodes */
-    FN(mark_coupled)(F, f, mark);
+    FN(mark_coupled)(F, f, mark, keep); /* keep: scratch until it is filled below */
     for (int64_t i = 0; i < f; i++) {
         if (mark[i]) {
             if (i < s)
@@ -408,8 +415,8 @@ static int FN(leaf_pair)(const struct leaf_source *leaves, const void *V, int64_
     for (int c = 0; c < 2; c++) {
         const struct leaf_source *lf = &leaves[c];
         const int64_t fl = lf->f, sl = lf->s, rl = fl - sl;
-        const struct source src = {MODE_LEAF, V, n_rows, NULL, NULL, 0, NULL, lf->nodes, lf->n_nodes, lf->tnode,
-                                   lf->tslot};
+        const struct source src = {MODE_LEAF, V, n_rows, NULL, NULL, 0, NULL, lf->nodes, lf->n_nodes, lf->tpos,
+                                   lf->tnode, lf->tslot, lf->n_entries};
         FN(assemble)(&src, p, fl * fl, scratch[c]);
         if (sl == 0)
             continue;

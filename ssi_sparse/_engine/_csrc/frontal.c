@@ -46,7 +46,9 @@ struct source {
     const int64_t *idx_b;
     const int64_t *nodes; /* leaf: closed nodes of every box (P, n_nodes) */
     int64_t n_nodes;
-    const int64_t *tnode, *tslot; /* leaf: template split into (closed node, stencil slot) */
+    /* leaf: the template's owned entries: frontal position, closed node, stencil slot */
+    const int64_t *tpos, *tnode, *tslot;
+    int64_t n_entries;
 };
 
 /* The two children of a merge class assembled by runs (MODE_RUNS, frontals too wide for flat
@@ -64,7 +66,8 @@ struct runs_source {
 struct leaf_source {
     const int64_t *nodes;
     int64_t n_nodes;
-    const int64_t *tnode, *tslot;
+    const int64_t *tpos, *tnode, *tslot;
+    int64_t n_entries;
     int64_t f, s;
     void *factor, *x, *w;
     int64_t *perm;

@@ -21,12 +21,17 @@ static inline T FN(flush)(T v)
 static inline void FN(assemble)(const struct source *src, int64_t p, int64_t ff, T *restrict F)
 {
     if (src->mode == MODE_LEAF) {
-        /* leaf: F[j] = V[nodes[p, tnode[j]], tslot[j]], zero past the grid's last node */
+        /* leaf: F[tpos[e]] = V[nodes[p, tnode[e]], tslot[e]] for the entries the box owns
+         * (most of a leaf frontal is structurally zero: a third of its entries are couplings
+         * on a 5-point stencil), zero past the grid's last node */
         const T *V = (const T *)src->a;
         const int64_t *nodes = src->nodes + p * src->n_nodes, n = src->stride_a;
-        for (int64_t j = 0; j < ff; j++) {
-            const int64_t q = nodes[src->tnode[j]];
-            F[j] = q < n ? V[q * 9 + src->tslot[j]] : (T)0;
+        for (int64_t j = 0; j < ff; j++)
+            F[j] = 0;
+        for (int64_t e = 0; e < src->n_entries; e++) {
+            const int64_t q = nodes[src->tnode[e]];
+            if (q < n)
+                F[src->tpos[e]] = V[q * 9 + src->tslot[e]];
         }
     } else {
         /* merge: sum of the two children's flat gathers (index 0 is each child's zero slot) */

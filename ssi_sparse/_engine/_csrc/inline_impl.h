@@ -284,11 +284,69 @@ static R FN(inline_inv_norm1)(const T *M, int64_t s, int cholesky, const int64_t
     return est;
 }
 
+/* Whether the first s nodes of F are coupled to no node but themselves (a masked grid's
+ * absent pixels fill whole boxes of the low levels): rows [0, s) hold only their diagonal,
+ * and for LU columns [0, s) too (F is Hermitian for Cholesky).  Stops at the first coupling,
+ * which an ordinary box has in its first row. */
+static inline int FN(decoupled)(const T *F, int64_t f, int64_t s, int cholesky)
+{
+    for (int64_t i = 0; i < s; i++)
+        for (int64_t j = 0; j < f; j++)
+            if (F[i * f + j] != 0 && j != i)
+                return 0;
+    if (!cholesky)
+        for (int64_t i = s; i < f; i++)
+            for (int64_t j = 0; j < s; j++)
+                if (F[i * f + j] != 0)
+                    return 0;
+    return 1;
+}
+
+/* inline_box for a decoupled box: the pivots are its diagonal (Cholesky: their square roots),
+ * W, X and the Schur update zero, no interchanges; rcond exactly min |d| over the scale
+ * (what the estimator finds for a diagonal block), NaN kept.  Same status codes. */
+static int FN(decoupled_box)(T *F, int64_t f, int64_t s, int cholesky, T *factor, T *x, T *w, int64_t *perm,
+                             R a_norm, double *rcond)
+{
+    const int64_t r = f - s;
+    R d_min = 0, d_max = 0;
+    for (int64_t i = 0; i < s; i++) {
+        const T d = F[i * f + i];
+        const R m = ABS(d);
+        if (cholesky ? !(REAL_PART(d) > 0) : d == 0)
+            return cholesky ? BOX_NOT_PD : BOX_SINGULAR;
+        if (i == 0 || !(m >= d_min))
+            d_min = m;
+        if (i == 0 || !(m <= d_max))
+            d_max = m;
+    }
+    for (int64_t i = 0; i < s * s; i++)
+        factor[i] = 0;
+    for (int64_t i = 0; i < s; i++) {
+        const T d = F[i * f + i];
+        factor[i * s + i] = cholesky ? (T)SQRT(REAL_PART(d)) : d;
+        F[i * f + i] = factor[i * s + i];
+    }
+    for (int64_t i = 0; i < s * r; i++)
+        w[i] = 0;
+    if (!cholesky) {
+        for (int64_t i = 0; i < r * s; i++)
+            x[i] = 0;
+        for (int64_t i = 0; i < s; i++)
+            perm[i] = i;
+    }
+    const R scale = d_max > a_norm ? d_max : a_norm;
+    *rcond = (double)(d_min / scale);
+    return 0;
+}
+
 /* Box-level counterpart of dense_box: the same outputs, status codes and rcond measure. */
 static int FN(inline_box)(T *F, int64_t f, int64_t s, int cholesky, T *factor, T *x, T *w, int64_t *perm,
                           int64_t *piv, T *work, R a_norm, double *rcond)
 {
     const int64_t r = f - s;
+    if (FN(decoupled)(F, f, s, cholesky))
+        return FN(decoupled_box)(F, f, s, cholesky, factor, x, w, perm, a_norm, rcond);
     R norm_s = 0; /* ||G_SS||_1: column sums of G = row sums of S */
     for (int64_t j = 0; j < s; j++) {
         const R sum = FN(sum_abs)(F + j * f, s);
