@@ -1,9 +1,11 @@
 """The native one-pass detection + stencil assembly against the general NumPy path.
 
-``grid_stencil`` / ``detect_grid`` take the native pass for a full or masked grid with one
-unknown per pixel and a 3x3 stencil (for a masked grid it also checks the embedding); for
-every other matrix it must step aside.  Either way the answer
-(grid, order, stencil name, every stencil value) must be the general path's.
+``grid_stencil`` / ``detect_grid`` read a full or masked grid with one unknown per pixel
+and a 3x3 stencil in the native pass alone; for the other layouts (several unknowns per
+pixel in either numbering, 5x5 stencils on 2x2 cells, masked grids with components) the
+general path finds the candidates and the native pass checks each and assembles its stencil.
+Either way the answer (grid, order, stencil name, every stencil value) must be the general
+NumPy path's, and matrices the pass cannot read take that path.
 """
 
 from __future__ import annotations
@@ -191,14 +193,107 @@ def test_masked_embeddings_are_checked(change):
     _assert_same(A, grid=(9, 8), pixels=pixels)
 
 
-def test_other_layouts_step_aside():
-    """Several unknowns per pixel, 5x5 stencils, other value types: the general path finds
-    them (the native pass never claims them)."""
+def test_other_layouts_agree_with_the_general_path():
+    """Several unknowns per pixel, 5x5 stencils, value types the pass does not read."""
     rng = np.random.default_rng(1)
     A = stencil_matrix(12, 10, rng, "spd", np.float64)
     _assert_same(sp.kron(A, np.array([[2.0, 1.0], [1.0, 2.0]]), format="csr"))
     _assert_same((A @ A).tocsr())
     _assert_same(A.astype(np.int64))
+
+
+def _block_matrix(H, W, k, numbering, rng, dtype, order, nine):
+    """A random operator with ``k`` unknowns per pixel coupled over the 3x3 neighbourhood,
+    numbered pixel- or component-major."""
+    kind = "complex" if np.dtype(dtype).kind == "c" else "nonsym"
+    A = stencil_matrix(H, W, rng, kind, dtype, order=order, nine_point=nine).tocoo()
+    blocks = rng.standard_normal((A.nnz, k, k)) + (1 if k == 1 else 0)
+    a, b = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+    rows = (A.row[:, None, None] * k + a).reshape(-1)
+    cols = (A.col[:, None, None] * k + b).reshape(-1)
+    vals = (A.data[:, None, None] * blocks).reshape(-1).astype(dtype)
+    if numbering == "component":
+        m = H * W
+        rows, cols = (rows % k) * m + rows // k, (cols % k) * m + cols // k
+    return sp.csr_array((vals, (rows, cols)), shape=(H * W * k, H * W * k))
+
+
+@settings(max_examples=60, deadline=None)
+@given(H=st.integers(1, 9), W=st.integers(1, 9), k=st.integers(2, 4),
+       numbering=st.sampled_from(["pixel", "component"]), hint=st.sampled_from([None, "components", "grid"]),
+       **LAYOUTS)  # fmt: skip
+def test_block_stencils_agree_with_the_general_path(H, W, k, numbering, hint, dtype, order, fmt, index, nine, seed):
+    """Several unknowns per pixel, found or given, either numbering: the native pass checks
+    each candidate and assembles the stencil exactly as the NumPy path does."""
+    rng = np.random.default_rng(seed)
+    A = _block_matrix(H, W, k, numbering, rng, dtype, order, nine).asformat(fmt)
+    A.indices = A.indices.astype(index)
+    A.indptr = A.indptr.astype(index)
+    hints = {"order": order} if order == "F" else {}
+    if hint == "components":
+        hints.update(components=k, numbering=numbering)
+    elif hint == "grid":
+        hints.update(grid=(H, W), components=k, numbering=numbering, order=order)
+    _assert_same(A, **hints)
+
+
+@settings(max_examples=60, deadline=None)
+@given(H=st.integers(1, 13), W=st.integers(1, 13), square=st.booleans(), hint=st.booleans(), **LAYOUTS)
+def test_five_by_five_stencils_agree_with_the_general_path(H, W, square, hint, dtype, order, fmt, index, nine, seed):
+    """Radius 2 on 2x2 cells, odd sides included: 13-point (the square of a 5-point
+    operator) or 25-point (of a 9-point one), and a random 5x5 pattern."""
+    rng = np.random.default_rng(seed)
+    kind = "complex" if np.dtype(dtype).kind == "c" else "nonsym"
+    A = stencil_matrix(H, W, rng, kind, dtype, order=order, nine_point=nine)
+    if square:
+        A = sp.csr_array(A @ A)
+    else:  # couplings up to 2 pixels away in each direction, some of them only
+        B = sp.csr_array(A @ A).tocoo()
+        keep = rng.random(B.nnz) < 0.7
+        keep |= B.row == B.col
+        A = sp.csr_array((B.data[keep], (B.row[keep], B.col[keep])), shape=B.shape)
+    A = A.asformat(fmt)
+    A.indices = A.indices.astype(index)
+    A.indptr = A.indptr.astype(index)
+    hints = {"order": order, "radius": 2} | ({"grid": (H, W)} if hint else {})
+    _assert_same(A, **hints)
+    if not hint and order == "C":
+        _assert_same(A)
+
+
+@settings(max_examples=40, deadline=None)
+@given(H=st.integers(1, 9), W=st.integers(1, 9), k=st.integers(2, 3), numbering=st.sampled_from(["pixel", "component"]),
+       fill=st.floats(0.3, 1.0), **LAYOUTS)  # fmt: skip
+def test_masked_block_stencils_agree_with_the_general_path(H, W, k, numbering, fill, dtype, order, fmt, index, nine,
+                                                           seed):  # fmt: skip
+    """A masked grid with several unknowns per pixel, its mask and components given."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random((H, W)) < fill
+    mask.flat[int(rng.integers(H * W))] = True
+    A = _block_matrix(H, W, k, "pixel", rng, dtype, order, nine)
+    pixels = np.flatnonzero(mask.ravel(order=order))
+    unknowns = (pixels[:, None] * k + np.arange(k)).reshape(-1)
+    if numbering == "component":
+        unknowns = unknowns.reshape(-1, k).T.reshape(-1)
+    A = sp.csr_array(A)[unknowns][:, unknowns].asformat(fmt)
+    A.indices = A.indices.astype(index)
+    A.indptr = A.indptr.astype(index)
+    _assert_same(A, mask=mask, order=order, components=k, numbering=numbering)
+
+
+def test_layouts_that_do_not_fit_are_refused_in_the_pass():
+    """A coupling three pixels away on the 2x2 cells' grid (inside their 3x3 neighbourhood,
+    outside a 5x5 stencil), and a component coupled to a pixel two away: refused as the
+    general path refuses them."""
+    rng = np.random.default_rng(5)
+    A = sp.csr_array(stencil_matrix(8, 8, rng, "spd", np.float64) @ stencil_matrix(8, 8, rng, "spd", np.float64))
+    far = A.tolil()
+    far[0, 3 * 8] = far[3 * 8, 0] = 0.5  # three rows down: same column of cells, next cell
+    _assert_same(sp.csr_array(far), grid=(8, 8), radius=2)
+    B = _block_matrix(6, 7, 2, "pixel", rng, np.float64, "C", True).tolil()
+    B[0, 2 * 2] = 0.25  # pixel 0 to pixel 2
+    _assert_same(sp.csr_array(B), grid=(6, 7), components=2)
+    _assert_same(sp.csr_array(B), components=2)
 
 
 def test_out_of_range_index_is_an_error():

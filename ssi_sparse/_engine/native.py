@@ -99,7 +99,7 @@ def _library():
             fn = getattr(lib, f"ssi_reach_{index}_{suffix}")
             fn.argtypes, fn.restype = [_i64, _p, _p, _p, _p], _i64
             fn = getattr(lib, f"ssi_stencil_{index}_{suffix}")
-            fn.argtypes = [_i64, _p, _p, _p, _p, _i64, _i64, ctypes.c_int32, _p, _p, _p]
+            fn.argtypes = [_i64, _p, _p, _p, _p, _i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32, _p, _p, _p]
             fn.restype = _i64
             fn = getattr(lib, f"ssi_mask_runs_{index}_{suffix}")
             fn.argtypes, fn.restype = [_i64, _p, _p, _p, _i64, _p, _p, _p, _p], _i64
@@ -455,21 +455,25 @@ def grid_reach(A):
     return int(reach), int(line.value)
 
 
-def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None):
-    """``(V, nine_point)`` of ``A`` on a row-major grid of ``width`` columns (one unknown per
-    pixel, 3x3 stencil; ``V`` of shape (nodes, 9) in the matrix's precision), or None when a
-    nonzero entry is not a 3x3 neighbour there (or the pass cannot read ``A``).
+def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None, components: int = 1, cells: bool = False):
+    """``(V, wide)`` of ``A`` on a row-major grid of ``width`` pixels with ``components``
+    nodes each and a 3x3 stencil (``V`` of shape (nodes * components, 9) in the matrix's
+    precision, see :mod:`ssi_sparse._structure.stencil`), or None when a nonzero entry is
+    not a 3x3 neighbour there (or the pass cannot read ``A``).
 
-    ``nodes`` (int64, one per unknown) places the unknowns of a masked grid of ``n_nodes``
-    nodes; None when they are not distinct nodes of that grid.  Without it unknown ``i`` is
-    node ``i``.
+    ``nodes`` (int64, one per unknown) places the unknowns on the ``n_nodes`` nodes (a
+    masked grid, another numbering of the components, 2x2 cells); None when they are not
+    distinct nodes.  Without it unknown ``i`` is node ``i``.  ``cells``: the pixels are the
+    2x2 cells of a 5x5 stencil's grid (4 nodes each), whose couplings must stay within 2
+    pixels on that grid.  ``wide``: some coupling is diagonal (3x3: a 9-point stencil) or
+    outside the 13-point star (cells: a 25-point stencil).
     """
     parts = _csr_parts(A)
     if parts is None:
         return None
     suffix, n, indptr, indices, data = parts
     acc = np.complex128 if np.iscomplexobj(data) else np.float64
-    diagonal = ctypes.c_int32(0)
+    wide = ctypes.c_int32(0)
     csc = int(A.format == "csc")
     ptrs = (indptr.ctypes.data, indices.ctypes.data, data.ctypes.data)
     seen = None
@@ -480,15 +484,15 @@ def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None):
         if nodes.shape != (n,):
             return None
         seen = np.zeros(n_nodes, dtype=np.uint8)
-    V = pages.zeros((n_nodes, 9), acc)
+    V = pages.zeros((n_nodes * components, 9), acc)
     status = getattr(_library(), f"ssi_stencil_{suffix}")(
-        n, *ptrs, None if nodes is None else nodes.ctypes.data, int(n_nodes), int(width), csc, V.ctypes.data,
-        None if seen is None else seen.ctypes.data, ctypes.byref(diagonal))  # fmt: skip
+        n, *ptrs, None if nodes is None else nodes.ctypes.data, int(n_nodes), int(width), int(components),
+        int(bool(cells)), csc, V.ctypes.data, None if seen is None else seen.ctypes.data, ctypes.byref(wide))
     if status == -2:
         raise ValueError("sparse matrix has an index out of range")
     if status != 0:
         return None
-    return V.astype(np.result_type(data.dtype, np.float32), copy=False), bool(diagonal.value)
+    return V.astype(np.result_type(data.dtype, np.float32), copy=False), bool(wide.value)
 
 
 def mask_runs_and_edges(A, max_degree: int):

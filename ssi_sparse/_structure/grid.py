@@ -22,7 +22,7 @@ rows of nodes that are not unknowns are zero.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -493,12 +493,18 @@ def _detect_entries(A, hints, reach=None):
     rows, cols, vals = _coo_parts(A)
     rows = rows.astype(np.int64, copy=False)
     cols = cols.astype(np.int64, copy=False)
+    # every full-grid layout (one native pass each) before any masked embedding is searched
+    # for (many passes): a matrix with two unknowns per pixel is not made to wait for that
     failure = None
-    for k, numbering, radius in kinds:
-        try:
-            return _detect_kind(A, rows, cols, vals, n, hints, k, numbering, radius, probe)
-        except NotGridStructuredError as exc:
-            failure = failure or exc  # the plainest kind's reason is the clearest
+    searches = (False, True) if hints.grid is None and hints.pixels is None else (False,)
+    for masked in searches:
+        for k, numbering, radius in kinds:
+            if masked and not _masked_possible(hints, k, radius):
+                continue
+            try:
+                return _detect_kind(A, rows, cols, vals, n, hints, k, numbering, radius, probe, masked)
+            except NotGridStructuredError as exc:
+                failure = failure or exc  # the plainest kind's reason is the clearest
     raise failure
 
 
@@ -531,19 +537,27 @@ def _could_be_wide_pixel_major(rows, cols, m, k, radius):
                for dc in range(-radius, radius + 1) if (r - dc) % dr == 0 and (w := (r - dc) // dr) >= 2)
 
 
-def _detect_kind(A, rows, cols, vals, n, hints, k, numbering, radius, probe=None):
+def _masked_possible(hints, k, radius) -> bool:
+    """Whether detection searches masked embeddings for this kind (3x3 stencils, one unknown
+    per pixel, or several when the caller says how many)."""
+    return radius == 1 and (k == 1 or bool(hints.components))
+
+
+def _detect_kind(A, rows, cols, vals, n, hints, k, numbering, radius, probe=None, masked=False):
     """Detection for one kind of layout: raise NotGridStructuredError if it does not fit.
 
     ``probe``: a sample of the couplings; a candidate grid they do not fit is not tried on
-    every entry."""
+    every entry.  ``masked``: search a masked embedding (after the full grids of every kind
+    failed) instead of the full grids."""
     m = n // k
-    masked_possible = radius == 1 and (k == 1 or hints.components)  # (any width)
+    masked_possible = _masked_possible(hints, k, radius)  # (any width)
     if hints.grid is None and hints.pixels is None and numbering == "pixel" and not masked_possible and not (
         _could_be_wide_pixel_major(rows, cols, m, k, radius)
     ):
         raise NotGridStructuredError(
             f"A is not a stencil operator with {k} unknowns per pixel (pixel-major) on any grid")
     pr, pc = _pixel_couplings(rows, cols, n, k, numbering)
+    coo = (rows, cols, vals, pr, pc)
     probe = None if probe is None else _pixel_couplings(*probe, n, k, numbering)
     what = "a 3x3-stencil" if radius == 1 else "a 5x5-stencil"
     if k > 1:
@@ -551,45 +565,40 @@ def _detect_kind(A, rows, cols, vals, n, hints, k, numbering, radius, probe=None
     if hints.pixels is not None:
         order = hints.order or "C"
         h, w = (int(v) for v in hints.grid)
-        eh, ew = (h, w) if order == "C" else (w, h)  # a column-major number is row-major on W x H
-        if not embedding_fits(pr, pc, eh, ew, hints.pixels, radius):
+        found = _layout(A, GridSpec((h, w), order, pixels=hints.pixels, components=k, numbering=numbering,
+                                    radius=radius), coo)  # fmt: skip
+        if found is None:
             raise NotGridStructuredError(
                 f"the pixels given are not distinct pixels of the {h}x{w} grid with every "
                 f"coupling of A between {'3x3' if radius == 1 else '5x5'} neighbours (order={order!r})"
             )
-        return _finish((h, w), order, hints.pixels, k, numbering, radius, rows, cols, vals, pr, pc)
+        return found
     if hints.grid is not None:
         h, w = (int(v) for v in hints.grid)
         order = hints.order or "C"
-        if _fits(pr, pc, w if order == "C" else h, radius) is None:
+        found = _layout(A, GridSpec((h, w), order, components=k, numbering=numbering, radius=radius), coo)
+        if found is None:
             raise NotGridStructuredError(
                 f"A is not {what} operator on the {h}x{w} grid (order={order!r})"
             )
-        return _finish((h, w), order, None, k, numbering, radius, rows, cols, vals, pr, pc)
-    for width in _candidate_widths(pr, pc, m, radius):
+        return found
+    for width in [] if masked else _candidate_widths(pr, pc, m, radius):
         if probe is not None and _fits(*probe, width, radius) is None:
-            continue
-        fit = _fits(pr, pc, width, radius)
-        if fit is None:
             continue
         # column-major numbering of H x W is row-major W x H: report the user's order
         shape = (m // width, width) if hints.order != "F" else (width, m // width)
-        order = hints.order or "C"
-        if k == 1 and radius == 1:  # the common case: the offsets are at hand
-            dr, dc = fit
-            spec = GridSpec(shape, order, _stencil_name(dr, dc, 1))
-            return spec, _bincount_stencil(rows * 9 + (dr + 1) * 3 + (dc + 1), vals, m)
-        return _finish(shape, order, None, k, numbering, radius, rows, cols, vals, pr, pc)
-    if masked_possible:
+        found = _layout(A, GridSpec(shape, hints.order or "C", components=k, numbering=numbering, radius=radius),
+                        coo)  # fmt: skip
+        if found is not None:
+            return found
+    if masked and masked_possible:
         # masked grids (3x3, found for one unknown per pixel; several when the caller says)
         found = find_embedding(*_unique_pairs(pr, pc, m, k), m, A if k == 1 else None)
         if found is not None:
             h, w, pixels = found
-            checked = _masked_native(A, GridSpec((h, w), "C", pixels=pixels)) if k == 1 else None
-            if checked is not None:
-                return checked
-            if embedding_fits(pr, pc, *found):
-                return _finish((h, w), "C", pixels, k, numbering, 1, rows, cols, vals, pr, pc)
+            found = _layout(A, GridSpec((h, w), "C", pixels=pixels, components=k, numbering=numbering), coo)
+            if found is not None:
+                return found
     raise NotGridStructuredError(
         f"A is not {what} operator on any grid, nor on a masked grid found from its pattern "
         f"that its unknowns cover at least {MASK_MIN_COVERAGE:.0%} of (pass grid= with "
@@ -608,24 +617,49 @@ def _masked_native(A, spec):
     """``(GridSpec, V)`` of a masked grid with one unknown per pixel and a 3x3 stencil by the
     native one-pass kernel, which also checks the embedding (distinct pixels, every coupling
     between neighbours); None when it does not fit or the pass cannot read ``A``."""
+    found = _native_layout(A, spec)
+    return None if found is NotImplemented else found
+
+
+def _native_layout(A, spec):
+    """``(GridSpec, V)`` of ``A`` on the layout ``spec`` (its stencil named by what the pass
+    met) in one native pass over the entries, which checks the layout too (distinct nodes,
+    every coupling between stencil neighbours); None when it does not fit, NotImplemented
+    where the pass cannot read ``A``."""
     if not native.reads(A):
-        return None
-    h, w = spec.engine_shape
-    fit = native.grid_stencil_pass(A, w, spec.nodes, h * w)
+        return NotImplemented
+    h, w, k = spec.engine_dims
+    fit = native.grid_stencil_pass(A, w, spec.nodes, h * w * k, k, spec.radius == 2)
     if fit is None:
         return None
-    V, nine_point = fit
-    return GridSpec(spec.shape, spec.order, "9-point" if nine_point else "5-point", spec.pixels), V
+    V, wide = fit
+    names = ("5-point", "9-point") if spec.radius == 1 else ("13-point", "25-point")
+    return replace(spec, stencil=names[wide]), V
 
 
-def _finish(shape, order, pixels, k, numbering, radius, rows, cols, vals, pr, pc):
-    """``(GridSpec, V)`` of a layout that fits."""
-    width = shape[1] if order == "C" else shape[0]
-    a, b = (pr, pc) if pixels is None else (pixels[pr], pixels[pc])
-    ra, rb = _grid_row(a, width), _grid_row(b, width)
-    dr, dc = rb - ra, (b - rb * width) - (a - ra * width)
-    spec = GridSpec(tuple(shape), order, _stencil_name(dr, dc, radius), pixels, k, numbering, radius)
-    flat = spec.entry_slots(rows, cols)
+def _layout(A, spec, coo):
+    """``(GridSpec, V)`` of ``A`` on the layout ``spec`` (any stencil name), or None when some
+    coupling is not a stencil neighbour there or two unknowns share a node.  ``coo``: the
+    entries ``(rows, cols, vals)`` and the pixels ``(pr, pc)`` they join, for the NumPy path
+    (matrices the native pass cannot read)."""
+    found = _native_layout(A, spec)
+    if found is not NotImplemented:
+        return found
+    rows, cols, vals, pr, pc = coo
+    width = spec.shape[1] if spec.order == "C" else spec.shape[0]
+    if spec.pixels is not None:
+        if not embedding_fits(pr, pc, spec.n_pixels // width, width, spec.pixels, spec.radius):
+            return None
+        pr, pc = spec.pixels[pr], spec.pixels[pc]
+    fit = _fits(pr, pc, width, spec.radius)
+    if fit is None:
+        return None
+    spec = replace(spec, stencil=_stencil_name(*fit, spec.radius))
+    if spec.engine_components == 1:  # the common case: the slots from the offsets at hand
+        dr, dc = fit
+        flat = pr * 9 + (dr + 1) * 3 + (dc + 1)
+    else:
+        flat = spec.entry_slots(rows, cols)
     if np.any(flat < 0):  # a planning bug, never user input: the layout was checked
         raise AssertionError("a checked coupling is not a stencil neighbour")
     return spec, _bincount_stencil(flat, vals, spec.n_nodes * spec.engine_components)
@@ -729,11 +763,9 @@ class StencilPattern:
 
     def stencil(self, A):
         """Stencil array of ``A`` (same pattern), or None if an off-stencil entry is nonzero."""
-        spec = self.spec
-        if spec.engine_components == 1 and spec.radius == 1 and native.reads(A):
-            h, w = spec.engine_shape  # one native pass, none over self.flat
-            fit = native.grid_stencil_pass(A, w, spec.nodes, h * w)
-            return None if fit is None else fit[0]
+        found = _native_layout(A, self.spec)  # one native pass, none over self.flat
+        if found is not NotImplemented:
+            return None if found is None else found[1]
         data = A.data
         off = self.flat < 0
         if off.any() and np.any(data[off] != 0):

@@ -47,38 +47,48 @@ enum { FIT = 0, OFF_STENCIL = -1, OUT_OF_RANGE = -2, BAD_NODES = -3 };
         return reach;                                                                           \
     }                                                                                           \
                                                                                                 \
-    /* V (n_nodes, 9) zeroed by the caller: FIT, OFF_STENCIL, OUT_OF_RANGE (an index of A) or \
-     * BAD_NODES.  Unknown i is node i of a row-major grid of the given width, or node[i] of a \
-     * masked grid (node not NULL; seen: n_nodes zeroed bytes), whose embedding is checked:   \
-     * nodes in range and distinct (every coupling between 3x3 neighbours, as for all).  `csc`: \
-     * the outer index is the column.  *diagonal set when some coupling is diagonal (a 9-point \
-     * stencil). */                                                                             \
+    /* V (n_nodes * k, 9) zeroed by the caller: FIT, OFF_STENCIL, OUT_OF_RANGE (an index of  \
+     * A) or BAD_NODES.  The grid is row-major, `width` pixels wide, k nodes per pixel (node  \
+     * q is pixel q / k); unknown i is node i, or node[i] (node not NULL; seen: n_nodes zeroed \
+     * bytes), whose embedding is checked: nodes in range and distinct (every coupling between \
+     * 3x3 neighbours, as for all).  Coupling (row node qr, column node qc) lands in row       \
+     * qr * k + qc % k, slot (dr + 1) * 3 + (dc + 1).  `cells`: the pixels are 2x2 cells of a \
+     * 5x5 stencil's grid (k = 4, node component 2 * (row % 2) + col % 2), whose offsets must \
+     * stay within 2.  `csc`: the outer index is the column.  *wide set when some coupling is \
+     * diagonal (3x3: a 9-point stencil) or beyond the 13-point star (cells: 25-point). */    \
     EXPORT int64_t ssi_stencil_##NAME(int64_t n, const I *indptr, const I *indices,             \
                                       const T *data, const int64_t *node, int64_t n_nodes,      \
-                                      int64_t width, int32_t csc, A *V, uint8_t *seen,          \
-                                      int32_t *diagonal) {                                      \
+                                      int64_t width, int64_t k, int32_t cells, int32_t csc,     \
+                                      A *V, uint8_t *seen, int32_t *wide) {                     \
         for (int64_t i = 0; node && i < n; ++i) {                                               \
             int64_t q = node[i];                                                                \
             if (q < 0 || q >= n_nodes || seen[q]) return BAD_NODES;                             \
             seen[q] = 1;                                                                        \
         }                                                                                       \
-        int32_t diag = 0;                                                                       \
+        int32_t far = 0;                                                                        \
         for (int64_t o = 0; o < n; ++o) {                                                       \
-            int64_t qo = node ? node[o] : o, ro = qo / width, co = qo - ro * width;             \
+            int64_t qo = node ? node[o] : o, po = qo / k, ro = po / width, co = po - ro * width;  \
             for (int64_t e = indptr[o]; e < indptr[o + 1]; ++e) {                               \
                 if (data[e] == 0) continue;                                                     \
                 int64_t j = (int64_t)indices[e];                                                \
                 if (j < 0 || j >= n) return OUT_OF_RANGE;                                       \
-                int64_t qj = node ? node[j] : j, rj = qj / width, cj = qj - rj * width;         \
+                int64_t qj = node ? node[j] : j, pj = qj / k, rj = pj / width, cj = pj - rj * width;  \
                 /* offset of the column's pixel from the row's */                               \
                 int64_t dr = csc ? ro - rj : rj - ro, dc = csc ? co - cj : cj - co;              \
                 if (dr < -1 || dr > 1 || dc < -1 || dc > 1) return OFF_STENCIL;                 \
-                diag |= (dr != 0) & (dc != 0);                                                  \
-                int64_t row = csc ? qj : qo;                                                    \
-                V[row * 9 + (dr + 1) * 3 + (dc + 1)] += (A)data[e];                             \
+                int64_t qr = csc ? qj : qo, qc = csc ? qo : qj;                                 \
+                if (cells) { /* the offset on the 5x5 stencil's own grid */                    \
+                    int64_t ar = (qr & 3) >> 1, ac = qr & 1, br = (qc & 3) >> 1, bc = qc & 1;   \
+                    int64_t er = 2 * dr + br - ar, ec = 2 * dc + bc - ac;                       \
+                    if (er < -2 || er > 2 || ec < -2 || ec > 2) return OFF_STENCIL;             \
+                    far |= (er < 0 ? -er : er) + (ec < 0 ? -ec : ec) > 2;                       \
+                } else {                                                                        \
+                    far |= (dr != 0) & (dc != 0);                                               \
+                }                                                                               \
+                V[(qr * k + qc % k) * 9 + (dr + 1) * 3 + (dc + 1)] += (A)data[e];               \
             }                                                                                   \
         }                                                                                       \
-        *diagonal = diag;                                                                       \
+        *wide = far;                                                                            \
         return FIT;                                                                             \
     }
 
