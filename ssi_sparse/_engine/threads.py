@@ -7,6 +7,7 @@ run only where the engine's are idle (see :mod:`ssi_sparse._engine.walks`).
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,7 +22,13 @@ def num_threads() -> int:
     if _THREAD_BUDGET is not None:
         return _THREAD_BUDGET
     env = os.environ.get("SSI_SPARSE_NUM_THREADS")
-    return max(1, int(env)) if env else (os.cpu_count() or 1)
+    return max(1, int(env)) if env else _cpu_count()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_count() -> int:
+    # asked per class and per sweep: os.cpu_count reads sysfs each time (~10 us)
+    return os.cpu_count() or 1
 
 
 class thread_budget:
