@@ -323,6 +323,30 @@ def test_batch_refactorize_reuses_the_pattern_and_checks_it():
         ssi_sparse.factorize_batch([])
 
 
+def test_batch_of_mixed_dtypes_and_patterns():
+    """Systems of several dtypes factor in their common one (integers as float64, as a single
+    factorization takes them); a system whose pattern differs from the first is detected on
+    its own; anything but a sparse matrix is refused."""
+    from ssi_sparse.problems import diffusion_2d
+
+    rng = np.random.default_rng(11)
+    A = sp.csr_array(diffusion_2d(9, 7, rng.uniform(0.5, 2.0, (9, 7))))
+    B = sp.csr_array(A, dtype=np.float32)
+    C = A.tolil()
+    C[0, 1] = C[1, 0] = 0.0  # a coupling dropped: another pattern on the same grid
+    C = sp.csr_array(C)
+    C.eliminate_zeros()
+    ints = sp.csr_array(diffusion_2d(9, 7) * 4).astype(np.int64)
+    lu = ssi_sparse.factorize_batch([B, A, C, ints])
+    assert lu.dtype == np.float64
+    b = rng.standard_normal((4, 63))
+    for M, xt, bt in zip([B, A, C, ints], lu.solve(b), b):
+        assert rel_residual(M.astype(np.float64), xt, bt) <= 1e-12
+    assert ssi_sparse.factorize_batch([sp.csr_array(diffusion_2d(9, 7)).astype(np.int8)] * 2).dtype == np.float64
+    with pytest.raises(TypeError, match="system 1 is a ndarray"):
+        ssi_sparse.factorize_batch([A, A.toarray()])
+
+
 def test_batch_with_a_singular_system_raises():
     from ssi_sparse.problems import diffusion_2d
 

@@ -48,13 +48,16 @@ def batch_stencils(matrices, spec=None, pattern=None, hints=None):
         matrices = list(matrices)
         if not matrices:
             raise ValueError("a batch needs at least one system")
-        rows = []
+        for i, A in enumerate(matrices):
+            if not (sp.issparse(A) or is_cupy_array(A)):
+                raise TypeError(f"system {i} is a {type(A).__name__}, not a SciPy sparse matrix")
+        dtype = np.result_type(*[_engine_dtype(A.dtype) for A in matrices])
+        out = None  # every system's rows, filled in place where the native pass can
         for i, A in enumerate(matrices):
             if is_cupy_array(A):
                 A = A.get()
-            if not sp.issparse(A):
-                raise TypeError(f"system {i} is a {type(A).__name__}, not a SciPy sparse matrix")
-            V = pattern.stencil(A) if pattern is not None and pattern.matches(A) else None
+            mine = None if out is None else out[i * n_rows : (i + 1) * n_rows]
+            V = pattern.stencil(A, mine) if pattern is not None and pattern.matches(A) else None
             if V is None:
                 if spec is None:
                     found, V = grid_stencil(A, **(hints or {}))
@@ -67,7 +70,13 @@ def batch_stencils(matrices, spec=None, pattern=None, hints=None):
                 spec = spec or found
                 if pattern is None and A.format in ("csr", "csc"):
                     pattern = StencilPattern(A, spec)
-            rows.append(V)
+            if out is None:
+                n_rows = V.shape[0]
+                out = pages.empty((len(matrices) * n_rows, *V.shape[1:]), dtype)
+                mine = out[:n_rows]
+            if V is not mine:
+                mine[...] = V
+        return spec, pattern, out
     dtype = np.result_type(*[_engine_dtype(V.dtype) for V in rows])
     out = pages.empty((sum(V.shape[0] for V in rows), *rows[0].shape[1:]), dtype)
     return spec, pattern, np.concatenate(rows, axis=0, out=out, casting="same_kind")

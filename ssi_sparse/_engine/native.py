@@ -455,7 +455,8 @@ def grid_reach(A):
     return int(reach), int(line.value)
 
 
-def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None, components: int = 1, cells: bool = False):
+def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None, components: int = 1, cells: bool = False,
+                      out=None):
     """``(V, wide)`` of ``A`` on a row-major grid of ``width`` pixels with ``components``
     nodes each and a 3x3 stencil (``V`` of shape (nodes * components, 9) in the matrix's
     precision, see :mod:`ssi_sparse._structure.stencil`), or None when a nonzero entry is
@@ -466,7 +467,9 @@ def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None, components: int =
     distinct nodes.  Without it unknown ``i`` is node ``i``.  ``cells``: the pixels are the
     2x2 cells of a 5x5 stencil's grid (4 nodes each), whose couplings must stay within 2
     pixels on that grid.  ``wide``: some coupling is diagonal (3x3: a 9-point stencil) or
-    outside the 13-point star (cells: a 25-point stencil).
+    outside the 13-point star (cells: a 25-point stencil).  ``out``: a C-contiguous array of
+    ``V``'s shape to fill (a batch's share of its stencil rows), used when its dtype is the
+    pass's accumulator (float64 or complex128) and returned as ``V``.
     """
     parts = _csr_parts(A)
     if parts is None:
@@ -484,7 +487,11 @@ def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None, components: int =
         if nodes.shape != (n,):
             return None
         seen = np.zeros(n_nodes, dtype=np.uint8)
-    V = pages.zeros((n_nodes * components, 9), acc)
+    shape = (n_nodes * components, 9)
+    direct = out is not None and out.shape == shape and out.dtype == acc and out.flags.c_contiguous
+    if direct:
+        out.fill(0)
+    V = out if direct else pages.zeros(shape, acc)
     status = getattr(_library(), f"ssi_stencil_{suffix}")(
         n, *ptrs, None if nodes is None else nodes.ctypes.data, int(n_nodes), int(width), int(components),
         int(bool(cells)), csc, V.ctypes.data, None if seen is None else seen.ctypes.data, ctypes.byref(wide))

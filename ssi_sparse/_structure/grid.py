@@ -621,15 +621,15 @@ def _masked_native(A, spec):
     return None if found is NotImplemented else found
 
 
-def _native_layout(A, spec):
+def _native_layout(A, spec, out=None):
     """``(GridSpec, V)`` of ``A`` on the layout ``spec`` (its stencil named by what the pass
     met) in one native pass over the entries, which checks the layout too (distinct nodes,
     every coupling between stencil neighbours); None when it does not fit, NotImplemented
-    where the pass cannot read ``A``."""
+    where the pass cannot read ``A``.  ``out``: see :func:`native.grid_stencil_pass`."""
     if not native.reads(A):
         return NotImplemented
     h, w, k = spec.engine_dims
-    fit = native.grid_stencil_pass(A, w, spec.nodes, h * w * k, k, spec.radius == 2)
+    fit = native.grid_stencil_pass(A, w, spec.nodes, h * w * k, k, spec.radius == 2, out)
     if fit is None:
         return None
     V, wide = fit
@@ -761,9 +761,11 @@ class StencilPattern:
             and np.array_equal(A.indices, self.indices)
         )
 
-    def stencil(self, A):
-        """Stencil array of ``A`` (same pattern), or None if an off-stencil entry is nonzero."""
-        found = _native_layout(A, self.spec)  # one native pass, none over self.flat
+    def stencil(self, A, out=None):
+        """Stencil array of ``A`` (same pattern), or None if an off-stencil entry is nonzero.
+        ``out``: an array of its shape that the native pass may fill and return instead of
+        a new one (when its dtype is the pass's accumulator)."""
+        found = _native_layout(A, self.spec, out)  # one native pass, none over self.flat
         if found is not NotImplemented:
             return None if found is None else found[1]
         data = A.data
