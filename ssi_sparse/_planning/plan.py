@@ -734,8 +734,9 @@ def _batch_plan(plan: Plan, B: int) -> Plan:
             new = BoxClass(c.n_elim, c.n_boundary, repeat(c.eliminated, shift_nodes))
             if c.closed_nodes is not None:
                 rows = repeat(c.closed_nodes, shift_rows)
-                zero = np.repeat(c.closed_nodes == n_rows, B, axis=0)
-                new.closed_nodes = np.where(zero, B * n_rows, rows)  # the one zero row, last
+                zero = (c.closed_nodes == n_rows)[:, None, :]  # (broadcast over the systems)
+                np.copyto(rows.reshape(c.n_boxes, B, -1), B * n_rows, where=zero)  # the one zero row, last
+                new.closed_nodes = rows
                 new.leaf_template = c.leaf_template
             new.children = tuple(
                 ChildLink(link.cls, slice(link.rows.start * B, link.rows.stop * B), link.runs,
