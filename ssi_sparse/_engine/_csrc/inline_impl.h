@@ -163,8 +163,10 @@ static int FN(inline_lu)(T *G, int64_t f, int64_t s, int64_t *piv, R *row_scale)
 }
 
 /* y := op(A)^-1 y for the factored s x s block (column-major, ld s): Cholesky A = L L^H
- * (either op: A is Hermitian), LU A = P L U (op 'N' or 'H', the conjugate transpose). */
-static void FN(inline_solve)(const T *M, int64_t s, int cholesky, const int64_t *piv, int conj_trans, T *y)
+ * (either op: A is Hermitian), LU A = P L U (op 'N' or 'H', the conjugate transpose).
+ * inv_d: the reciprocals of M's diagonal (L's or U's): a solve multiplies, no division waits. */
+static void FN(inline_solve)(const T *M, const T *inv_d, int64_t s, int cholesky, const int64_t *piv, int conj_trans,
+                             T *y)
 {
     if (!cholesky && !conj_trans)
         for (int64_t k = 0; k < s; k++) { /* P^T */
@@ -177,7 +179,7 @@ static void FN(inline_solve)(const T *M, int64_t s, int cholesky, const int64_t 
         for (int64_t c = 0; c < s; c++) {
             const T *mc = M + c * s;
             if (cholesky)
-                y[c] /= mc[c];
+                y[c] *= inv_d[c];
             FN(update1)(y, mc, y[c], c + 1, s);
         }
         for (int64_t c = s - 1; c >= 0; c--) {
@@ -186,9 +188,9 @@ static void FN(inline_solve)(const T *M, int64_t s, int cholesky, const int64_t 
                 T sum = y[c];
                 for (int64_t i = c + 1; i < s; i++)
                     sum -= CONJ(mc[i]) * y[i];
-                y[c] = sum / mc[c];
+                y[c] = sum * inv_d[c];
             } else {
-                y[c] /= mc[c];
+                y[c] *= inv_d[c];
                 FN(update1)(y, mc, y[c], 0, c);
             }
         }
@@ -200,7 +202,7 @@ static void FN(inline_solve)(const T *M, int64_t s, int cholesky, const int64_t 
         T sum = y[c];
         for (int64_t i = 0; i < c; i++)
             sum -= CONJ(mc[i]) * y[i];
-        y[c] = sum / CONJ(mc[c]);
+        y[c] = sum * CONJ(inv_d[c]);
     }
     for (int64_t c = s - 1; c >= 0; c--) {
         const T *mc = M + c * s;
@@ -233,23 +235,29 @@ static inline int64_t FN(arg_max_abs)(const T *v, int64_t n)
     return best;
 }
 
-/* v[i] := v[i] / |v[i]| (1 where v[i] = 0): the estimator's sign vector */
+/* v[i] := v[i] / |v[i]| (1 where v[i] = 0 or NaN): the estimator's sign vector */
 static inline void FN(signs)(T *v, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
+        if (sizeof(T) == sizeof(R)) { /* real: a comparison, no division */
+            v[i] = REAL_PART(v[i]) < 0 ? (T)-1 : (T)1;
+            continue;
+        }
         const R m = ABS(v[i]);
         v[i] = m > 0 ? v[i] / m : (T)1;
     }
 }
 
 /* Estimate of ||A^-1||_1 for the factored block (Hager's method with Higham's refinements,
- * as LAPACK's lacn2 behind gecon / pocon): a few solves with A and A^H.  work: 2 s entries. */
+ * as LAPACK's lacn2 behind gecon / pocon): a few solves with A and A^H.  work: 3 s entries. */
 static R FN(inline_inv_norm1)(const T *M, int64_t s, int cholesky, const int64_t *piv, T *work)
 {
-    T *x = work, *z = work + s;
+    T *x = work, *z = work + s, *inv_d = work + 2 * s;
+    for (int64_t c = 0; c < s; c++)
+        inv_d[c] = (T)1 / M[c * s + c];
     for (int64_t i = 0; i < s; i++)
         x[i] = (T)1 / (T)(R)s;
-    FN(inline_solve)(M, s, cholesky, piv, 0, x);
+    FN(inline_solve)(M, inv_d, s, cholesky, piv, 0, x);
     R est = FN(sum_abs)(x, s);
     if (s > 1 && est == est) {
         int64_t j_prev = -1;
@@ -257,7 +265,7 @@ static R FN(inline_inv_norm1)(const T *M, int64_t s, int cholesky, const int64_t
             for (int64_t i = 0; i < s; i++)
                 z[i] = x[i];
             FN(signs)(z, s);
-            FN(inline_solve)(M, s, cholesky, piv, 1, z);
+            FN(inline_solve)(M, inv_d, s, cholesky, piv, 1, z);
             const int64_t j = FN(arg_max_abs)(z, s);
             R zx = 0; /* Re z^H x: x is a local maximum when no |z_j| exceeds it */
             for (int64_t i = 0; i < s; i++)
@@ -267,7 +275,7 @@ static R FN(inline_inv_norm1)(const T *M, int64_t s, int cholesky, const int64_t
             j_prev = j;
             for (int64_t i = 0; i < s; i++)
                 x[i] = i == j ? (T)1 : (T)0;
-            FN(inline_solve)(M, s, cholesky, piv, 0, x);
+            FN(inline_solve)(M, inv_d, s, cholesky, piv, 0, x);
             const R next = FN(sum_abs)(x, s);
             if (!(next > est))
                 break;
@@ -276,7 +284,7 @@ static R FN(inline_inv_norm1)(const T *M, int64_t s, int cholesky, const int64_t
         /* Higham's alternating vector catches what the iteration can miss */
         for (int64_t i = 0; i < s; i++)
             x[i] = (T)((i % 2 ? -1 : 1) * (1 + (R)i / (R)(s - 1)));
-        FN(inline_solve)(M, s, cholesky, piv, 0, x);
+        FN(inline_solve)(M, inv_d, s, cholesky, piv, 0, x);
         const R alt = 2 * FN(sum_abs)(x, s) / (3 * (R)s);
         if (alt > est || alt != alt)
             est = alt;
