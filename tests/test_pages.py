@@ -52,6 +52,40 @@ def test_a_freed_buffer_is_reused_and_zeros_are_zeroed_again():
 
 
 @mapped
+def test_first_touch_tells_fresh_buffers_from_reused_ones():
+    a = pages.empty(LARGE, np.float64)
+    assert pages.first_touch(a) and pages.first_touch(a[10:].reshape(-1)[::3])
+    del a
+    b = pages.empty(LARGE, np.float64)
+    assert not pages.first_touch(b) and not pages.first_touch(b[1:])
+    assert pages.first_touch(np.empty(4))  # not mapped here: counts as fresh
+
+
+@mapped
+def test_reused_arenas_keep_their_pages(monkeypatch):
+    """A factorization's frontal arenas hand their unused tails back to the system only when
+    they are fresh memory; reused ones (the factorization before left them) keep them, so
+    the next factorization does not fault them in again."""
+    import scipy.sparse as sp
+    from ssi_sparse import factorize
+    from ssi_sparse._engine import walks
+
+    released = []
+    real = walks._release_tail
+    monkeypatch.setattr(walks, "_release_tail", lambda arena, keep: (released.append(keep), real(arena, keep)))
+    T = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(300, 300))
+    A = sp.csr_array(sp.kronsum(T, T))
+    lu = factorize(A)
+    assert released  # the first factorization's arenas are fresh: their tails go back
+    released.clear()
+    lu.refactorize(A)  # the old factor holds its blocks, not the arenas: those are reused
+    lu.refactorize(A)
+    assert not released
+    b = np.ones(A.shape[0])
+    assert np.linalg.norm(A @ lu.solve(b) - b) <= 1e-10 * np.linalg.norm(b)
+
+
+@mapped
 def test_a_view_keeps_its_buffer_from_reuse():
     a = pages.empty(LARGE, np.float64)
     a[:] = 1.0

@@ -55,6 +55,15 @@ def zeros(shape, dtype) -> np.ndarray:
     return _mapped(shape, dtype, zero=True)
 
 
+def first_touch(array) -> bool:
+    """Whether ``array`` (or the buffer it views) is fresh memory, never written (a reused
+    buffer's pages are in place already; arrays not mapped here count as fresh)."""
+    base = array
+    while base is not None and not isinstance(base, ctypes.Array):
+        base = getattr(base, "base", None)
+    return getattr(base, "fresh", True)
+
+
 def idle_bytes() -> int:
     """Bytes of freed buffers kept for reuse (the memory check counts them as available)."""
     with _lock:
@@ -79,6 +88,7 @@ def _mapped(shape, dtype, zero: bool) -> np.ndarray:
     # NumPy keeps the buffer's exporter as every view's base: a ctypes array that dies with
     # the last view, when the mapping goes back to the idle list
     holder = (ctypes.c_char * nbytes).from_buffer(buffer)
+    holder.fresh = fresh
     weakref.finalize(holder, _give_back, buffer, nbytes).atexit = False
     out = np.frombuffer(holder, dtype=dtype, count=count).reshape(shape)
     if zero and not fresh:
