@@ -281,6 +281,28 @@ def test_masked_block_stencils_agree_with_the_general_path(H, W, k, numbering, f
     _assert_same(A, mask=mask, order=order, components=k, numbering=numbering)
 
 
+@settings(max_examples=30, deadline=None)
+@given(H=st.integers(1, 9), W=st.integers(1, 9), k=st.integers(2, 3), numbering=st.sampled_from(["pixel", "component"]),
+       hint=st.booleans(), **LAYOUTS)  # fmt: skip
+def test_five_by_five_block_stencils_agree_with_the_general_path(H, W, k, numbering, hint, dtype, order, fmt, index,
+                                                                 nine, seed):  # fmt: skip
+    """Several unknowns per pixel on a 5x5 stencil (given): the 2x2 cells carry 4 k nodes."""
+    rng = np.random.default_rng(seed)
+    kind = "complex" if np.dtype(dtype).kind == "c" else "nonsym"
+    A = stencil_matrix(H, W, rng, kind, dtype, order=order, nine_point=nine)
+    A = sp.kron(sp.csr_array(A @ A), rng.standard_normal((k, k)) + k * np.eye(k), format="csr").astype(dtype)
+    if numbering == "component":
+        n = H * W
+        perm = (np.arange(n * k).reshape(n, k).T).reshape(-1)  # unknown t = pixel-major perm[t]
+        A = sp.csr_array(A)[perm][:, perm]
+    A = sp.csr_array(A).asformat(fmt)
+    A.indices = A.indices.astype(index)
+    A.indptr = A.indptr.astype(index)
+    hints = {"order": order, "radius": 2, "components": k, "numbering": numbering} | ({"grid": (H, W)} if hint else {})
+    assert _fast(A, **hints) is not None  # (a row holds up to 25 k couplings)
+    _assert_same(A, **hints)
+
+
 def test_layouts_that_do_not_fit_are_refused_in_the_pass():
     """A coupling three pixels away on the 2x2 cells' grid (inside their 3x3 neighbourhood,
     outside a 5x5 stencil), and a component coupled to a pixel two away: refused as the

@@ -455,7 +455,7 @@ def grid_reach(A):
     return int(reach), int(line.value)
 
 
-def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None, components: int = 1, cells: bool = False,
+def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None, components: int = 1, cells: int = 0,
                       out=None):
     """``(V, wide)`` of ``A`` on a row-major grid of ``width`` pixels with ``components``
     nodes each and a 3x3 stencil (``V`` of shape (nodes * components, 9) in the matrix's
@@ -464,9 +464,9 @@ def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None, components: int =
 
     ``nodes`` (int64, one per unknown) places the unknowns on the ``n_nodes`` nodes (a
     masked grid, another numbering of the components, 2x2 cells); None when they are not
-    distinct nodes.  Without it unknown ``i`` is node ``i``.  ``cells``: the pixels are the
-    2x2 cells of a 5x5 stencil's grid (4 nodes each), whose couplings must stay within 2
-    pixels on that grid.  ``wide``: some coupling is diagonal (3x3: a 9-point stencil) or
+    distinct nodes.  Without it unknown ``i`` is node ``i``.  ``cells`` > 0: the pixels are
+    the 2x2 cells of a 5x5 stencil's grid with ``cells`` unknowns per pixel of that grid
+    (``components = 4 * cells`` nodes each), whose couplings must stay within 2 pixels there.  ``wide``: some coupling is diagonal (3x3: a 9-point stencil) or
     outside the 13-point star (cells: a 25-point stencil).  ``out``: a C-contiguous array of
     ``V``'s shape to fill (a batch's share of its stencil rows), used when its dtype is the
     pass's accumulator (float64 or complex128) and returned as ``V``.
@@ -494,7 +494,7 @@ def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None, components: int =
     V = out if direct else pages.zeros(shape, acc)
     status = getattr(_library(), f"ssi_stencil_{suffix}")(
         n, *ptrs, None if nodes is None else nodes.ctypes.data, int(n_nodes), int(width), int(components),
-        int(bool(cells)), csc, V.ctypes.data, None if seen is None else seen.ctypes.data, ctypes.byref(wide))
+        int(cells), csc, V.ctypes.data, None if seen is None else seen.ctypes.data, ctypes.byref(wide))
     if status == -2:
         raise ValueError("sparse matrix has an index out of range")
     if status != 0:

@@ -375,7 +375,7 @@ def _more_than_per_line(A, limit) -> bool:
 
 
 def _line_limit(kinds):
-    return max(9 * k if r == 1 else 25 for k, _, r in kinds)
+    return max((9 if r == 1 else 25) * k for k, _, r in kinds)
 
 
 def _some_width_fits(line, offset, m, radius):
@@ -427,7 +427,7 @@ def _plausible_kinds(A, kinds, components_given=False, n_lines=64, reach=None):
     counts = np.bincount(np.repeat(np.arange(len(lines)), counts)[keep], minlength=len(lines))  # stored zeros out
     out = []
     for k, numbering, radius in kinds:
-        if counts.max(initial=0) > (9 * k if radius == 1 else 25):
+        if counts.max(initial=0) > (9 if radius == 1 else 25) * k:
             continue
         pl, pm = _pixel_couplings(line, minor, n, k, numbering)
         key = np.unique(line * (2 * n + 1) + (pm - pl + n))  # distinct (line, offset), sorted
@@ -629,7 +629,8 @@ def _native_layout(A, spec, out=None):
     if not native.reads(A):
         return NotImplemented
     h, w, k = spec.engine_dims
-    fit = native.grid_stencil_pass(A, w, spec.nodes, h * w * k, k, spec.radius == 2, out)
+    cells = spec.components if spec.radius == 2 else 0
+    fit = native.grid_stencil_pass(A, w, spec.nodes, h * w * k, k, cells, out)
     if fit is None:
         return None
     V, wide = fit

@@ -52,10 +52,11 @@ enum { FIT = 0, OFF_STENCIL = -1, OUT_OF_RANGE = -2, BAD_NODES = -3 };
      * q is pixel q / k); unknown i is node i, or node[i] (node not NULL; seen: n_nodes zeroed \
      * bytes), whose embedding is checked: nodes in range and distinct (every coupling between \
      * 3x3 neighbours, as for all).  Coupling (row node qr, column node qc) lands in row       \
-     * qr * k + qc % k, slot (dr + 1) * 3 + (dc + 1).  `cells`: the pixels are 2x2 cells of a \
-     * 5x5 stencil's grid (k = 4, node component 2 * (row % 2) + col % 2), whose offsets must \
-     * stay within 2.  `csc`: the outer index is the column.  *wide set when some coupling is \
-     * diagonal (3x3: a 9-point stencil) or beyond the 13-point star (cells: 25-point). */    \
+     * qr * k + qc % k, slot (dr + 1) * 3 + (dc + 1).  `cells` > 0: the pixels are 2x2 cells \
+     * of a 5x5 stencil's grid with `cells` unknowns per pixel (k = 4 cells; node component  \
+     * (2 * (row % 2) + col % 2) * cells + unknown), whose offsets must stay within 2.  `csc`: \
+     * the outer index is the column.  *wide set when some coupling is diagonal (3x3: a       \
+     * 9-point stencil) or beyond the 13-point star (cells: 25-point). */                     \
     EXPORT int64_t ssi_stencil_##NAME(int64_t n, const I *indptr, const I *indices,             \
                                       const T *data, const int64_t *node, int64_t n_nodes,      \
                                       int64_t width, int64_t k, int32_t cells, int32_t csc,     \
@@ -78,7 +79,8 @@ enum { FIT = 0, OFF_STENCIL = -1, OUT_OF_RANGE = -2, BAD_NODES = -3 };
                 if (dr < -1 || dr > 1 || dc < -1 || dc > 1) return OFF_STENCIL;                 \
                 int64_t qr = csc ? qj : qo, qc = csc ? qo : qj;                                 \
                 if (cells) { /* the offset on the 5x5 stencil's own grid */                    \
-                    int64_t ar = (qr & 3) >> 1, ac = qr & 1, br = (qc & 3) >> 1, bc = qc & 1;   \
+                    int64_t sr = qr % k / cells, sc = qc % k / cells; /* place in the cell */  \
+                    int64_t ar = sr >> 1, ac = sr & 1, br = sc >> 1, bc = sc & 1;               \
                     int64_t er = 2 * dr + br - ar, ec = 2 * dc + bc - ac;                       \
                     if (er < -2 || er > 2 || ec < -2 || ec > 2) return OFF_STENCIL;             \
                     far |= (er < 0 ? -er : er) + (ec < 0 ? -ec : ec) > 2;                       \
