@@ -148,6 +148,12 @@ def test_the_native_pass_is_taken_for_given_masks(monkeypatch):
     monkeypatch.setattr(grid_mod, "_coo_parts", refuse)
     spec, V = grid_stencil(A, mask=mask)
     assert spec.masked and spec.shape == (20, 30) and V.shape == (600, 9)
+    # several unknowns per pixel, the layout given whole: the same single pass
+    B = _block_matrix(20, 30, 2, "pixel", np.random.default_rng(1), np.float64, "C", True)
+    unknowns = (keep[:, None] * 2 + np.arange(2)).reshape(-1)
+    B = sp.csr_array(B)[unknowns][:, unknowns]
+    spec, V = grid_stencil(B, mask=mask, components=2, numbering="pixel")
+    assert spec.masked and spec.components == 2 and V.shape == (600 * 4, 9)
 
 
 @settings(max_examples=80, deadline=None)

@@ -464,9 +464,12 @@ def _detect_entries(A, hints, reach=None):
                        hints.numbering, hints.radius)  # fmt: skip
         if hints.components * len(pixels) != n:
             raise ValueError(f"mask has {len(pixels)} pixels set, but A has {n} unknowns")
-        if hints.components == 1 and hints.radius in (None, 1):
-            found = _masked_native(A, GridSpec(tuple(int(v) for v in grid), hints.order or "C", pixels=pixels))
-            if found is not None:
+        k = hints.components
+        if k == 1 or hints.numbering is not None:  # the layout is given whole: one native pass
+            spec = GridSpec(tuple(int(v) for v in grid), hints.order or "C", pixels=pixels, components=k,
+                            numbering=hints.numbering or "pixel", radius=hints.radius or 1)  # fmt: skip
+            found = _native_layout(A, spec)
+            if found is not None and found is not NotImplemented:
                 return found  # else the general path decides, with its messages
     kinds = hints.kinds(n)
     if hints.grid is not None and not given:
@@ -611,14 +614,6 @@ def _unique_pairs(pr, pc, m, k):
         return pr, pc
     key = np.unique(pr * m + pc)
     return np.divmod(key, m)
-
-
-def _masked_native(A, spec):
-    """``(GridSpec, V)`` of a masked grid with one unknown per pixel and a 3x3 stencil by the
-    native one-pass kernel, which also checks the embedding (distinct pixels, every coupling
-    between neighbours); None when it does not fit or the pass cannot read ``A``."""
-    found = _native_layout(A, spec)
-    return None if found is NotImplemented else found
 
 
 def _native_layout(A, spec, out=None):
