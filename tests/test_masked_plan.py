@@ -87,6 +87,11 @@ def test_masked_plan_drops_the_top_levels_absent_pixels():
     assert plan.flops() < 0.3 * full.flops()
     stored = [stored_entries_of_sizes(p.sizes(), True) for p in (plan, full)]
     assert stored[0] < 0.75 * stored[1]
+    # the low levels lose the subtrees with no unknown (the hole, the corners)
+    leaves = [sum(c.n_boxes for c in p.levels[0].classes) for p in (plan, full)]
+    assert leaves[0] <= 0.55 * leaves[1]
+    kept = np.concatenate([c.eliminated.ravel() for level in plan.levels[:2] for c in level.classes])
+    assert mask.ravel()[kept].any() and np.isin(np.flatnonzero(mask), plan.order).all()
     assert masked_plan_for(full, mask.ravel()) is plan  # cached per mask
 
 
@@ -136,3 +141,20 @@ def test_masked_block_stencils_answer_as_the_full_plan(k, hermitian):
     for trans in ("N", "T"):
         np.testing.assert_allclose(F.solve(b, trans), G.solve(b, trans), rtol=1e-10, atol=1e-12)
     assert F.slogdet()[1] == pytest.approx(np.linalg.slogdet(A.toarray())[1], rel=1e-10)
+
+
+def test_boxes_with_one_child_left_are_assembled_natively():
+    """A compacted box whose other child holds no unknown keeps one child link; the native
+    kernel gathers it (by runs) like a two-child merge, and answers as the full plan."""
+    from ssi_sparse._engine import native
+
+    if not native.available():
+        pytest.skip("native kernel not built")
+    mask = ring_mask(200, 180, fill=0.25)
+    plan = masked_plan_for(build_plan(200, 180, 5, 1, 1), mask.ravel())
+    lone = [(k, c) for k, level in enumerate(plan.levels) for c in level.classes if len(c.children) == 1]
+    assert lone and all(native.gathers_dense(np, np.float64, c, k) for k, c in lone)
+    A, _ = masked_matrix(mask, np.random.default_rng(1), "spd", np.float64)
+    b = np.random.default_rng(2).standard_normal(A.shape[0])
+    x = ssi_sparse.factorize(A, mask=mask).solve(b)
+    np.testing.assert_allclose(x, _full_plan_factor(A, mask).solve(b), rtol=1e-10, atol=1e-12)

@@ -24,6 +24,7 @@ its factor (gecon/pocon) and measured against the matrix as the portable kernel 
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import wait
 from dataclasses import dataclass
@@ -370,8 +371,12 @@ def run_jobs(jobs, pool=None, n_threads: int = 1) -> None:
     """Run every box of ``jobs``: one after another on BLAS's threads (``pool`` None), or
     spread over ``pool`` (the engine's executor, ``n_threads`` workers) with single-threaded
     BLAS, classes side by side, the costliest box ranges first (longest-processing-time
-    order balances the threads).  Waits for every task before raising the first failure
-    (a :class:`NotPositiveDefinite` before any other: the caller then refactors by LU)."""
+    order balances the threads).  The calling thread is one of the ``n_threads`` workers,
+    and each worker takes the next task from one shared list: a level of many one-box
+    classes (a masked plan's top) costs ``n_threads - 1`` hand-offs, not one per box.
+    After a failure no new task starts; every worker is waited for before the first
+    failure is raised (a :class:`NotPositiveDefinite` before any other: the caller then
+    refactors by LU)."""
     jobs = [j for j in jobs if j.has_work]
     if pool is None or n_threads < 2:
         for job in jobs:
@@ -383,15 +388,30 @@ def run_jobs(jobs, pool=None, n_threads: int = 1) -> None:
         cuts = np.linspace(0, P, min(P, 2 * n_threads) + 1).astype(int).tolist()
         tasks += [(job.box_cost() * (b - a), job, (a, b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
     tasks.sort(key=lambda t: -t[0])
+    queue, lock, errors = iter(tasks), threading.Lock(), []
+
+    def worker():
+        while not errors:
+            with lock:
+                task = next(queue, None)
+            if task is None:
+                return
+            try:
+                task[1].run(task[2])
+            except BaseException as exc:  # re-raised below, once every worker is done
+                errors.append(exc)
+
     with single_threaded_blas():
-        futures = [pool.submit(job.run, bounds) for _, job, bounds in tasks]
-        wait(futures)
-    errors = [f.exception() for f in futures if f.exception() is not None]
+        futures = [pool.submit(worker) for _ in range(min(n_threads, len(tasks)) - 1)]
+        try:
+            worker()
+        finally:
+            wait(futures)
     first = next((e for e in errors if isinstance(e, NotPositiveDefinite)), errors[0] if errors else None)
     # drop every reference from this frame first: the raised exception's traceback holds the
-    # frame, and a frame -> future -> exception cycle would keep the level's arrays (the
-    # whole factorization in flight) alive until the cyclic collector ran
-    del futures, errors, tasks
+    # frame, and a frame -> exception cycle would keep the level's arrays (the whole
+    # factorization in flight) alive until the cyclic collector ran
+    del futures, errors, tasks, queue
     if first is not None:
         try:
             raise first

@@ -144,8 +144,15 @@ def fuses_assembly(cls, level: int) -> bool:
 
 def gathers_dense(xp, dtype, cls, level: int) -> bool:
     """Whether :func:`dense_chunk` can gather this class's boxes itself: leaves, and merges of
-    two children (by flat maps, or by runs where the frontals are too wide for them)."""
-    return supports_dtype(xp, dtype) and (level == 0 or len(cls.children) == 2)
+    two children (by flat maps, or by runs where the frontals are too wide for them) or of
+    one by runs (a masked plan's box whose other child holds no unknown)."""
+    return supports_dtype(xp, dtype) and (level == 0 or gathers_by_runs(cls))
+
+
+def gathers_by_runs(cls) -> bool:
+    """Whether the native runs assembly serves merge class ``cls`` (one or two children)."""
+    n = len(cls.children)
+    return n == 2 or (n == 1 and not cls.children[0].has_flat)
 
 
 def _source(dtype, cls, rows: slice, level: int, V, fronts, child_classes=None):
@@ -383,7 +390,8 @@ class _RunsSource(ctypes.Structure):
 
 def _children_by_runs(cls, fronts, child_classes, f):
     """Per child link: ``(child frontals, first child row, child's n_elim, rowmap, runs)`` for
-    ``ssi_assemble_runs`` (``rowmap[i]``: the child boundary index feeding row ``i``, or -1)."""
+    ``ssi_assemble_runs`` (``rowmap[i]``: the child boundary index feeding row ``i``, or -1);
+    a lone child is paired with one that feeds no row."""
     per_child = []
     for link in cls.children:
         rowmap = np.full(f, -1, dtype=np.int64)
@@ -391,6 +399,9 @@ def _children_by_runs(cls, fronts, child_classes, f):
         for dst, src, length in runs.tolist():
             rowmap[dst : dst + length] = np.arange(src, src + length)
         per_child.append((fronts[link.cls], link.rows.start, child_classes[link.cls].n_elim, rowmap, runs))
+    if len(per_child) == 1:
+        child, start, s, _, _ = per_child[0]
+        per_child.append((child, start, s, np.full(f, -1, dtype=np.int64), np.zeros((0, 3), dtype=np.int64)))
     return per_child
 
 

@@ -153,7 +153,7 @@ def _merge_frontals_into(xp, F, cls, fronts, child_classes, rows, to_xp, paralle
             _take_into(xp, c2, flat2, 1, scratch[: b - a, ...])
             F2[a:b, ...] += scratch[: b - a, ...]
         return
-    if native.supports_dtype(xp, F.dtype) and len(cls.children) == 2:
+    if native.supports_dtype(xp, F.dtype) and native.gathers_by_runs(cls):
         native.assemble_runs(F, cls, fronts, child_classes, rows, parallel_map, n_parts)
         return
     F[...] = 0

@@ -7,8 +7,11 @@ frontals at the top of the tree, this plan drops them.  From the level where a l
 at most ``MASK_COMPACT_MAX_BOXES`` boxes upwards, every box becomes its own class whose
 frontal holds only the present nodes of the full plan's frontal (eliminated ones first, then
 its boundary, in the full plan's order); a box whose whole region holds no unknown is
-dropped, with its subtree.  Below, the full plan's classes stay as they are (their frontals
-keep the absent nodes; the dense kernel factors around them, see ``factor_box_compact``).
+dropped, with its subtree.  Below, the full plan's classes keep their structure (their
+frontals keep the absent nodes; the dense kernel factors around them, see
+``factor_box_compact``) but lose the subtrees of the boxes just below the compacted levels
+whose region holds no unknown: a compacted parent carries nothing of theirs, so a ring's
+hole and a blob's empty corners cost nothing at the low levels either.
 
 Exact, not an approximation: a decoupled node's row and column hold only its diagonal in
 every frontal and every Schur complement, so leaving it out changes no other entry.  A node
@@ -22,7 +25,7 @@ import functools
 
 import numpy as np
 
-from .plan import BoxClass, Level, Plan, _link_down_sweep, build_plan, child_link
+from .plan import BoxClass, ChildLink, Level, Plan, _link_down_sweep, build_plan, child_link
 from .._tuning import MASK_COMPACT_MAX_BOXES
 
 __all__ = ["build_masked_plan", "masked_plan_for"]
@@ -114,15 +117,19 @@ def _compact(plan: Plan, present: np.ndarray) -> Plan | None:
         if any((region[k][ci] & ~present[fronts[k][ci]].any(axis=1)).any() for ci in range(len(fronts[k]))):
             first = k
             break
-    levels = [Level(level.classes, level.boundary_sources) for level in plan.levels[: first - 1]]
-    levels.append(Level(plan.levels[first - 1].classes))  # its down-sweep sources change
+    # a box of the lowest compacted level that keeps a decoupled pivot keeps all its children
+    # (the pivot's diagonal entry lies in one of them); its other children with no unknown
+    # in their region go, with their subtrees
+    pivot = [region[first][ci] & ~present[fronts[first][ci]].any(axis=1) for ci in range(len(fronts[first]))]
+    keep = _kept_boxes(plan, first, region[first - 1], pivot)
+    levels, index = _pruned_levels(plan, first, keep)
     new_index, kept_of = {}, {}  # (level, full class, box) -> masked class, its kept front mask
     pos_of = np.full(plan.n, -1, dtype=np.int64)
     for k in range(first, top + 1):
         classes = []
         for ci, cls in enumerate(plan.levels[k].classes):
             for j in range(cls.n_boxes):
-                if k > first and not region[k][ci][j]:
+                if not region[k][ci][j]:
                     continue  # no unknown in its region: dropped with its subtree
                 front = fronts[k][ci][j]
                 kept = present[front]
@@ -143,8 +150,11 @@ def _compact(plan: Plan, present: np.ndarray) -> Plan | None:
                         kid = levels[k - 1].classes[kc]
                         kid_front = fronts[k - 1][link.cls][row][kept_of[(k - 1, link.cls, row)]]
                     else:
-                        kc, rows = link.cls, slice(row, row + 1)
-                        kid = plan.levels[k - 1].classes[link.cls]
+                        kc, kid_rows = index[link.cls]
+                        if kid_rows[row] < 0:
+                            continue  # pruned child: no unknown in its region
+                        rows = slice(int(kid_rows[row]), int(kid_rows[row]) + 1)
+                        kid = levels[k - 1].classes[kc]
                         kid_front = fronts[k - 1][link.cls][row]
                     links.append((kc, rows, pos_of[kid_front[kid.n_elim :]], kid))
                 # runs, no flat maps: building those cost more than they save on so few boxes
@@ -153,7 +163,7 @@ def _compact(plan: Plan, present: np.ndarray) -> Plan | None:
                 new_index[(k, ci, j)], kept_of[(k, ci, j)] = len(classes), kept
                 classes.append(BoxClass(len(elim), len(bound), elim[None, :], children=children))
         levels.append(Level(classes))
-    for k in range(first - 1, top):
+    for k in range(top):
         _link_down_sweep(levels[k], levels[k + 1])
     order = np.concatenate([c.eliminated.reshape(-1) for level in levels for c in level.classes]).astype(np.int64)
     inverse = np.full(plan.n, len(order), dtype=np.int64)  # never eliminated: the zero row
@@ -163,3 +173,55 @@ def _compact(plan: Plan, present: np.ndarray) -> Plan | None:
         raise AssertionError("masked plan drops an unknown")
     return Plan(plan.height, plan.width, plan.leaf_cells, levels, order, inverse, components=plan.components,
                 dropped=dropped)  # fmt: skip
+
+
+def _kept_boxes(plan: Plan, first: int, region_below, pivot):
+    """Per level ``< first`` and class, which boxes stay: those of level ``first - 1`` whose
+    region holds an unknown or whose parent keeps a decoupled pivot (``pivot``, per class
+    of level ``first``), and below them their whole subtrees."""
+    keep = [None] * first
+    keep[first - 1] = [r.copy() for r in region_below]
+    for cls, forced in zip(plan.levels[first].classes, pivot):
+        for link in cls.children:
+            keep[first - 1][link.cls][link.rows] |= forced
+    for k in range(first - 1, 0, -1):  # children are stored parent by parent
+        keep[k - 1] = [np.zeros(c.n_boxes, dtype=bool) for c in plan.levels[k - 1].classes]
+        for cls, kept in zip(plan.levels[k].classes, keep[k]):
+            for link in cls.children:
+                keep[k - 1][link.cls][link.rows] = kept
+    return keep
+
+
+def _pruned_levels(plan: Plan, first: int, keep):
+    """The full plan's levels ``< first`` with only the boxes ``keep``, and for level
+    ``first - 1`` per old class ``(new class or -1, new row of every old box or -1)``.
+    A parent's kept children stay one slice of their class: both follow the parent's order."""
+    levels, index = [], None
+    for k in range(first):
+        classes, new_index = [], []
+        for cls, kept in zip(plan.levels[k].classes, keep[k]):
+            rows = np.cumsum(kept) - 1
+            rows[~kept] = -1
+            if not kept.any():
+                new_index.append((-1, rows))
+                continue
+            new_index.append((len(classes), rows))
+            if kept.all() and k == 0:
+                classes.append(cls)
+                continue
+            new = BoxClass(cls.n_elim, cls.n_boundary, cls.eliminated[kept],
+                           None if cls.closed_nodes is None else cls.closed_nodes[kept], cls.leaf_template)  # fmt: skip
+            links = []
+            for link in cls.children:
+                kc, kid_rows = index[link.cls]
+                start = kid_rows[link.rows][kept]
+                if kc < 0 or not np.array_equal(start, start[0] + np.arange(len(start))):  # a planning bug
+                    raise AssertionError("pruned children are not one slice of their class")
+                flat = functools.partial(getattr, link, "flat") if link.has_flat else None
+                links.append(ChildLink(kc, slice(int(start[0]), int(start[0]) + len(start)), link.runs,
+                                       link.boundary_pos, flat, link.carried))  # fmt: skip
+            new.children = tuple(links)
+            classes.append(new)
+        levels.append(Level(classes))
+        index = new_index
+    return levels, index
