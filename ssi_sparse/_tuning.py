@@ -39,6 +39,11 @@ CHUNK_BYTES = 8 << 20
 #: engine's threads (box-level parallelism for the small frontals).
 PARALLEL_MIN_ENTRIES = 1 << 20
 
+#: Whole-matrix passes (the stencil pass over a CSR matrix's entries, equilibration, the
+#: Hermitian test, row maxima) are cut over the engine's threads from this many entries up;
+#: below, one call costs less than handing parts to threads.
+PASS_PARALLEL_MIN_ENTRIES = 1 << 18
+
 #: With the native extension every box is factored in C into the same format (factors, not
 #: inverses): frontals at least this wide by LAPACK/BLAS-3 one box at a time
 #: (``_csrc/dense_impl.h``), narrower ones by inline loops (``_csrc/inline_impl.h``), whose

@@ -23,6 +23,22 @@ from ssi_sparse._structure.grid import _detect, _Hints, detect_grid, grid_stenci
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native kernel not built")
 
+
+@pytest.fixture(scope="module", autouse=True, params=["whole", "split"])
+def pass_parts(request):
+    """Every test twice: each pass in one call, and cut over the engine's threads however
+    small the matrix (parts that disagree, fail or flag a wide stencil must combine)."""
+    from unittest import mock
+
+    from ssi_sparse import _tuning
+    from ssi_sparse._engine import threads
+
+    if request.param == "whole":
+        yield request.param
+        return
+    with mock.patch.object(_tuning, "PASS_PARALLEL_MIN_ENTRIES", 0), mock.patch.object(threads, "num_threads", lambda: 3):
+        yield request.param
+
 DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
 
 

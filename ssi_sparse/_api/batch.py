@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._engine import pages
+from .._engine.threads import parallel_map
 from .._backend import is_cupy_array, select_backend
 from .._structure.grid import StencilPattern, grid_stencil
 
@@ -53,7 +54,23 @@ def batch_stencils(matrices, spec=None, pattern=None, hints=None):
                 raise TypeError(f"system {i} is a {type(A).__name__}, not a SciPy sparse matrix")
         dtype = np.result_type(*[_engine_dtype(A.dtype) for A in matrices])
         out = None  # every system's rows, filled in place where the native pass can
+        done = set()  # systems whose rows the pattern's pass wrote
+
+        def fill(systems):  # on the engine's threads: the pattern's own pass, unsplit
+            for i in systems:
+                A, mine = matrices[i], out[i * n_rows : (i + 1) * n_rows]
+                V = pattern.stencil(A, mine, threads=(map, 1)) if sp.issparse(A) and pattern.matches(A) else None
+                if V is not None:
+                    if V is not mine:
+                        mine[...] = V
+                    done.add(i)  # (set.add is atomic)
+
         for i, A in enumerate(matrices):
+            if i == 1 and pattern is not None:  # the first system gave the layout and the pattern
+                threads_map, n = parallel_map()
+                list(threads_map(fill, np.array_split(np.arange(1, len(matrices)), n)))
+            if i in done:
+                continue
             if is_cupy_array(A):
                 A = A.get()
             mine = None if out is None else out[i * n_rows : (i + 1) * n_rows]

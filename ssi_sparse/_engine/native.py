@@ -80,9 +80,9 @@ def _library():
         fn = getattr(lib, f"ssi_node_reduce_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _p, _p, ctypes.c_int32], None
         fn = getattr(lib, f"ssi_scale_{suffix}")
-        fn.argtypes, fn.restype = [_i64, _i64, _i64, _p, _p, _p], None
+        fn.argtypes, fn.restype = [_i64, _i64, _i64, _i64, _i64, _p, _p, _p], None
         fn = getattr(lib, f"ssi_hermitian_{suffix}")
-        fn.argtypes, fn.restype = [_i64, _i64, _i64, _p], ctypes.c_int32
+        fn.argtypes, fn.restype = [_i64, _i64, _i64, _i64, _i64, _p], ctypes.c_int32
         fn = getattr(lib, f"ssi_add_runs_{suffix}")
         fn.argtypes, fn.restype = [_i64, _i64, _p, _i64, _p, _i64, _p, _i64], None
         fn = getattr(lib, f"ssi_column_absmax_{suffix}")
@@ -99,7 +99,8 @@ def _library():
             fn = getattr(lib, f"ssi_reach_{index}_{suffix}")
             fn.argtypes, fn.restype = [_i64, _p, _p, _p, _p], _i64
             fn = getattr(lib, f"ssi_stencil_{index}_{suffix}")
-            fn.argtypes = [_i64, _p, _p, _p, _p, _i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32, _p, _p, _p]
+            fn.argtypes = [_i64, _p, _p, _p, _p, _i64, _i64, _i64, ctypes.c_int32, ctypes.c_int32, _i64, _i64,
+                           _p, _p, _p]  # fmt: skip
             fn.restype = _i64
             fn = getattr(lib, f"ssi_mask_runs_{index}_{suffix}")
             fn.argtypes, fn.restype = [_i64, _p, _p, _p, _i64, _p, _p, _p, _p], _i64
@@ -467,7 +468,7 @@ def grid_reach(A):
 
 
 def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None, components: int = 1, cells: int = 0,
-                      out=None):
+                      out=None, parallel_map=map, n_parts=1):
     """``(V, wide)`` of ``A`` on a row-major grid of ``width`` pixels with ``components``
     nodes each and a 3x3 stencil (``V`` of shape (nodes * components, 9) in the matrix's
     precision, see :mod:`ssi_sparse._structure.stencil`), or None when a nonzero entry is
@@ -480,7 +481,9 @@ def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None, components: int =
     (``components = 4 * cells`` nodes each), whose couplings must stay within 2 pixels there.  ``wide``: some coupling is diagonal (3x3: a 9-point stencil) or
     outside the 13-point star (cells: a 25-point stencil).  ``out``: a C-contiguous array of
     ``V``'s shape to fill (a batch's share of its stencil rows), used when its dtype is the
-    pass's accumulator (float64 or complex128) and returned as ``V``.
+    pass's accumulator (float64 or complex128) and returned as ``V``.  A large matrix's lines
+    are cut into ``n_parts`` ranges of as many entries, run by ``parallel_map`` (the engine's
+    threads), after one check of the embedding.
     """
     parts = _csr_parts(A)
     if parts is None:
@@ -500,17 +503,53 @@ def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None, components: int =
         seen = np.zeros(n_nodes, dtype=np.uint8)
     shape = (n_nodes * components, 9)
     direct = out is not None and out.shape == shape and out.dtype == acc and out.flags.c_contiguous
-    if direct:
-        out.fill(0)
-    V = out if direct else pages.zeros(shape, acc)
-    status = getattr(_library(), f"ssi_stencil_{suffix}")(
-        n, *ptrs, None if nodes is None else nodes.ctypes.data, int(n_nodes), int(width), int(components),
-        int(cells), csc, V.ctypes.data, None if seen is None else seen.ctypes.data, ctypes.byref(wide))
-    if status == -2:
+    V = out if direct else pages.empty(shape, acc)
+    parts = _cuts(indptr, n_parts)
+    # zeroed by writes, on every thread: the pass's first access to an entry is a read, and
+    # on fresh pages a read maps the zero page, then the write faults again (2 threads:
+    # slower than one)
+    bounds = np.linspace(0, V.nbytes, len(parts) + 1).astype(np.int64).tolist()
+    _each(parallel_map, lambda at: ctypes.memset(V.ctypes.data + at[0], 0, at[1] - at[0]), list(zip(bounds[:-1], bounds[1:])))
+    fn = getattr(_library(), f"ssi_stencil_{suffix}")
+    layout = (None if nodes is None else nodes.ctypes.data, int(n_nodes), int(width), int(components), int(cells), csc)
+    if seen is not None and fn(n, *ptrs, *layout, 0, 0, V.ctypes.data, seen.ctypes.data, ctypes.byref(wide)):
+        return None  # the nodes are not distinct nodes of the grid
+
+    def lines(bounds):
+        flag = ctypes.c_int32(0)
+        return fn(n, *ptrs, *layout, *bounds, V.ctypes.data, None, ctypes.byref(flag)), flag.value
+
+    results = _each(parallel_map, lines, parts)
+    if any(status == -2 for status, _ in results):
         raise ValueError("sparse matrix has an index out of range")
-    if status != 0:
+    if any(status != 0 for status, _ in results):
         return None
-    return V.astype(np.result_type(data.dtype, np.float32), copy=False), bool(wide.value)
+    wide = any(flag for _, flag in results)
+    return V.astype(np.result_type(data.dtype, np.float32), copy=False), wide
+
+
+def _cuts(indptr, n_parts: int):
+    """Line ranges ``[(o0, o1), ...]`` of about equal entries: ``n_parts`` of them where the
+    matrix is large enough for threads to pay, else one."""
+    n, nnz = len(indptr) - 1, int(indptr[-1])
+    if n_parts < 2 or nnz < _tuning.PASS_PARALLEL_MIN_ENTRIES:
+        return [(0, n)]
+    cuts = np.searchsorted(indptr, np.linspace(0, nnz, n_parts + 1)).tolist()
+    cuts[0], cuts[-1] = 0, n
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+def _each(parallel_map, fn, parts) -> list:
+    """``[fn(part) for part in parts]``, by ``parallel_map`` when there are several."""
+    return list(parallel_map(fn, parts) if len(parts) > 1 else map(fn, parts))
+
+
+def _row_parts(h: int, entries: int, n_parts: int):
+    """Grid row ranges for a whole-grid pass over ``entries`` stencil entries."""
+    if n_parts < 2 or entries < _tuning.PASS_PARALLEL_MIN_ENTRIES or h < 2:
+        return [(0, h)]
+    cuts = np.linspace(0, h, min(n_parts, h) + 1).astype(int).tolist()
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
 def mask_runs_and_edges(A, max_degree: int):
@@ -559,32 +598,43 @@ def _stencil_fn(name, V):
     return getattr(_library(), f"ssi_{name}_{_SUFFIX[np.dtype(V.dtype)]}")
 
 
-def node_reduce(V, dims, mode: str):
+def node_reduce(V, dims, mode: str, parallel_map=map, n_parts=1):
     """Per node, ``max |A_ij|`` (``mode='max'``) or ``sum |A_ij|`` (``'sum'``) over its row;
-    None where the native pass does not apply."""
+    None where the native pass does not apply.  (``parallel_map``, ``n_parts``: as for
+    :func:`stencil_matvec`, here and in the passes below.)"""
     fn = _stencil_fn("node_reduce", V)
     if fn is None:
         return None
     h, w, k = dims
     out = np.empty(h * w * k, dtype=_real(V.dtype))
-    fn(h * w * k, k * 9, V.ctypes.data, out.ctypes.data, 1 if mode == "sum" else 0)
+    run = k * 9
+
+    def rows(bounds):
+        (r0, r1), nodes = bounds, w * k
+        fn((r1 - r0) * nodes, run, V.ctypes.data + r0 * nodes * run * V.itemsize,
+           out.ctypes.data + r0 * nodes * out.itemsize, 1 if mode == "sum" else 0)  # fmt: skip
+
+    _each(parallel_map, rows, _row_parts(h, V.size, n_parts))
     return out
 
 
-def scale_stencil(V, s, dims):
+def scale_stencil(V, s, dims, parallel_map=map, n_parts=1):
     """``diag(s) A diag(s)`` as a new stencil array, or None where the pass does not apply."""
     fn = _stencil_fn("scale", V)
     if fn is None or s.dtype != _real(V.dtype) or not s.flags.c_contiguous:
         return None
     out = pages.empty(V.shape, V.dtype)
-    fn(*dims, V.ctypes.data, s.ctypes.data, out.ctypes.data)
+    _each(parallel_map, lambda rows: fn(*dims, *rows, V.ctypes.data, s.ctypes.data, out.ctypes.data),
+          _row_parts(dims[0], V.size, n_parts))  # fmt: skip
     return out
 
 
-def stencil_is_hermitian(V, dims):
+def stencil_is_hermitian(V, dims, parallel_map=map, n_parts=1):
     """Exact Hermitian test of the stencil array, or None where the pass does not apply."""
     fn = _stencil_fn("hermitian", V)
-    return None if fn is None else bool(fn(*dims, V.ctypes.data))
+    if fn is None:
+        return None
+    return all(_each(parallel_map, lambda rows: bool(fn(*dims, *rows, V.ctypes.data)), _row_parts(dims[0], V.size, n_parts)))
 
 
 def stencil_matvec(V, dims, x, parallel_map=map, n_parts=1):

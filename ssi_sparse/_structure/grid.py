@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._engine import native
+from .._engine.threads import parallel_map
 from .._errors import NotGridStructuredError
 from .mask import embedding_fits, find_embedding
 from .._planning.plan import memory_estimate
@@ -616,16 +617,17 @@ def _unique_pairs(pr, pc, m, k):
     return np.divmod(key, m)
 
 
-def _native_layout(A, spec, out=None):
+def _native_layout(A, spec, out=None, threads=None):
     """``(GridSpec, V)`` of ``A`` on the layout ``spec`` (its stencil named by what the pass
     met) in one native pass over the entries, which checks the layout too (distinct nodes,
     every coupling between stencil neighbours); None when it does not fit, NotImplemented
-    where the pass cannot read ``A``.  ``out``: see :func:`native.grid_stencil_pass`."""
+    where the pass cannot read ``A``.  ``out``: see :func:`native.grid_stencil_pass`;
+    ``threads``: ``(map, n)`` that runs its parts (the engine's threads unless given)."""
     if not native.reads(A):
         return NotImplemented
     h, w, k = spec.engine_dims
     cells = spec.components if spec.radius == 2 else 0
-    fit = native.grid_stencil_pass(A, w, spec.nodes, h * w * k, k, cells, out)
+    fit = native.grid_stencil_pass(A, w, spec.nodes, h * w * k, k, cells, out, *(threads or parallel_map()))
     if fit is None:
         return None
     V, wide = fit
@@ -704,8 +706,9 @@ def _full_grid_pass(A, hints):
             return None, None
         widths = _widths_for_reach(found[0], n)
         shapes = [(n // w, w) if order == "C" else (w, n // w) for w in widths]
+    threads_map, n_threads = parallel_map()
     for width, shape in zip(widths, shapes):
-        fit = native.grid_stencil_pass(A, width)
+        fit = native.grid_stencil_pass(A, width, parallel_map=threads_map, n_parts=n_threads)
         if fit is None:
             continue
         V, nine_point = fit
@@ -757,11 +760,12 @@ class StencilPattern:
             and np.array_equal(A.indices, self.indices)
         )
 
-    def stencil(self, A, out=None):
+    def stencil(self, A, out=None, threads=None):
         """Stencil array of ``A`` (same pattern), or None if an off-stencil entry is nonzero.
         ``out``: an array of its shape that the native pass may fill and return instead of
-        a new one (when its dtype is the pass's accumulator)."""
-        found = _native_layout(A, self.spec, out)  # one native pass, none over self.flat
+        a new one (when its dtype is the pass's accumulator); ``threads``: as for
+        :func:`_native_layout`."""
+        found = _native_layout(A, self.spec, out, threads)  # one native pass, none over self.flat
         if found is not NotImplemented:
             return None if found is None else found[1]
         data = A.data

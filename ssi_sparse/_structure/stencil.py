@@ -77,7 +77,7 @@ def is_hermitian(xp, V, shape) -> bool:
     Slot ``s`` of pixel ``p`` and slot ``8 - s`` of its neighbour hold the pair, so five
     slots (the diagonal and one of each opposite pair) decide; stops at the first mismatch.
     """
-    if xp is np and (native_answer := native.stencil_is_hermitian(V, _dims(shape))) is not None:
+    if xp is np and (native_answer := native.stencil_is_hermitian(V, _dims(shape), *parallel_map())) is not None:
         return native_answer
     Vg = _blocks(xp, V, shape)
     complex_ = xp.isdtype(V.dtype, "complex floating")
@@ -94,7 +94,7 @@ def is_hermitian(xp, V, shape) -> bool:
 def stencil_row_sums(xp, V, shape):
     """Absolute row sums of ``A``, one per node (n,)."""
     h, w, k = _dims(shape)
-    if xp is np and (native_sums := native.node_reduce(V, (h, w, k), "sum")) is not None:
+    if xp is np and (native_sums := native.node_reduce(V, (h, w, k), "sum", *parallel_map())) is not None:
         return native_sums
     return xp.sum(xp.reshape(xp.abs(V), (h * w * k, k * 9)), axis=1)
 
@@ -102,7 +102,7 @@ def stencil_row_sums(xp, V, shape):
 def stencil_max_abs(xp, V, shape) -> float:
     """``max |A_ij|`` over the whole stencil array (no temporary of its size on the CPU)."""
     h, w, k = _dims(shape)
-    if xp is np and (native_max := native.node_reduce(V, (h, w, k), "max")) is not None:
+    if xp is np and (native_max := native.node_reduce(V, (h, w, k), "max", *parallel_map())) is not None:
         return float(native_max.max(initial=0))
     return float(xp.max(xp.abs(V)))
 
@@ -116,7 +116,7 @@ def equilibrate(xp, V, shape):
     zero (exactly singular).
     """
     h, w, k = _dims(shape)
-    row_max = native.node_reduce(V, (h, w, k), "max") if xp is np else None
+    row_max = native.node_reduce(V, (h, w, k), "max", *parallel_map()) if xp is np else None
     if row_max is None:
         row_max = xp.max(xp.reshape(xp.abs(V), (h * w * k, k * 9)), axis=1)
     if not bool(xp.all(row_max > 0)):
@@ -129,7 +129,7 @@ def equilibrate(xp, V, shape):
 def scale_couplings(xp, V, s, shape):
     """``diag(s) A diag(s)``: every coupling ``(i, j)`` times ``s_i s_j`` (``s`` one per node)."""
     h, w, k = _dims(shape)
-    if xp is np and (native_scaled := native.scale_stencil(V, s, (h, w, k))) is not None:
+    if xp is np and (native_scaled := native.scale_stencil(V, s, (h, w, k), *parallel_map())) is not None:
         return native_scaled
     sg = xp.reshape(s, (h, w, k))
     Vg = _blocks(xp, V, shape)

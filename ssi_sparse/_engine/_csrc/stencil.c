@@ -56,18 +56,21 @@ enum { FIT = 0, OFF_STENCIL = -1, OUT_OF_RANGE = -2, BAD_NODES = -3 };
      * of a 5x5 stencil's grid with `cells` unknowns per pixel (k = 4 cells; node component  \
      * (2 * (row % 2) + col % 2) * cells + unknown), whose offsets must stay within 2.  `csc`: \
      * the outer index is the column.  *wide set when some coupling is diagonal (3x3: a       \
-     * 9-point stencil) or beyond the 13-point star (cells: 25-point). */                     \
+     * 9-point stencil) or beyond the 13-point star (cells: 25-point).  Only the outer lines \
+     * [o0, o1) are read (threads split the matrix: no two lines write one entry of V); with  \
+     * seen not NULL the embedding is checked first, which the split calls rely on. */        \
     EXPORT int64_t ssi_stencil_##NAME(int64_t n, const I *indptr, const I *indices,             \
                                       const T *data, const int64_t *node, int64_t n_nodes,      \
                                       int64_t width, int64_t k, int32_t cells, int32_t csc,     \
-                                      A *V, uint8_t *seen, int32_t *wide) {                     \
-        for (int64_t i = 0; node && i < n; ++i) {                                               \
+                                      int64_t o0, int64_t o1, A *V, uint8_t *seen,              \
+                                      int32_t *wide) {                                          \
+        for (int64_t i = 0; node && seen && i < n; ++i) {                                       \
             int64_t q = node[i];                                                                \
             if (q < 0 || q >= n_nodes || seen[q]) return BAD_NODES;                             \
             seen[q] = 1;                                                                        \
         }                                                                                       \
         int32_t far = 0;                                                                        \
-        for (int64_t o = 0; o < n; ++o) {                                                       \
+        for (int64_t o = o0; o < o1; ++o) {                                                     \
             int64_t qo = node ? node[o] : o, po = qo / k, ro = po / width, co = po - ro * width;  \
             for (int64_t e = indptr[o]; e < indptr[o + 1]; ++e) {                               \
                 if (data[e] == 0) continue;                                                     \
@@ -205,10 +208,11 @@ DEFINE_RUN_PASS(i64_c128, int64_t, double _Complex)
         }                                                                                       \
     }                                                                                           \
                                                                                                 \
-    /* out = diag(s) A diag(s): entry (i, j) times (s_i * s_j); s_j = 0 off the grid. */        \
-    EXPORT void ssi_scale_##NAME(int64_t h, int64_t w, int64_t k, const T *V, const R *s,      \
-                                 T *out) {                                                      \
-        for (int64_t r = 0; r < h; ++r) {                                                       \
+    /* out = diag(s) A diag(s): entry (i, j) times (s_i * s_j); s_j = 0 off the grid.  Grid   \
+     * rows [r0, r1) (threads split the grid). */                                              \
+    EXPORT void ssi_scale_##NAME(int64_t h, int64_t w, int64_t k, int64_t r0, int64_t r1,      \
+                                 const T *V, const R *s, T *out) {                              \
+        for (int64_t r = r0; r < r1; ++r) {                                                     \
             for (int64_t c = 0; c < w; ++c) {                                                   \
                 int64_t p = r * w + c;                                                          \
                 for (int64_t slot = 0; slot < 9; ++slot) {                                      \
@@ -229,9 +233,11 @@ DEFINE_RUN_PASS(i64_c128, int64_t, double _Complex)
     }                                                                                           \
                                                                                                 \
     /* 1 when A[i, j] == conj(A[j, i]) for every coupling (slot s of pixel p against slot     \
-     * 8 - s of its neighbour, components swapped; zero off the grid), else 0. */               \
-    EXPORT int32_t ssi_hermitian_##NAME(int64_t h, int64_t w, int64_t k, const T *V) {          \
-        for (int64_t r = 0; r < h; ++r) {                                                       \
+     * 8 - s of its neighbour, components swapped; zero off the grid), else 0; the couplings  \
+     * of grid rows [r0, r1). */                                                               \
+    EXPORT int32_t ssi_hermitian_##NAME(int64_t h, int64_t w, int64_t k, int64_t r0, int64_t r1, \
+                                        const T *V) {                                           \
+        for (int64_t r = r0; r < r1; ++r) {                                                     \
             for (int64_t c = 0; c < w; ++c) {                                                   \
                 int64_t p = r * w + c;                                                          \
                 for (int64_t slot = 0; slot <= 4; ++slot) {                                     \
