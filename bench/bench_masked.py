@@ -98,7 +98,7 @@ def not_a_grid(kind):
     return A, rng.standard_normal(A.shape[0])
 
 
-#: rings covering these shares of 512 x 512, around the coverage rule (MASK_MIN_COVERAGE)
+#: rings covering these shares of 512 x 512, around the coverage rule (MASK_MIN_COVERAGE, 30 %)
 RING_FILLS = {"ring25": 0.25, "ring35": 0.35, "ring45": 0.45}
 
 
@@ -328,7 +328,7 @@ def main(argv=None):
             # either side of the coverage rule: the engine forced on the mask, against SciPy
             pairs = [(c, s) for c in ("ring35", "ring45") for s in ("ssi_mask", "spsolve")]
             rows = [dict(r, solver=f"{s} [{c}]") for r, (c, s) in zip(runs(pairs), pairs)]
-            table("rings covering 35 % and 45 % of 512x512 (either side of MASK_MIN_COVERAGE), engine "
+            table("rings covering 35 % and 45 % of 512x512 (above MASK_MIN_COVERAGE, 30 %), engine "
                   "on factorize(A, mask=ring) against SciPy", rows, "spsolve [ring35]")
             for c in ("ring35", "ring45"):
                 ours, scipy_ = (next(r for r in rows if r["solver"] == f"{s} [{c}]") for s in ("ssi_mask", "spsolve"))

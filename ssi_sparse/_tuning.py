@@ -76,11 +76,11 @@ SOLVE_WORKSPACE_MAX_FRACTION = 0.25
 DENSE_MIN_FRONT_PYTHON_LOOP = 257
 
 #: A masked grid found from the pattern goes to the engine only if its unknowns cover at least
-#: this share of the embedding grid: the low levels' absent pixels cost like present ones, and
-#: on thinner domains SciPy's fill is cheaper (bench/results/masked_v5_coverage.txt, rings in
-#: 512^2, first call, SciPy / engine: 25 % 0.65x, 35 % 0.86x, 45 % 1.28x).
+#: this share of the embedding grid: on thinner domains SciPy's fill is as cheap as the
+#: absent pixels the engine still carries near the unknowns (bench/results/masked_v9.txt,
+#: rings in 512^2, first call, SciPy / engine: 25 % 1.0x, 35 % 1.3x, 45 % 1.7x).
 #: ``mask=`` / ``pixels=`` given by the caller bypass it.
-MASK_MIN_COVERAGE = 0.4
+MASK_MIN_COVERAGE = 0.3
 
 #: Masked grids: from the level where a level holds at most this many boxes upwards, every
 #: box is its own class whose frontal carries only the unknowns (:mod:`ssi_sparse._planning.masked_plan`);
