@@ -258,3 +258,32 @@ def test_solve_reuses_its_workspace_safely():
         again = list(pool.map(lu.solve, bs * 3))
     for x, y in zip(first * 3, again):
         np.testing.assert_array_equal(x, y)
+
+
+@needs_native
+@pytest.mark.parametrize("kind, dtype, masked, k", [("spd", np.float64, False, 1), ("complex", np.complex128, False, 3),
+                                                     ("spd", np.float32, True, 2), ("nonsym", np.float64, True, 1)])
+def test_solves_split_over_threads_answer_as_whole(kind, dtype, masked, k, monkeypatch):
+    """The solve's moves, sweeps and norms cut into box (row) ranges on the engine's
+    threads give bit for bit the answers of whole calls (every part does the same
+    arithmetic on its own boxes)."""
+    from ssi_sparse._engine import threads
+    from ssi_sparse.problems import ring_mask
+
+    rng = np.random.default_rng(7)
+    H, W = 41, 37
+    A = stencil_matrix(H, W, rng, kind, dtype)
+    hints = {}
+    if masked:
+        mask = ring_mask(H, W, fill=0.5)
+        keep = np.flatnonzero(mask.ravel())
+        A = A.tocsr()[keep][:, keep]
+        hints = dict(mask=mask)
+    F = ssi_sparse.factorize(A, **hints)
+    b = rng.standard_normal((A.shape[0], k)).astype(dtype)
+    whole = {trans: F.solve(b, trans) for trans in ("N", "T")}
+    monkeypatch.setattr(_tuning, "SWEEP_PARALLEL_MIN_ENTRIES", 0)
+    monkeypatch.setattr(threads, "num_threads", lambda: 3)
+    for trans, x in whole.items():
+        np.testing.assert_array_equal(F.solve(b, trans), x)
+    assert rel_residual(A, whole["N"], b) < _tol(dtype)

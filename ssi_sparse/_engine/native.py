@@ -24,6 +24,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import pages
+from .threads import parallel_map
 from .. import _tuning
 
 __all__ = ["DenseFailure", "add_runs", "assemble_runs", "available", "column_absmax", "dense_chunk", "dense_sweep",
@@ -311,10 +312,23 @@ def add_runs(dst, src, first_row: int, runs) -> bool:
     ):
         return False
     fn = getattr(_library(), f"ssi_add_runs_{_SUFFIX[dst.dtype]}")
-    k = dst.shape[2]
-    fn(dst.shape[0], k, dst.ctypes.data, dst.shape[1], src.ctypes.data + first_row * k * src.itemsize, src.shape[1],
-       runs.ctypes.data, runs.shape[0])  # fmt: skip
+    P, f, k = dst.shape
+    d, c, size = dst.ctypes.data, src.ctypes.data + first_row * k * src.itemsize, src.shape[1] * k * src.itemsize
+    _by_boxes(P, f * k, lambda p0, p1: fn(p1 - p0, k, d + p0 * f * k * dst.itemsize, f, c + p0 * size, src.shape[1],
+                                          runs.ctypes.data, runs.shape[0]))  # fmt: skip
     return True
+
+
+def _by_boxes(P: int, entries_per_box: int, call) -> None:
+    """``call(p0, p1)`` for boxes ``[0, P)``: in one range per engine thread when the class
+    moves enough data for threads to pay (the solve's moves are memory-bound; one core does
+    not saturate the memory), else at once.  Every box writes only its own rows."""
+    run, n = parallel_map()
+    if n < 2 or P < 2 or P * entries_per_box < _tuning.SWEEP_PARALLEL_MIN_ENTRIES:
+        call(0, P)
+        return
+    cuts = [P * i // n for i in range(n + 1)]
+    list(run(lambda i: call(cuts[i], cuts[i + 1]), range(n)))
 
 
 def _moves(front, *arrays, index=()):
@@ -340,8 +354,15 @@ def _node_move(name, front, by_node, nodes) -> bool:
         return False
     fn = getattr(_library(), f"ssi_{name}_{_SUFFIX[front.dtype]}")
     P, f, k = front.shape
-    a, b = (by_node, front) if name == "gather_nodes" else (front, by_node)
-    fn(P, nodes.shape[1], f, k, nodes.ctypes.data, a.ctypes.data, b.ctypes.data)
+    s = nodes.shape[1]
+    gather = name == "gather_nodes"
+    at_front, at_nodes, x = front.ctypes.data, nodes.ctypes.data, by_node.ctypes.data
+
+    def boxes(p0, p1):
+        mine = at_front + p0 * f * k * front.itemsize
+        fn(p1 - p0, s, f, k, at_nodes + p0 * s * 8, x if gather else mine, mine if gather else x)
+
+    _by_boxes(P, f * k, boxes)
     return True
 
 
@@ -353,8 +374,11 @@ def gather_boundary(child, first: int, parent, pos, carried) -> bool:
         return False
     fn = getattr(_library(), f"ssi_gather_boundary_{_SUFFIX[child.dtype]}")
     P, f_c, k = child.shape
-    keep = None if carried is None else np.ascontiguousarray(carried).ctypes.data
-    fn(P, pos.shape[0], k, parent.ctypes.data, parent.shape[1], pos.ctypes.data, keep, child.ctypes.data, f_c, first)
+    carried = None if carried is None else np.ascontiguousarray(carried)
+    keep = None if carried is None else carried.ctypes.data
+    f_p, at_parent, at_child = parent.shape[1], parent.ctypes.data, child.ctypes.data
+    _by_boxes(P, f_c * k, lambda p0, p1: fn(p1 - p0, pos.shape[0], k, at_parent + p0 * f_p * k * parent.itemsize, f_p,
+                                            pos.ctypes.data, keep, at_child + p0 * f_c * k * child.itemsize, f_c, first))  # fmt: skip
     return True
 
 
@@ -367,10 +391,19 @@ def column_absmax(a, weights=None):
         weights = np.ascontiguousarray(np.reshape(weights, -1), dtype=_real(a.dtype))
         if weights.shape[0] != a.shape[0]:
             return None
-    out = np.empty(a.shape[1], dtype=np.float64)
     fn = getattr(_library(), f"ssi_column_absmax_{_SUFFIX[a.dtype]}")
-    fn(a.shape[0], a.shape[1], a.ctypes.data, None if weights is None else weights.ctypes.data, out.ctypes.data)
-    return out
+    n, k = a.shape
+    parts = []  # one row range per engine thread (a reduction: each its own maxima)
+
+    def rows(p0, p1):
+        out = np.empty(k, dtype=np.float64)
+        w = None if weights is None else weights.ctypes.data + p0 * weights.itemsize
+        fn(p1 - p0, k, a.ctypes.data + p0 * k * a.itemsize, w, out.ctypes.data)
+        parts.append(out)  # (list.append is atomic)
+
+    _by_boxes(n, k, rows)
+    # NaN wherever a part has one (np.fmax would drop it)
+    return parts[0] if len(parts) == 1 else np.maximum.reduce(parts)
 
 
 def mirror_upper(D) -> bool:
