@@ -158,3 +158,22 @@ def test_boxes_with_one_child_left_are_assembled_natively():
     b = np.random.default_rng(2).standard_normal(A.shape[0])
     x = ssi_sparse.factorize(A, mask=mask).solve(b)
     np.testing.assert_allclose(x, _full_plan_factor(A, mask).solve(b), rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=6, deadline=None)
+@given(mask=masks(max_side=160).filter(lambda m: m.shape[0] * m.shape[1] > 4000), nine=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_pruned_low_levels_answer_as_the_full_plan(mask, nine, seed):
+    """Grids large enough that whole subtrees below the compacted levels are pruned (random
+    rectangles with holes: empty corners and gaps of every size)."""
+    rng = np.random.default_rng(seed)
+    A, _ = masked_matrix(mask, rng, "nonsym", np.float64, nine_point=nine)
+    F, G = ssi_sparse.factorize(A, mask=mask), _full_plan_factor(A, mask)
+    plan = F._numeric.plan
+    if plan.dropped is not None:
+        _check_invariants(plan, np.isin(np.arange(plan.n), F.grid.nodes))
+    b = rng.standard_normal((A.shape[0], 2))
+    for trans in ("N", "T"):
+        x, y = F.solve(b, trans), G.solve(b, trans)
+        assert np.linalg.norm(x - y) <= 1e-10 * np.linalg.norm(y)
+    assert F.slogdet()[1] == pytest.approx(G.slogdet()[1], rel=1e-10)
