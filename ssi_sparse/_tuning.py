@@ -15,6 +15,14 @@ import numpy as np
 #: 12.1, 80^2 14.4 vs 13.3, 96^2 22.6 vs 16.8), unless the caller names a grid.
 ENGINE_MIN_SIZE = 6400
 
+#: ... and from this many unknowns up the first time a matrix of its size (unknowns and stored
+#: entries) comes to ``spsolve`` / ``factorized``; below, that first one goes to SciPy and the
+#: next ones of its size to the engine: the engine's first call on a grid also builds the
+#: grid's plan, which pays from the second system on (bench/results/small_v2.txt, fresh
+#: processes, first call, SciPy vs engine: 112^2 49 vs 81 ms, 128^2 49 vs 72, 144^2 87 vs 65;
+#: the next systems of a size 47 vs 40, 51 vs 30, 66 vs 38).
+ENGINE_MIN_SIZE_FIRST = 20736
+
 #: Merge frontals up to this size get flat gather maps in the plan (one gather per entry beats
 #: many tiny block copies); larger ones are assembled from contiguous runs.
 FLAT_GATHER_MAX_FRONT = 256

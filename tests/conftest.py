@@ -26,3 +26,19 @@ settings.register_profile(
     suppress_health_check=_SUPPRESS,
 )
 settings.load_profile("default")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _engine_from_the_first_matrix():
+    """Tests check what the engine does with a matrix of a size it meets for the first
+    time: the routing rule that sends such a first small matrix to SciPy
+    (``ENGINE_MIN_SIZE_FIRST``, tested in test_frontend.py) is off."""
+    from unittest import mock
+
+    from ssi_sparse import _tuning
+
+    with mock.patch.object(_tuning, "ENGINE_MIN_SIZE_FIRST", _tuning.ENGINE_MIN_SIZE):
+        yield

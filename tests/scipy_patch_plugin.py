@@ -15,5 +15,5 @@ import ssi_sparse._tuning as tuning
 
 dsolve.spsolve = ssi_sparse.spsolve
 dsolve.factorized = ssi_sparse.factorized
-if "SSI_ENGINE_MIN_SIZE" in os.environ:
-    tuning.ENGINE_MIN_SIZE = int(os.environ["SSI_ENGINE_MIN_SIZE"])
+if "SSI_ENGINE_MIN_SIZE" in os.environ:  # (from the first matrix of a size on)
+    tuning.ENGINE_MIN_SIZE = tuning.ENGINE_MIN_SIZE_FIRST = int(os.environ["SSI_ENGINE_MIN_SIZE"])

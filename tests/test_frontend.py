@@ -162,6 +162,33 @@ def test_small_grid_matrix_uses_scipy_unless_grid_given(engine_calls):
     assert engine_calls and rel_residual(A, x, b) < 1e-12
 
 
+def test_first_small_matrix_of_a_size_goes_to_scipy(engine_calls, monkeypatch):
+    """Between ENGINE_MIN_SIZE and ENGINE_MIN_SIZE_FIRST unknowns the first matrix of a size
+    goes to SciPy (its plan would cost more than SciPy's solve), the next ones of that size
+    to the engine; from ENGINE_MIN_SIZE_FIRST on the first one does."""
+    from ssi_sparse import _tuning
+
+    monkeypatch.setattr(_tuning, "ENGINE_MIN_SIZE_FIRST", 2 * N)
+    monkeypatch.setattr(frontend, "_SIZES_MET", type(frontend._SIZES_MET)())
+    A = diffusion_2d(H, W)
+    b = np.ones(N)
+    np.testing.assert_array_equal(ssi_sparse.spsolve(A, b), spla.spsolve(A, b))
+    assert not engine_calls
+    for _ in range(2):  # the second and later ones of its size (other values: same size)
+        x = ssi_sparse.spsolve(2.0 * A, b)
+        assert rel_residual(2.0 * A, x, b) < 1e-12
+    assert len(engine_calls) == 2
+    ssi_sparse.factorized(diffusion_2d(W, H))  # the same size: met before
+    assert len(engine_calls) == 3
+    other = diffusion_2d(H + 1, W)  # another size: its first one goes to SciPy
+    ssi_sparse.spsolve(other, np.ones(other.shape[0]))
+    assert len(engine_calls) == 3
+    monkeypatch.setattr(_tuning, "ENGINE_MIN_SIZE_FIRST", N)
+    big = diffusion_2d(H + 2, W)
+    ssi_sparse.spsolve(big, np.ones(big.shape[0]))
+    assert len(engine_calls) == 4
+
+
 def test_factorized_engine(engine_calls):
     A = random_spd_9pt(H, W, seed=2)
     solve = ssi_sparse.factorized(A)

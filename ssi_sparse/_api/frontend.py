@@ -6,7 +6,9 @@ matrices to the engine and everything else to SciPy (``_fallback``), unchanged.
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections import OrderedDict
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,11 +25,34 @@ __all__ = ["spsolve", "factorized"]
 _ENGINE_DTYPES = frozenset(np.dtype(c) for c in "fdFD")
 
 
+_SIZES_MET: OrderedDict = OrderedDict()  # (unknowns, stored entries) of recent small matrices
+_SIZES_KEPT = 64
+_SIZES_LOCK = threading.Lock()
+
+
+def _large_enough(A) -> bool:
+    """Whether a matrix with no grid given is worth the engine by its size: from
+    ``ENGINE_MIN_SIZE_FIRST`` unknowns always, from ``ENGINE_MIN_SIZE`` once a matrix of its
+    size came before (the first one pays the grid's plan; see :mod:`ssi_sparse._tuning`)."""
+    n = A.shape[0]
+    if n < _tuning.ENGINE_MIN_SIZE:
+        return False
+    if n >= _tuning.ENGINE_MIN_SIZE_FIRST:
+        return True
+    key = (n, A.nnz)
+    with _SIZES_LOCK:
+        met = key in _SIZES_MET
+        _SIZES_MET[key] = None
+        _SIZES_MET.move_to_end(key)
+        while len(_SIZES_MET) > _SIZES_KEPT:
+            _SIZES_MET.popitem(last=False)
+    return met
+
+
 def _engine_factor(A, grid, order="C"):
     """``(factor, found_singular)``: the engine's factorization of ``A``, or None when SciPy
     should answer instead (``found_singular`` says the engine met a singular block)."""
-    n = A.shape[0]
-    if A.dtype not in _ENGINE_DTYPES or (grid is None and n < _tuning.ENGINE_MIN_SIZE):
+    if A.dtype not in _ENGINE_DTYPES or (grid is None and not _large_enough(A)):
         return None, False
     try:
         return factorize(A, grid=grid, order=order), False
@@ -45,8 +70,10 @@ def spsolve(A, b, permc_spec=None, use_umfpack=True, *, grid=None, order="C"):
     """Solve the sparse linear system ``A x = b``; a drop-in for SciPy's ``spsolve``.
 
     Grid-structured ``A`` (a 3x3-stencil operator on an H x W grid, 5- or 9-point) of at
-    least ``ENGINE_MIN_SIZE`` unknowns (:mod:`ssi_sparse._tuning`) is solved by the
-    Schwarz-Schur engine; anything else goes to :func:`scipy.sparse.linalg.spsolve` unchanged.
+    least ``ENGINE_MIN_SIZE_FIRST`` unknowns, or of ``ENGINE_MIN_SIZE`` when a matrix of its
+    size came before (:mod:`ssi_sparse._tuning`: the first one would pay the grid's plan), is
+    solved by the Schwarz-Schur engine; anything else goes to
+    :func:`scipy.sparse.linalg.spsolve` unchanged.
 
     Parameters
     ----------
