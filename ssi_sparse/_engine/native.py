@@ -537,16 +537,16 @@ def grid_stencil_pass(A, width: int, nodes=None, n_nodes=None, components: int =
     shape = (n_nodes * components, 9)
     direct = out is not None and out.shape == shape and out.dtype == acc and out.flags.c_contiguous
     V = out if direct else pages.empty(shape, acc)
-    parts = _cuts(indptr, n_parts)
-    # zeroed by writes, on every thread: the pass's first access to an entry is a read, and
-    # on fresh pages a read maps the zero page, then the write faults again (2 threads:
-    # slower than one)
-    bounds = np.linspace(0, V.nbytes, len(parts) + 1).astype(np.int64).tolist()
-    _each(parallel_map, lambda at: ctypes.memset(V.ctypes.data + at[0], 0, at[1] - at[0]), list(zip(bounds[:-1], bounds[1:])))
     fn = getattr(_library(), f"ssi_stencil_{suffix}")
     layout = (None if nodes is None else nodes.ctypes.data, int(n_nodes), int(width), int(components), int(cells), csc)
     if seen is not None and fn(n, *ptrs, *layout, 0, 0, V.ctypes.data, seen.ctypes.data, ctypes.byref(wide)):
-        return None  # the nodes are not distinct nodes of the grid
+        return None  # the nodes are not distinct nodes of the grid (checked alone: no line read)
+    parts = _cuts(indptr, n_parts)
+    # V zeroed by writes, each thread its share: the pass's first access to an entry is a
+    # read, and on fresh pages a read maps the zero page and the write then faults again
+    # (two threads faulting so were slower than one)
+    bounds = np.linspace(0, V.nbytes, len(parts) + 1).astype(np.int64).tolist()
+    _each(parallel_map, lambda at: ctypes.memset(V.ctypes.data + at[0], 0, at[1] - at[0]), list(zip(bounds[:-1], bounds[1:])))
 
     def lines(bounds):
         flag = ctypes.c_int32(0)
