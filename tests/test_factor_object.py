@@ -190,3 +190,43 @@ def test_arena_tail_goes_back_to_the_system():
     assert np.all(arena[:keep] == 1.0)  # the part still in use is untouched
     # whole pages past the kept part read back as zeros (the partial pages at both ends stay)
     assert np.all(arena[keep + 1024 : -1024] == 0.0)
+
+
+def _stored_arrays(lu):
+    return [a for level in lu._numeric.blocks for blk in level if blk is not None
+            for a in (getattr(blk, "factor", None), getattr(blk, "w", None)) if a is not None]  # fmt: skip
+
+
+def test_refactorize_writes_into_the_old_factors_storage():
+    """New values go into the arrays of the factorization they replace (no fresh memory),
+    with the factors a new factorization of those values has, bit for bit."""
+    from ssi_sparse.problems import helmholtz_2d
+
+    A = diffusion_2d(41, 37)
+    lu = ssi_sparse.factorize(A)
+    before = _stored_arrays(lu)
+    b = np.random.default_rng(3).standard_normal((A.shape[0], 2))
+    lu.solve(b)  # (its right-hand side buffers are handed on too)
+    lu.refactorize(2.5 * A)
+    after = _stored_arrays(lu)
+    assert len(after) == len(before) and all(x is y for x, y in zip(before, after))
+    np.testing.assert_array_equal(lu.solve(b), ssi_sparse.factorize(2.5 * A).solve(b))
+    H = helmholtz_2d(41, 37, kh=0.9)  # same pattern, indefinite: LU from some level up
+    lu.refactorize(H)
+    assert not lu._numeric.cholesky
+    np.testing.assert_array_equal(lu.solve(b), ssi_sparse.factorize(H).solve(b))
+    assert rel_res(H, lu.solve(b), b) < 1e-10
+
+
+def test_refactorize_failing_in_the_elimination_keeps_old_factor():
+    """A refactorization that fails after it began overwriting the old factors (a
+    numerically singular block) recomputes them: the factor answers as before, bit for bit."""
+    A = diffusion_2d(40, 30)
+    lu = ssi_sparse.factorize(A)
+    b = np.ones(A.shape[0])
+    x = lu.solve(b)
+    with pytest.raises(ssi_sparse.SingularMatrixError, match="numerically singular"):
+        lu.refactorize(diffusion_2d(40, 30, neumann=True))  # same pattern, singular
+    np.testing.assert_array_equal(lu.solve(b), x)
+    lu.refactorize(2.0 * A)
+    assert rel_res(2.0 * A, lu.solve(b), b) < 1e-12

@@ -179,14 +179,22 @@ class GridFactor:
         hermitian = is_hermitian(xp, Vs, dims)
         _check_fits(self.grid, dtype, factor_dtype, hermitian, self.backend, self.batch or 1)
         numeric = None
-        if factor_dtype != dtype:
-            try:
-                numeric = self._eliminate(xp.astype(Vs, factor_dtype), hermitian)
-            except SingularMatrixError:
-                factor_dtype = dtype  # singular in single precision: the full one decides
-        if numeric is None:
-            numeric = self._eliminate(Vs, hermitian)
-        # commit only after success, so a failed refactorization leaves the factor intact
+        # a refactorization writes its factors into the storage of the one it replaces (no
+        # fresh memory to touch: at 1025^2 ~540 MB); if it fails, that one is recomputed
+        # from its own values, so a failed refactorization still leaves the factor intact
+        reuse = getattr(self, "_numeric", None) if xp is np else None
+        try:
+            if factor_dtype != dtype:
+                try:
+                    numeric = self._eliminate(xp.astype(Vs, factor_dtype), hermitian, reuse)
+                except SingularMatrixError:
+                    factor_dtype = dtype  # singular in single precision: the full one decides
+            if numeric is None:
+                numeric = self._eliminate(Vs, hermitian, reuse)
+        except BaseException:
+            if reuse is not None:
+                self._recompute()
+            raise
         self._V, self._numeric, self._scale = V, numeric, scale
         self._Vt = None  # transposed stencil, built on the first transposed solve
         row_sums = stencil_row_sums(xp, V, dims)
@@ -212,11 +220,18 @@ class GridFactor:
         Vs, _ = equilibrate(self._xp, self._V, self._dims)
         return self._eliminate(Vs, self._numeric.hermitian)
 
-    def _eliminate(self, Vs, hermitian) -> NumericFactor:
-        """Numeric factorization of the equilibrated stencil ``Vs`` (in its dtype)."""
+    def _eliminate(self, Vs, hermitian, reuse=None) -> NumericFactor:
+        """Numeric factorization of the equilibrated stencil ``Vs`` (in its dtype), into the
+        storage of ``reuse`` (a factorization given up) where it fits."""
         a_norm = stencil_norm_inf(self._xp, Vs, self._dims)
         masked = self._absent is not None and self._absent.size > 0
-        return factorize_values(self._plan(), Vs, hermitian, a_norm, self._xp, masked=masked)
+        return factorize_values(self._plan(), Vs, hermitian, a_norm, self._xp, masked=masked, reuse=reuse)
+
+    def _recompute(self) -> None:
+        """The committed factorization again from its own values (a failed refactorization
+        overwrote its storage): the same arithmetic, the same factors."""
+        Vs, _ = equilibrate(self._xp, self._V, self._dims)
+        self._numeric = self._eliminate(self._xp.astype(Vs, self.factor_dtype), self._numeric.hermitian)
 
     def slogdet(self):
         """Sign and natural log of the absolute value of ``det(A)``, from the factorization.
@@ -352,12 +367,17 @@ class GridFactor:
         pattern (``indptr`` and ``indices``) as the matrix this factor was built from, its
         values go straight into the stencil array; otherwise ``A`` is checked against this
         factor's grid.  ``A`` may also be a stencil array of the grid's shape (see
-        :func:`factorize_stencil`).  Updates the factor in place and returns it.
+        :func:`factorize_stencil`).  Updates the factor in place and returns it: the new
+        factors are written into the old ones' storage (no new memory for them, no pages to
+        touch).  A refactorization that fails (a singular matrix) leaves the factor as it
+        was: if the old factors were overwritten already, they are recomputed.
 
         Raises
         ------
         NotGridStructuredError
             If ``A`` does not fit this factor's grid.
+        SingularMatrixError
+            If the new values are singular (the factor keeps the old ones).
         """
         if self.batch is not None:
             raise ValueError("a batch factor takes new values with refactorize_batch")

@@ -251,11 +251,13 @@ class DenseJob:
     ``leaf_jobs`` (level 1 only, else None): the leaf classes' jobs (:meth:`for_leaves`),
     whose boxes this job assembles and factors beside its own.  ``compact``: the frontals may
     hold decoupled nodes (a masked grid's absent pixels); the native kernel factors each box
-    without them (the results are the same).
+    without them (the results are the same).  ``storage``: the class's blocks of a
+    factorization that is given up (a refactorization's predecessor), whose arrays of the
+    right shape and dtype receive the factors instead of new ones.
     """
 
     def __init__(self, F, s: int, cholesky: bool, a_norm: float, where: str, source=None, inline: bool = False,
-                 shape=None, dtype=None, compact: bool = False):
+                 shape=None, dtype=None, compact: bool = False, storage=None):
         P, f, _ = F.shape if F is not None else shape
         dtype = np.dtype(F.dtype if F is not None else dtype)
         if F is not None and not F.flags.c_contiguous:
@@ -266,17 +268,22 @@ class DenseJob:
         self.in_c = native.supports_dtype(np, dtype)
         if (source is not None or inline) and not self.in_c:
             raise ValueError("fused assembly and the inline kernel need the native extension")
-        self.factor = pages.empty((P, s, s), dtype)
-        self.x = None if cholesky else pages.empty((P, r, s), dtype)
-        self.w = pages.empty((P, s, r), dtype)
+        def stored(name, shape):  # ``storage``'s array (a factorization given up), else a new one
+            a = getattr(storage, name, None)
+            return a if a is not None and a.shape == shape and a.dtype == dtype else pages.empty(shape, dtype)
+
+        self.factor = stored("factor", (P, s, s))
+        self.x = None if cholesky else stored("x", (P, r, s))
+        self.w = stored("w", (P, s, r))
         self.perm = None if cholesky else np.empty((P, s), dtype=np.intp)
         self.rconds = np.ones(P)
         self._task_seconds = []  # one entry per run (list.append is thread-safe)
 
     @classmethod
-    def for_leaves(cls, P: int, f: int, s: int, dtype, cholesky: bool, a_norm: float, where: str) -> "DenseJob":
+    def for_leaves(cls, P: int, f: int, s: int, dtype, cholesky: bool, a_norm: float, where: str,
+                   storage=None) -> "DenseJob":  # fmt: skip
         """Storage for a leaf class that its level-1 parents factor (no frontals of its own)."""
-        return cls(None, s, cholesky, a_norm, where, inline=True, shape=(P, f, f), dtype=dtype)
+        return cls(None, s, cholesky, a_norm, where, inline=True, shape=(P, f, f), dtype=dtype, storage=storage)
 
     def box_cost(self) -> float:
         """Flops of one box (the LU-type model, halved for Cholesky): for scheduling."""

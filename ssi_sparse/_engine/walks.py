@@ -268,14 +268,19 @@ def _row_chunks(P, f):
 
 
 def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timings=None,
-                     masked: bool = False) -> NumericFactor:
+                     masked: bool = False, reuse: NumericFactor | None = None) -> NumericFactor:
     """Numeric phase: eliminate every level of ``plan`` for the stencil values ``V`` (n, 9).
 
     ``a_norm`` (the matrix's infinity-norm) is the scale singular blocks are measured against.
     ``masked``: some nodes are decoupled (a masked grid's absent pixels); the native dense
     kernel then factors every box without them (the inline kernel skips their zero updates).
     ``timings``: a list that receives one :class:`ClassTiming` per class (benchmarks).
+    ``reuse``: a factorization on ``plan`` that is given up (overwritten, even when this one
+    fails): its stored blocks take the new factors where shapes and dtype agree, so a
+    refactorization touches no fresh memory for them.
     """
+    if reuse is not None and reuse.plan is not plan:
+        reuse = None
     if native.supports_dtype(xp, V.dtype):
         V = np.ascontiguousarray(V)  # the native kernels read V itself (no zero row: see _source)
         V_padded = None
@@ -320,8 +325,9 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
 
             def factor_level(cholesky, k=k, level_fronts=level_fronts, boxed=boxed, level_kernels=level_kernels,
                              leaf_classes=leaf_classes, assemble=assemble, fronts=fronts):
+                old = None if reuse is None else (reuse.blocks[k], reuse.blocks[0] if leaf_classes else None)
                 jobs, leaf_jobs = _box_jobs(xp, plan.levels, level_fronts, boxed, level_kernels, k, cholesky, a_norm,
-                                            V, fronts, leaf_classes, n_threads, assemble, masked)  # fmt: skip
+                                            V, fronts, leaf_classes, n_threads, assemble, masked, old)  # fmt: skip
                 _run_box_jobs(jobs, n_threads)
                 return jobs, leaf_jobs
 
@@ -355,23 +361,29 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
     if plan.boundary is not None:  # a window: its root's Schur complement goes up the tree
         s = plan.levels[-1].classes[0].n_elim
         schur = xp.asarray(fronts[0][0, s:, s:], copy=True)
-    return NumericFactor(plan, blocks, hermitian, V.dtype, kernels, schur)
+    numeric = NumericFactor(plan, blocks, hermitian, V.dtype, kernels, schur)
+    if reuse is not None:
+        numeric.spare_fronts = reuse.spare_fronts  # the solves' frontal right-hand sides too
+    return numeric
 
 
 def _box_jobs(xp, plan_levels, level_fronts, boxed, level_kernels, k, cholesky, a_norm, V, fronts, leaf_classes,
-              n_threads, assemble, masked=False):
+              n_threads, assemble, masked=False, old=None):
     """``(jobs, leaf_jobs)``: one :class:`DenseJob` per class of level ``k`` that the native
     or dense kernel factors box by box (``boxed``), and (``leaf_classes`` given: level 1 with
     its leaves fused) one storage job per leaf class, factored by its parents.  With the
     native kernel each box is gathered just before it is factored, on the thread that factors
     it (in cache, and beside the other threads' arithmetic); otherwise the frontals are
-    assembled here first."""
+    assembled here first.  ``old``: ``(blocks of level k, of the leaves)`` of a factorization
+    given up, whose storage the jobs reuse (see :func:`factorize_values`)."""
     level = plan_levels[k]
     child_classes = plan_levels[k - 1].classes if k else None
+    old_level, old_leaves = old if old is not None else (None, None)
     leaf_jobs = None
     if leaf_classes is not None:
-        leaf_jobs = [DenseJob.for_leaves(c.n_boxes, c.n_front, c.n_elim, V.dtype, cholesky, a_norm, _where(0, c))
-                     for c in leaf_classes]  # fmt: skip
+        leaf_jobs = [DenseJob.for_leaves(c.n_boxes, c.n_front, c.n_elim, V.dtype, cholesky, a_norm, _where(0, c),
+                                         None if old_leaves is None else old_leaves[ci])
+                     for ci, c in enumerate(leaf_classes)]  # fmt: skip
     jobs = []
     for ci in boxed:
         cls, F = level.classes[ci], level_fronts[ci]
@@ -383,7 +395,8 @@ def _box_jobs(xp, plan_levels, level_fronts, boxed, level_kernels, k, cholesky, 
             if not native.supports_dtype(xp, F.dtype):
                 _flush_tiny(F)  # the native assembly does this on the fly
         jobs.append(DenseJob(F, cls.n_elim, cholesky, a_norm, _where(k, cls), source,
-                             inline=level_kernels[ci] == "native", compact=masked and level_kernels[ci] == "dense"))  # fmt: skip
+                             inline=level_kernels[ci] == "native", compact=masked and level_kernels[ci] == "dense",
+                             storage=None if old_level is None else old_level[ci]))  # fmt: skip
     return jobs, leaf_jobs
 
 
