@@ -324,11 +324,10 @@ def _by_boxes(P: int, entries_per_box: int, call) -> None:
     moves enough data for threads to pay (the solve's moves are memory-bound; one core does
     not saturate the memory), else at once.  Every box writes only its own rows."""
     run, n = parallel_map()
-    if n < 2 or P < 2 or P * entries_per_box < _tuning.SWEEP_PARALLEL_MIN_ENTRIES:
-        call(0, P)
-        return
+    if P < 2 or P * entries_per_box < _tuning.SWEEP_PARALLEL_MIN_ENTRIES:
+        n = 1
     cuts = [P * i // n for i in range(n + 1)]
-    list(run(lambda i: call(cuts[i], cuts[i + 1]), range(n)))
+    _each(run, lambda i: call(cuts[i], cuts[i + 1]), range(n))
 
 
 def _moves(front, *arrays, index=()):
