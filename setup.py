@@ -17,7 +17,7 @@ setup(
         Extension(
             "ssi_sparse._engine._native_frontal",
             sources=["ssi_sparse/_engine/_csrc/frontal.c", "ssi_sparse/_engine/_csrc/stencil.c"],
-            depends=["ssi_sparse/_engine/_csrc/frontal_impl.h", "ssi_sparse/_engine/_csrc/inline_impl.h", "ssi_sparse/_engine/_csrc/dense_impl.h"],
+            depends=["ssi_sparse/_engine/_csrc/frontal_impl.h", "ssi_sparse/_engine/_csrc/inline_impl.h", "ssi_sparse/_engine/_csrc/dense_impl.h", "ssi_sparse/_engine/_csrc/program_impl.h"],
             extra_compile_args=compile_args,
             optional=True,
         )

@@ -79,6 +79,10 @@ SWEEP_PARALLEL_MIN_ENTRIES = 1 << 18
 #: 536 MB; reusing them saves the page faults of fresh memory, 0.100 -> 0.090 s per solve).
 SOLVE_WORKSPACE_MAX_FRACTION = 0.25
 
+#: Recorded solves (solve programs) a factor keeps, one per shape of right-hand side
+#: (``trans``, columns, dtype): the most recent ones.
+KEPT_PROGRAMS = 4
+
 #: Without the native extension the dense kernel loops over boxes in Python: a few ctypes
 #: calls per box pay only on wide frontals; below, the portable batched inverse kernel.
 DENSE_MIN_FRONT_PYTHON_LOOP = 257

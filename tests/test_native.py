@@ -18,6 +18,7 @@ import ssi_sparse
 from helpers import rel_residual, stencil_matrix
 from ssi_sparse._engine import native as _native
 from ssi_sparse import SingularMatrixError, _tuning
+from ssi_sparse._engine import walks
 from ssi_sparse._engine.walks import factorize_values, selected_inverse, solve_values
 from ssi_sparse._structure.grid import grid_stencil
 from ssi_sparse._planning.plan import build_plan
@@ -241,8 +242,9 @@ def test_native_solve_moves_match_numpy(dtype, k):
 
 
 def test_solve_reuses_its_workspace_safely():
-    """Solves reuse the last solve's frontal right-hand sides: same answers, any number of
-    columns, and threads sharing one factor still get their own answers."""
+    """Solves reuse the last solve's recorded program and its frontal right-hand sides: same
+    answers, any number of columns, and threads sharing one factor still get their own
+    answers."""
     from concurrent.futures import ThreadPoolExecutor
 
     A = stencil_matrix(97, 83, np.random.default_rng(3), "spd", np.float64)
@@ -250,7 +252,7 @@ def test_solve_reuses_its_workspace_safely():
     rng = np.random.default_rng(4)
     bs = [rng.standard_normal(A.shape[0]) for _ in range(6)]
     first = [lu.solve(b) for b in bs]
-    assert lu._numeric.spare_fronts  # one column is small next to the factor: kept
+    assert lu._numeric.programs  # one column is small next to the factor: kept
     assert all(np.array_equal(lu.solve(b), x) for b, x in zip(bs, first))
     B = np.stack(bs, axis=1)
     np.testing.assert_allclose(lu.solve(B), np.stack(first, axis=1), rtol=1e-12, atol=1e-12)
@@ -284,6 +286,11 @@ def test_solves_split_over_threads_answer_as_whole(kind, dtype, masked, k, monke
     whole = {trans: F.solve(b, trans) for trans in ("N", "T")}
     monkeypatch.setattr(_tuning, "SWEEP_PARALLEL_MIN_ENTRIES", 0)
     monkeypatch.setattr(threads, "num_threads", lambda: 3)
+    F._numeric.programs.clear()  # recorded again: every level cut over three threads
+    for trans, x in whole.items():
+        np.testing.assert_array_equal(F.solve(b, trans), x)
+    assert any(len(tables) == 3 for kept in F._numeric.programs.values() for p in kept for tables in p.stages)
+    monkeypatch.setattr(walks, "program_for", lambda *args: None)  # the step by step walk, also split
     for trans, x in whole.items():
         np.testing.assert_array_equal(F.solve(b, trans), x)
     assert rel_residual(A, whole["N"], b) < _tol(dtype)

@@ -28,6 +28,7 @@ from . import native
 from . import pages
 from .dense import DenseJob, NotPositiveDefinite, run_jobs
 from .portable import EliminatedBlocks, allocate_blocks, eliminate
+from .program import program_for
 from .lapack import single_threaded_blas, single_threaded_blas_available
 from .._planning.plan import Plan
 from .threads import num_threads as _num_threads
@@ -36,6 +37,7 @@ from .threads import thread_budget  # noqa: F401  (the engine's public knob, use
 from .._tuning import (
     BLAS_THREADS_MIN_FRONT,
     GATHER_BLOCK_BYTES,
+    KEPT_PROGRAMS,
     NUMPY_FLAT_MAX_FRONT,
     PARALLEL_MIN_ENTRIES,
     SOLVE_WORKSPACE_MAX_FRACTION,
@@ -58,11 +60,31 @@ class NumericFactor:
     #: (fresh memory costs page faults: ~10 % of a 1025^2 solve); at most one set, kept
     #: only while small next to the factor (:data:`._tuning.SOLVE_WORKSPACE_MAX_FRACTION`).
     spare_fronts: list = field(default_factory=list, repr=False)
+    #: Recorded solves (:class:`.program.SweepProgram`) by ``(trans, columns, dtype)``: each
+    #: holds this factor's addresses, so it is never handed to another factor.
+    programs: dict = field(default_factory=dict, repr=False)
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["spare_fronts"] = []  # scratch, not state
+        state["spare_fronts"], state["programs"] = [], {}  # scratch, not state
         return state
+
+    def keep_program(self, program) -> None:
+        """Keep ``program`` for the next solve of its shape, while its fronts are small next
+        to the factor (one per shape; the most recent shapes)."""
+        if program.nbytes > SOLVE_WORKSPACE_MAX_FRACTION * self.nbytes():
+            return
+        key = program.key
+        kept = self.programs.pop(key, [])
+        if not kept:
+            kept.append(program)
+        self.programs[key] = kept  # most recently used last
+        while len(self.programs) > KEPT_PROGRAMS:
+            self.programs.pop(next(iter(self.programs)))
+
+    def spare_workspaces(self) -> list:
+        """Every solve workspace this factor holds (fronts lists), for the one replacing it."""
+        return self.spare_fronts + [p.fronts for kept in self.programs.values() for p in kept]
 
     @property
     def cholesky(self) -> bool:
@@ -363,7 +385,7 @@ def factorize_values(plan: Plan, V, hermitian: bool, a_norm: float, xp=np, timin
         schur = xp.asarray(fronts[0][0, s:, s:], copy=True)
     numeric = NumericFactor(plan, blocks, hermitian, V.dtype, kernels, schur)
     if reuse is not None:
-        numeric.spare_fronts = reuse.spare_fronts  # the solves' frontal right-hand sides too
+        numeric.spare_fronts = reuse.spare_workspaces()  # the solves' frontal right-hand sides too
     return numeric
 
 
@@ -474,6 +496,14 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
     conjugate, trans = plain_trans(factor.hermitian, xp.isdtype(factor.dtype, "complex floating"), trans)
     if conjugate:
         return xp.conj(solve_values(factor, xp.conj(b), trans, xp))
+    program = program_for(factor, trans, b.shape[1], b.dtype) if xp is np else None
+    if program is not None:
+        n_nodes = len(factor.plan.inverse_order)
+        x = (pages.zeros if factor.plan.dropped is not None else pages.empty)((n_nodes, b.shape[1]), b.dtype)
+        with _sweep_blas(xp):
+            program.run(np.ascontiguousarray(b), x)
+        factor.keep_program(program)
+        return x
     try:  # pop is atomic: threads may share a factor
         spare = factor.spare_fronts.pop()
     except IndexError:

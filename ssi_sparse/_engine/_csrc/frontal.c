@@ -30,6 +30,9 @@
 enum { MODE_LEAF = 0, MODE_MERGE = 1, MODE_NONE = 2, MODE_RUNS = 3 };
 enum { BOX_NOT_PD = 1, BOX_SINGULAR = 2 };
 enum { SWEEP_UP_N = 0, SWEEP_UP_T = 1, SWEEP_DOWN_N = 2, SWEEP_DOWN_T = 3 };
+/* ssi_sweep_program's steps (program_impl.h; the same numbers in _engine/program.py) */
+enum { OP_GATHER_NODES = 1, OP_ADD_RUNS = 2, OP_SWEEP = 3, OP_GATHER_BOUNDARY = 4, OP_SCATTER_NODES = 5 };
+enum { PROGRAM_OP_WIDTH = 13 };
 
 /* SciPy's BLAS/LAPACK routines for one dtype (dense_impl.h), as ssi_sparse/_lapack.py finds them */
 struct blas_table {

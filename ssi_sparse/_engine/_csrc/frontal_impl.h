@@ -202,6 +202,7 @@ EXPORT void FN(ssi_column_absmax)(int64_t n, int64_t k, const void *a_, const R 
 
 #include "inline_impl.h"
 #include "dense_impl.h"
+#include "program_impl.h"
 
 #undef FN
 #undef T

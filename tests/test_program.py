@@ -1,0 +1,96 @@
+"""Solve programs (``_engine/program.py``): a factor's recorded sweeps answer bit for bit as the
+step by step walk, stay with their factor, and hand their workspace on."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+import ssi_sparse
+from helpers import rel_residual, stencil_matrix
+from ssi_sparse._engine import native, walks
+from ssi_sparse.problems import ring_mask
+
+pytestmark = pytest.mark.skipif(native._library() is None, reason="native extension not built")
+
+
+def _step_by_step(monkeypatch):
+    monkeypatch.setattr(walks, "program_for", lambda *args: None)
+
+
+def _matrix(kind, dtype, masked, rng, H=45, W=38):
+    A = stencil_matrix(H, W, rng, kind, dtype)
+    if not masked:
+        return A, {}
+    mask = ring_mask(H, W, fill=0.5)
+    keep = np.flatnonzero(mask.ravel())
+    return A.tocsr()[keep][:, keep], dict(mask=mask)
+
+
+@pytest.mark.parametrize("kind, dtype, masked", [("spd", np.float64, False), ("spd", np.float32, True),
+                                                 ("nonsym", np.float64, False), ("nonsym", np.float32, True),
+                                                 ("complex", np.complex128, True), ("spd", np.complex64, False)])
+@pytest.mark.parametrize("k", [1, 3])
+def test_program_answers_as_the_step_by_step_walk(kind, dtype, masked, k, monkeypatch):
+    monkeypatch.setattr(walks, "SOLVE_WORKSPACE_MAX_FRACTION", 100.0)  # keep every program (checked below)
+    rng = np.random.default_rng(11)
+    A, hints = _matrix(kind, dtype, masked, rng)
+    F = ssi_sparse.factorize(A, **hints)
+    b = rng.standard_normal((A.shape[0], k)).astype(dtype)
+    if np.dtype(dtype).kind == "c":
+        b = b + 1j * rng.standard_normal(b.shape).astype(dtype)
+    recorded = {trans: F.solve(b, trans) for trans in "NTH"}
+    assert F._numeric.programs  # the solves ran recorded programs
+    _step_by_step(monkeypatch)
+    for trans, x in recorded.items():
+        np.testing.assert_array_equal(F.solve(b, trans), x)
+    tol = 1e-4 if np.dtype(dtype) in (np.float32, np.complex64) else 1e-10
+    assert rel_residual(A, recorded["N"], b) < tol
+
+
+def test_program_is_recorded_once_and_kept_per_shape():
+    rng = np.random.default_rng(12)
+    A, _ = _matrix("nonsym", np.float64, False, rng)
+    F = ssi_sparse.factorize(A)
+    b = rng.standard_normal(A.shape[0])
+    F.solve(b)
+    (first,) = [p for kept in F._numeric.programs.values() for p in kept]
+    F.solve(2 * b)
+    assert [p for kept in F._numeric.programs.values() for p in kept] == [first]  # the same one, again
+    F.solve(b, "T")
+    F.solve(np.stack([b, b], axis=1))
+    assert len(F._numeric.programs) == 3  # one per (trans, columns, dtype)
+    wide = np.ones((A.shape[0], 64))  # fronts far larger than a quarter of the factor: not kept
+    np.testing.assert_allclose(F.solve(wide)[:, 0], F.solve(wide[:, 0]), rtol=1e-12, atol=1e-12)
+    assert all(key[1] != 64 for key in F._numeric.programs)
+
+
+def test_refactorize_records_anew_in_the_old_workspace():
+    """A program holds its factor's addresses: the new factor records its own, in the fronts
+    the old one's program had (no fresh memory), and answers for the new values."""
+    rng = np.random.default_rng(13)
+    A, _ = _matrix("spd", np.float64, False, rng)
+    F = ssi_sparse.factorize(A)
+    b = rng.standard_normal(A.shape[0])
+    F.solve(b)
+    (old,) = [p for kept in F._numeric.programs.values() for p in kept]
+    A2 = A.copy()
+    A2.setdiag(A2.diagonal() * 1.5)
+    F.refactorize(A2)
+    assert not F._numeric.programs  # nothing recorded for the new factor yet
+    x = F.solve(b)
+    (new,) = [p for kept in F._numeric.programs.values() for p in kept]
+    assert new is not old and new.factor is F._numeric
+    assert all(a is c for la, lc in zip(new.fronts, old.fronts) for a, c in zip(la, lc))
+    assert rel_residual(A2, x, b) < 1e-10
+
+
+def test_pickled_factor_drops_programs():
+    rng = np.random.default_rng(14)
+    A, _ = _matrix("spd", np.float64, False, rng)
+    F = ssi_sparse.factorize(A)
+    b = rng.standard_normal(A.shape[0])
+    x = F.solve(b)
+    G = pickle.loads(pickle.dumps(F))
+    assert not G._numeric.programs
+    np.testing.assert_array_equal(G.solve(b), x)
