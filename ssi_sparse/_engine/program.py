@@ -101,6 +101,7 @@ class SweepProgram:
                         for ci, cls in enumerate(level.classes)]
                        for kl, level in enumerate(plan.levels)]  # fmt: skip
         self._carried = {}  # id(link) -> its carried mask as uint8 (alive with the program)
+        self.keepable = None  # whether its factor keeps it (NumericFactor.keep_program)
         up = [self._level_steps(kl, self._up_steps) for kl in range(len(plan.levels))]
         down = [self._level_steps(kl, self._down_steps) for kl in range(len(plan.levels) - 1, -1, -1)]
         self.stages = _joined(up + down)

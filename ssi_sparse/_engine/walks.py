@@ -72,7 +72,9 @@ class NumericFactor:
     def keep_program(self, program) -> None:
         """Keep ``program`` for the next solve of its shape, while its fronts are small next
         to the factor (one per shape; the most recent shapes)."""
-        if program.nbytes > SOLVE_WORKSPACE_MAX_FRACTION * self.nbytes():
+        if program.keepable is None:  # decided once: neither the factor nor the fronts change
+            program.keepable = program.nbytes <= SOLVE_WORKSPACE_MAX_FRACTION * self.nbytes()
+        if not program.keepable:
             return
         key = program.key
         kept = self.programs.pop(key, [])
