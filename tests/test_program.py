@@ -80,9 +80,27 @@ def test_refactorize_records_anew_in_the_old_workspace():
     assert not F._numeric.programs  # nothing recorded for the new factor yet
     x = F.solve(b)
     (new,) = [p for kept in F._numeric.programs.values() for p in kept]
-    assert new is not old and new.factor is F._numeric
+    assert new is not old and new.factor() is F._numeric
     assert all(a is c for la, lc in zip(new.fronts, old.fronts) for a, c in zip(la, lc))
     assert rel_residual(A2, x, b) < 1e-10
+
+
+def test_factor_with_programs_is_freed_without_the_cyclic_collector():
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(15)
+    A, _ = _matrix("spd", np.float64, False, rng)
+    F = ssi_sparse.factorize(A)
+    F.solve(rng.standard_normal(A.shape[0]))
+    assert F._numeric.programs
+    gc.disable()
+    try:
+        ref = weakref.ref(F._numeric)
+        del F
+        assert ref() is None  # freed by reference counting alone
+    finally:
+        gc.enable()
 
 
 def test_pickled_factor_drops_programs():

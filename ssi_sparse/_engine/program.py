@@ -21,6 +21,7 @@ on.
 from __future__ import annotations
 
 import ctypes
+import weakref
 
 import numpy as np
 
@@ -109,6 +110,10 @@ class SweepProgram:
         self._fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         self._fn.restype = ctypes.c_int64
         self._table = ctypes.addressof(lapack_for(self.dtype).table)
+        # the factor keeps its programs: a reference back would make a cycle, and the
+        # factor's memory would wait for the cyclic collector (spsolve's factors are dropped
+        # at once); it runs only through its factor, whose arrays are then alive
+        self.factor = weakref.ref(factor)
 
     @property
     def nbytes(self) -> int:
