@@ -8,6 +8,7 @@ import pytest
 
 import ssi_sparse
 from helpers import rel_residual, stencil_matrix
+from ssi_sparse import _tuning
 from ssi_sparse._engine import native, walks
 from ssi_sparse.problems import ring_mask
 
@@ -32,7 +33,7 @@ def _matrix(kind, dtype, masked, rng, H=45, W=38):
                                                  ("complex", np.complex128, True), ("spd", np.complex64, False)])
 @pytest.mark.parametrize("k", [1, 3])
 def test_program_answers_as_the_step_by_step_walk(kind, dtype, masked, k, monkeypatch):
-    monkeypatch.setattr(walks, "SOLVE_WORKSPACE_MAX_FRACTION", 100.0)  # keep every program (checked below)
+    monkeypatch.setattr(_tuning, "SOLVE_WORKSPACE_MAX_FRACTION", 100.0)  # keep every program (checked below)
     rng = np.random.default_rng(11)
     A, hints = _matrix(kind, dtype, masked, rng)
     F = ssi_sparse.factorize(A, **hints)

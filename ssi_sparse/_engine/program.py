@@ -21,6 +21,7 @@ on.
 from __future__ import annotations
 
 import ctypes
+import threading
 import weakref
 
 import numpy as np
@@ -31,7 +32,9 @@ from .lapack import lapack_for
 from .threads import parallel_map
 from .. import _tuning
 
-__all__ = ["SweepProgram", "program_for"]
+__all__ = ["SweepProgram", "keep_program", "program_for"]
+
+_KEPT_LOCK = threading.Lock()  # every factor's kept programs (threads may share a factor)
 
 # ssi_sweep_program's steps: the numbers and the width of _csrc/frontal.c
 _GATHER_NODES, _ADD_RUNS, _SWEEP, _GATHER_BOUNDARY, _SCATTER_NODES = 1, 2, 3, 4, 5
@@ -45,12 +48,10 @@ def program_for(factor, trans: str, k: int, dtype):
     kernel, another dtype than the factor's, a window's plan, blocks not all native)."""
     dtype = np.dtype(dtype)
     key = (trans, int(k), dtype.str, parallel_map()[1])
-    kept = factor.programs.get(key)
-    if kept:
-        try:  # pop is atomic: threads may share a factor, each solve needs its own fronts
+    with _KEPT_LOCK:  # threads may share a factor: each solve needs its own fronts
+        kept = factor.programs.get(key)
+        if kept:
             return kept.pop()
-        except IndexError:
-            pass
     if not _applies(factor, dtype):
         return None
     try:  # the last solves' fronts (or those of the factor this one replaced)
@@ -58,6 +59,23 @@ def program_for(factor, trans: str, k: int, dtype):
     except IndexError:
         spare = None
     return SweepProgram(factor, trans, int(k), dtype, spare)
+
+
+def keep_program(factor, program) -> None:
+    """Keep ``program`` with its factor for the next solve of its shape, while its fronts are
+    small next to the factor (:data:`~ssi_sparse._tuning.SOLVE_WORKSPACE_MAX_FRACTION`): one
+    per shape, the :data:`~ssi_sparse._tuning.KEPT_PROGRAMS` most recent shapes."""
+    if program.keepable is None:  # decided once: neither the factor nor the fronts change
+        program.keepable = program.nbytes <= _tuning.SOLVE_WORKSPACE_MAX_FRACTION * factor.nbytes()
+    if not program.keepable:
+        return
+    with _KEPT_LOCK:
+        kept = factor.programs.pop(program.key, [])
+        if not kept:
+            kept.append(program)
+        factor.programs[program.key] = kept  # most recently used last
+        while len(factor.programs) > _tuning.KEPT_PROGRAMS:
+            factor.programs.pop(next(iter(factor.programs)))
 
 
 def _applies(factor, dtype) -> bool:

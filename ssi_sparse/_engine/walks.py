@@ -28,7 +28,7 @@ from . import native
 from . import pages
 from .dense import DenseJob, NotPositiveDefinite, run_jobs
 from .portable import EliminatedBlocks, allocate_blocks, eliminate
-from .program import program_for
+from .program import keep_program, program_for
 from .lapack import single_threaded_blas, single_threaded_blas_available
 from .._planning.plan import Plan
 from .threads import num_threads as _num_threads
@@ -37,7 +37,6 @@ from .threads import thread_budget  # noqa: F401  (the engine's public knob, use
 from .._tuning import (
     BLAS_THREADS_MIN_FRONT,
     GATHER_BLOCK_BYTES,
-    KEPT_PROGRAMS,
     NUMPY_FLAT_MAX_FRONT,
     PARALLEL_MIN_ENTRIES,
     SOLVE_WORKSPACE_MAX_FRACTION,
@@ -68,21 +67,6 @@ class NumericFactor:
         state = dict(self.__dict__)
         state["spare_fronts"], state["programs"] = [], {}  # scratch, not state
         return state
-
-    def keep_program(self, program) -> None:
-        """Keep ``program`` for the next solve of its shape, while its fronts are small next
-        to the factor (one per shape; the most recent shapes)."""
-        if program.keepable is None:  # decided once: neither the factor nor the fronts change
-            program.keepable = program.nbytes <= SOLVE_WORKSPACE_MAX_FRACTION * self.nbytes()
-        if not program.keepable:
-            return
-        key = program.key
-        kept = self.programs.pop(key, [])
-        if not kept:
-            kept.append(program)
-        self.programs[key] = kept  # most recently used last
-        while len(self.programs) > KEPT_PROGRAMS:
-            self.programs.pop(next(iter(self.programs)))
 
     def spare_workspaces(self) -> list:
         """Every solve workspace this factor holds (fronts lists), for the one replacing it."""
@@ -504,7 +488,7 @@ def solve_values(factor: NumericFactor, b, trans: str = "N", xp=np):
         x = (pages.zeros if factor.plan.dropped is not None else pages.empty)((n_nodes, b.shape[1]), b.dtype)
         with _sweep_blas(xp):
             program.run(np.ascontiguousarray(b), x)
-        factor.keep_program(program)
+        keep_program(factor, program)
         return x
     try:  # pop is atomic: threads may share a factor
         spare = factor.spare_fronts.pop()
