@@ -8,7 +8,7 @@ What time stepping, Newton loops and multi-channel images run: one factorization
 ``solve(b)`` again and again (1 and 8 columns).  Per size, in one process: every solver
 factors the same matrix once, then the solves run in interleaved rounds (one solve of each
 solver per round), so load on the shared machine hits them alike; min and median over
-rounds.  ``ssi (step by step)`` is the engine's walk without the recorded solve program
+rounds (every other round in reverse order).  ``ssi (step by step)`` is the engine's walk without the recorded solve program
 (``_engine/program.py``), on the same factor: the program's gain measured side by side.
 Unsets OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for every solver (as bench_cpu.py) and prints
 the BLAS each one loaded.
@@ -98,9 +98,13 @@ def run(N: int, problem: str, repeats: int) -> dict:
         for k, b in rhs.items():
             x = solve(b)
             residual[name, k] = float(np.linalg.norm(A @ x - b) / np.linalg.norm(b))
-    for _ in range(repeats):
+    names = list(solvers)
+    for r in range(repeats):
         for k, b in rhs.items():
-            for name, solve in solvers.items():
+            # every other round in reverse: no solver always runs right after the same one
+            # (freed buffers are kept for reuse ~2 s; a fixed order would favour some)
+            for name in names if r % 2 == 0 else names[::-1]:
+                solve = solvers[name]
                 t = time.perf_counter()
                 solve(b)
                 times[name, k].append(time.perf_counter() - t)
