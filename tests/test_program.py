@@ -113,3 +113,41 @@ def test_pickled_factor_drops_programs():
     G = pickle.loads(pickle.dumps(F))
     assert not G._numeric.programs
     np.testing.assert_array_equal(G.solve(b), x)
+
+
+class _HeldPool:
+    """An executor whose submitted calls wait until released (a pool busy elsewhere)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def submit(self, fn, *args):
+        self.calls.append((fn, args))
+
+    def release(self):
+        for fn, args in self.calls:
+            fn(*args)
+        self.calls.clear()
+
+
+def test_solve_needs_no_helper_and_late_helpers_find_it_over(monkeypatch):
+    """The caller drives every stage itself when no helper thread comes (the engine's pool
+    busy); helpers that start after the solve return at once, touching nothing."""
+    from ssi_sparse._engine import program, threads
+
+    rng = np.random.default_rng(16)
+    A, _ = _matrix("nonsym", np.float64, False, rng, H=70, W=64)
+    F = ssi_sparse.factorize(A)
+    b = rng.standard_normal((A.shape[0], 2))
+    monkeypatch.setattr(_tuning, "SWEEP_PARALLEL_MIN_ENTRIES", 0)
+    monkeypatch.setattr(threads, "num_threads", lambda: 3)
+    expected = F.solve(b)  # recorded for three threads, helpers on the real pool
+    assert any(p._helpers == 2 for kept in F._numeric.programs.values() for p in kept)
+    held = _HeldPool()
+    monkeypatch.setattr(program, "pool", lambda n: held)
+    x = F.solve(b)
+    assert held.calls  # helpers were asked for, none came
+    np.testing.assert_array_equal(x, expected)
+    held.release()  # late: each finds its solve over and returns
+    np.testing.assert_array_equal(F.solve(b), expected)
+    held.release()

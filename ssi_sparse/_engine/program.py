@@ -29,7 +29,7 @@ import numpy as np
 from . import native, pages
 from .dense import FactoredBlocks
 from .lapack import lapack_for
-from .threads import parallel_map
+from .threads import parallel_map, pool
 from .. import _tuning
 
 __all__ = ["SweepProgram", "keep_program", "program_for"]
@@ -124,9 +124,14 @@ class SweepProgram:
         up = [self._level_steps(kl, self._up_steps) for kl in range(len(plan.levels))]
         down = [self._level_steps(kl, self._down_steps) for kl in range(len(plan.levels) - 1, -1, -1)]
         self.stages = _joined(up + down)
-        self._fn = getattr(native._library(), f"ssi_sweep_program_{native._SUFFIX[self.dtype]}")
-        self._fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-        self._fn.restype = ctypes.c_int64
+        self._fn, self._drive, self._help = _entry_points(self.dtype)
+        # the stages as ssi_sweep_drive reads them: [n_tables, table, n_ops, table, n_ops, ...]
+        width = 1 + 2 * max(len(tables) for tables in self.stages)
+        self._desc = np.zeros((len(self.stages), width), dtype=np.int64)
+        for row, tables in zip(self._desc, self.stages):
+            row[0] = len(tables)
+            row[1 : 1 + 2 * len(tables)] = [v for t in tables for v in (_ptr(t), t.shape[0])]
+        self._helpers = width // 2 - 1  # threads beside the caller that a stage can use
         self._table = ctypes.addressof(lapack_for(self.dtype).table)
         # the factor keeps its programs: a reference back would make a cycle, and the
         # factor's memory would wait for the cyclic collector (spsolve's factors are dropped
@@ -141,18 +146,20 @@ class SweepProgram:
         """Solve into ``x`` (n_nodes, k) from ``b`` (n, k), both C-ordered of the program's
         dtype and ``k`` columns (node order); the caller holds single-threaded BLAS."""
         bp, xp = _ptr(b), _ptr(x)
-        run_map, _ = parallel_map()
-        for tables in self.stages:
-            if len(tables) == 1:
-                self._check(self._fn(_ptr(tables[0]), tables[0].shape[0], bp, xp, self._table))
-                continue
-            # the calling thread runs the first table itself, the pool the others
-            calls = [lambda t=t: self._fn(_ptr(t), t.shape[0], bp, xp, self._table) for t in tables[1:]]
-            pending = run_map(lambda call: call(), calls)
-            status = self._fn(_ptr(tables[0]), tables[0].shape[0], bp, xp, self._table)
-            for other in pending:
-                status = status or other
-            self._check(status)
+        if not self._helpers:  # one thread: the stages are one table
+            for (table,) in self.stages:
+                self._check(self._fn(_ptr(table), table.shape[0], bp, xp, self._table))
+            return
+        # the caller drives the stages in C, helpers on the pool take tables as they come
+        # (no hand-off through Python per stage); a fresh sync block per solve, held by
+        # the helpers' calls, so that one starting late finds its own solve over
+        sync = np.zeros(2 + 2 * len(self.stages), dtype=np.int64)
+        sync[0] = -1
+        args = (_ptr(self._desc), len(self.stages), self._desc.shape[1], bp, xp, self._table)
+        workers = pool(self.n_threads)
+        for _ in range(self._helpers):
+            workers.submit(_help, self._help, args, sync)
+        self._check(self._drive(*args, _ptr(sync)))
 
     @staticmethod
     def _check(status) -> None:
@@ -246,6 +253,24 @@ class SweepProgram:
         if mask is None:
             mask = self._carried[id(link)] = np.ascontiguousarray(link.carried, dtype=np.uint8)
         return _ptr(mask)
+
+
+def _entry_points(dtype):
+    """``ssi_sweep_program``, ``ssi_sweep_drive``, ``ssi_sweep_help`` for ``dtype``."""
+    lib, suffix = native._library(), native._SUFFIX[np.dtype(dtype)]
+    run = getattr(lib, f"ssi_sweep_program_{suffix}")
+    run.argtypes, run.restype = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p], ctypes.c_int64
+    shared = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+              ctypes.c_void_p]  # fmt: skip
+    drive = getattr(lib, f"ssi_sweep_drive_{suffix}")
+    drive.argtypes, drive.restype = shared, ctypes.c_int64
+    help_ = getattr(lib, f"ssi_sweep_help_{suffix}")
+    help_.argtypes, help_.restype = shared, None
+    return run, drive, help_
+
+
+def _help(fn, args, sync) -> None:
+    fn(*args, _ptr(sync))  # sync stays alive with this call
 
 
 def _front(spare, kl, ci, shape, dtype):

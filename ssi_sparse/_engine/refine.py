@@ -37,12 +37,16 @@ def refine(xp, solve, matvec, B, norm_inf: float, eps: float, max_steps: int, co
     X = solve(B)
     b_norm = norm(B)
     for step in range(max_steps + 1):
-        R = B - matvec(X)
+        R = matvec(X)
+        if xp is np:  # in place: no fresh memory per step
+            np.subtract(B, R, out=R)
+        else:
+            R = B - R
         denom = norm_inf * norm(X) + b_norm
         eta = float(xp.max(norm(R) / xp.where(denom > 0, denom, 1.0)))
         if eta <= 8 * eps or step == max_steps:
             break
-        X = X + solve(R)
+        X += solve(R)  # X is the solves' own array
     return X, R, eta, step
 
 

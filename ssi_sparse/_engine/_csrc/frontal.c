@@ -20,8 +20,13 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#if !defined(_WIN32)
+#include <sched.h>
+#include <time.h>
+#endif
 
 #if defined(_WIN32)
+#include <windows.h>
 #define EXPORT __declspec(dllexport)
 #else
 #define EXPORT __attribute__((visibility("default")))
@@ -33,6 +38,29 @@ enum { SWEEP_UP_N = 0, SWEEP_UP_T = 1, SWEEP_DOWN_N = 2, SWEEP_DOWN_T = 3 };
 /* ssi_sweep_program's steps (program_impl.h; the same numbers in _engine/program.py) */
 enum { OP_GATHER_NODES = 1, OP_ADD_RUNS = 2, OP_SWEEP = 3, OP_GATHER_BOUNDARY = 4, OP_SCATTER_NODES = 5 };
 enum { PROGRAM_OP_WIDTH = 13 };
+
+/* A thread waiting for another (ssi_sweep_drive, program_impl.h): spin briefly (the other is
+ * microseconds away on a free core), then yield, then sleep, so that a busy machine's cores
+ * go to the threads with work. */
+static inline void relax(int64_t *spins)
+{
+    ++*spins;
+#if defined(_WIN32)
+    if (*spins > 4096)
+        Sleep(0);
+#else
+    if (*spins < 4096) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    } else if (*spins < 4096 + 256) {
+        sched_yield();
+    } else {
+        const struct timespec pause = {0, 20000};
+        nanosleep(&pause, NULL);
+    }
+#endif
+}
 
 /* SciPy's BLAS/LAPACK routines for one dtype (dense_impl.h), as ssi_sparse/_lapack.py finds them */
 struct blas_table {

@@ -41,3 +41,64 @@ EXPORT int64_t FN(ssi_sweep_program)(const int64_t *ops, int64_t n_ops, const vo
 #undef ADDR
     return 0;
 }
+
+/* A program's stages on several threads, without a hand-off through Python per stage.
+ * stages: n_stages rows of width int64, each [n_tables, table_0, n_ops_0, table_1, n_ops_1, ...]
+ * (a stage's tables are independent; a stage reads what the one before wrote).  sync: 2 +
+ * 2 n_stages int64, zero but sync[0] = -1: the current stage, the first failure's status,
+ * then per stage the tables claimed and the tables done.  The caller runs the driver, which
+ * opens each stage, runs the tables it claims and waits until every claimed table is done;
+ * helpers (other threads, any number, any time) run the tables they claim in the stage
+ * that is open.  The driver never waits for a helper to arrive, only for tables a helper
+ * claimed, so a helper that starts late (a busy pool) costs nothing: it finds the program
+ * over and returns.  Returns the driver's status (as ssi_sweep_program). */
+
+static void FN(run_claimed)(const int64_t *row, int64_t *claim, int64_t *done, int64_t *status, const void *b,
+                            void *x, const struct blas_table *t)
+{
+    const int64_t n_tables = row[0];
+    int64_t i;
+    while ((i = __atomic_fetch_add(claim, 1, __ATOMIC_ACQ_REL)) < n_tables) {
+        const int64_t failed = FN(ssi_sweep_program)((const int64_t *)(intptr_t)row[1 + 2 * i], row[2 + 2 * i], b, x, t);
+        if (failed) {
+            int64_t none = 0;
+            __atomic_compare_exchange_n(status, &none, failed, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+        }
+        __atomic_fetch_add(done, 1, __ATOMIC_RELEASE);
+    }
+}
+
+EXPORT int64_t FN(ssi_sweep_drive)(const int64_t *stages, int64_t n_stages, int64_t width, const void *b, void *x,
+                                   const struct blas_table *t, int64_t *sync)
+{
+    for (int64_t st = 0; st < n_stages; st++) {
+        const int64_t *row = stages + st * width;
+        int64_t *claim = sync + 2 + 2 * st, *done = claim + 1;
+        __atomic_store_n(&sync[0], st, __ATOMIC_RELEASE);
+        FN(run_claimed)(row, claim, done, &sync[1], b, x, t);
+        int64_t spins = 0;
+        while (__atomic_load_n(done, __ATOMIC_ACQUIRE) < row[0])
+            relax(&spins);
+    }
+    __atomic_store_n(&sync[0], n_stages, __ATOMIC_RELEASE); /* over: helpers return */
+    return __atomic_load_n(&sync[1], __ATOMIC_ACQUIRE);
+}
+
+EXPORT void FN(ssi_sweep_help)(const int64_t *stages, int64_t n_stages, int64_t width, const void *b, void *x,
+                               const struct blas_table *t, int64_t *sync)
+{
+    int64_t seen = -1, spins = 0;
+    for (;;) {
+        const int64_t st = __atomic_load_n(&sync[0], __ATOMIC_ACQUIRE);
+        if (st >= n_stages)
+            return;
+        if (st < 0 || st == seen) {
+            relax(&spins);
+            continue;
+        }
+        int64_t *claim = sync + 2 + 2 * st;
+        FN(run_claimed)(stages + st * width, claim, claim + 1, &sync[1], b, x, t);
+        seen = st;
+        spins = 0;
+    }
+}
