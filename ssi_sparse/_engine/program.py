@@ -7,15 +7,17 @@ on grids up to ~512^2: at 257^2 half of a solve's time was the interpreter's, an
 solve took 3x SuperLU's.  A :class:`SweepProgram` records those calls once per factor and
 right-hand-side shape, as a table of int64 steps per level (``ssi_sweep_program`` in
 ``_csrc/program_impl.h`` runs a table in one call), and owns the frontal right-hand sides
-they work in.  Each solve then costs about one native call per level and thread.
+they work in.
 
 A level whose classes move enough data for threads to pay
 (:data:`~ssi_sparse._tuning.SWEEP_PARALLEL_MIN_ENTRIES`) gets one table per engine thread: its
 large classes cut into box ranges, its small ones dealt whole to the least loaded thread;
-consecutive levels that run on one thread are joined into one table.  The tables hold raw
-addresses into the factor's blocks and the program's fronts: a program belongs to one factor,
-which keeps it (:attr:`~ssi_sparse._engine.walks.NumericFactor.programs`) and never hands it
-on.
+consecutive levels that run on one thread are joined into one table.  A solve is then one
+native call: the caller drives the stages (``ssi_sweep_drive``) and helpers on the engine's
+pool take tables of the open stage (``ssi_sweep_help``); the caller never waits for a helper
+to arrive, only for the tables one took.  The tables hold raw addresses into the factor's
+blocks and the program's fronts: a program belongs to one factor, which keeps it
+(:attr:`~ssi_sparse._engine.walks.NumericFactor.programs`) and never hands it on.
 """
 
 from __future__ import annotations
