@@ -80,7 +80,8 @@ SWEEP_PARALLEL_MIN_ENTRIES = 1 << 18
 SOLVE_WORKSPACE_MAX_FRACTION = 0.25
 
 #: Recorded solves (solve programs) a factor keeps, one per shape of right-hand side
-#: (``trans``, columns, dtype): the most recent ones.
+#: (``trans``, columns, dtype): the most recent ones, their fronts together within
+#: ``SOLVE_WORKSPACE_MAX_FRACTION`` of the factor.
 KEPT_PROGRAMS = 4
 
 #: Without the native extension the dense kernel loops over boxes in Python: a few ctypes

@@ -49,7 +49,7 @@ def test_program_answers_as_the_step_by_step_walk(kind, dtype, masked, k, monkey
     assert rel_residual(A, recorded["N"], b) < tol
 
 
-def test_program_is_recorded_once_and_kept_per_shape():
+def test_program_is_recorded_once_and_kept_per_shape(monkeypatch):
     rng = np.random.default_rng(12)
     A, _ = _matrix("nonsym", np.float64, False, rng)
     F = ssi_sparse.factorize(A)
@@ -58,12 +58,22 @@ def test_program_is_recorded_once_and_kept_per_shape():
     (first,) = [p for kept in F._numeric.programs.values() for p in kept]
     F.solve(2 * b)
     assert [p for kept in F._numeric.programs.values() for p in kept] == [first]  # the same one, again
-    F.solve(b, "T")
-    F.solve(np.stack([b, b], axis=1))
-    assert len(F._numeric.programs) == 3  # one per (trans, columns, dtype)
     wide = np.ones((A.shape[0], 64))  # fronts far larger than a quarter of the factor: not kept
     np.testing.assert_allclose(F.solve(wide)[:, 0], F.solve(wide[:, 0]), rtol=1e-12, atol=1e-12)
     assert all(key[1] != 64 for key in F._numeric.programs)
+    # the kept programs' fronts together stay within the budget: the oldest shapes go first
+    budget = _tuning.SOLVE_WORKSPACE_MAX_FRACTION * F._numeric.nbytes()
+    for k in (1, 2, 3):
+        F.solve(np.ones((A.shape[0], k)), "T")
+        held = sum(p.nbytes for kept in F._numeric.programs.values() for p in kept)
+        assert held <= budget and ("T", k) == next(reversed(F._numeric.programs))[:2]
+    assert len(F._numeric.programs) < 4  # the three would not fit together (nor with N's)
+    F._numeric.programs.clear()
+    monkeypatch.setattr(_tuning, "SOLVE_WORKSPACE_MAX_FRACTION", 100.0)
+    monkeypatch.setattr(_tuning, "KEPT_PROGRAMS", 3)
+    for k in (1, 2, 3, 4):
+        F.solve(np.ones((A.shape[0], k)))
+    assert [key[1] for key in F._numeric.programs] == [2, 3, 4]  # at most KEPT_PROGRAMS shapes
 
 
 def test_refactorize_records_anew_in_the_old_workspace():

@@ -23,6 +23,7 @@ blocks and the program's fronts: a program belongs to one factor, which keeps it
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 import weakref
 
@@ -64,20 +65,22 @@ def program_for(factor, trans: str, k: int, dtype):
 
 
 def keep_program(factor, program) -> None:
-    """Keep ``program`` with its factor for the next solve of its shape, while its fronts are
-    small next to the factor (:data:`~ssi_sparse._tuning.SOLVE_WORKSPACE_MAX_FRACTION`): one
-    per shape, the :data:`~ssi_sparse._tuning.KEPT_PROGRAMS` most recent shapes."""
-    if program.keepable is None:  # decided once: neither the factor nor the fronts change
-        program.keepable = program.nbytes <= _tuning.SOLVE_WORKSPACE_MAX_FRACTION * factor.nbytes()
-    if not program.keepable:
+    """Keep ``program`` with its factor for the next solve of its shape: one per shape, the
+    most recent shapes (at most :data:`~ssi_sparse._tuning.KEPT_PROGRAMS`) while their fronts
+    together stay small next to the factor
+    (:data:`~ssi_sparse._tuning.SOLVE_WORKSPACE_MAX_FRACTION` of its bytes)."""
+    if program.budget is None:  # decided once: neither the factor nor the fronts change
+        program.budget = _tuning.SOLVE_WORKSPACE_MAX_FRACTION * factor.nbytes()
+    if program.nbytes > program.budget:
         return
     with _KEPT_LOCK:
         kept = factor.programs.pop(program.key, [])
         if not kept:
             kept.append(program)
         factor.programs[program.key] = kept  # most recently used last
-        while len(factor.programs) > _tuning.KEPT_PROGRAMS:
-            factor.programs.pop(next(iter(factor.programs)))
+        held = sum(p.nbytes for ps in factor.programs.values() for p in ps)
+        while len(factor.programs) > _tuning.KEPT_PROGRAMS or held > program.budget:
+            held -= sum(p.nbytes for p in factor.programs.pop(next(iter(factor.programs))))
 
 
 def _applies(factor, dtype) -> bool:
@@ -122,7 +125,7 @@ class SweepProgram:
                         for ci, cls in enumerate(level.classes)]
                        for kl, level in enumerate(plan.levels)]  # fmt: skip
         self._carried = {}  # id(link) -> its carried mask as uint8 (alive with the program)
-        self.keepable = None  # whether its factor keeps it (NumericFactor.keep_program)
+        self.budget = None  # bytes of fronts its factor keeps at most (keep_program)
         up = [self._level_steps(kl, self._up_steps) for kl in range(len(plan.levels))]
         down = [self._level_steps(kl, self._down_steps) for kl in range(len(plan.levels) - 1, -1, -1)]
         self.stages = _joined(up + down)
@@ -140,7 +143,7 @@ class SweepProgram:
         # at once); it runs only through its factor, whose arrays are then alive
         self.factor = weakref.ref(factor)
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
         return sum(f.nbytes for level in self.fronts for f in level)
 
