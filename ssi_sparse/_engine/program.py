@@ -157,13 +157,14 @@ class SweepProgram:
             return
         # the caller drives the stages in C, helpers on the pool take tables as they come
         # (no hand-off through Python per stage); a fresh sync block per solve, held by
-        # the helpers' calls, so that one starting late finds its own solve over
+        # the helpers' calls with the stage rows, so that one starting (or resuming) late
+        # reads live memory and finds its own solve over: every table is taken by then
         sync = np.zeros(2 + 2 * len(self.stages), dtype=np.int64)
         sync[0] = -1
         args = (_ptr(self._desc), len(self.stages), self._desc.shape[1], bp, xp, self._table)
         workers = pool(self.n_threads)
         for _ in range(self._helpers):
-            workers.submit(_help, self._help, args, sync)
+            workers.submit(_help, self._help, args, sync, self._desc)
         self._check(self._drive(*args, _ptr(sync)))
 
     @staticmethod
@@ -274,8 +275,8 @@ def _entry_points(dtype):
     return run, drive, help_
 
 
-def _help(fn, args, sync) -> None:
-    fn(*args, _ptr(sync))  # sync stays alive with this call
+def _help(fn, args, sync, stages) -> None:
+    fn(*args, _ptr(sync))  # sync and the stage rows it may still read stay alive with this call
 
 
 def _front(spare, kl, ci, shape, dtype):
