@@ -165,7 +165,11 @@ class SweepProgram:
         workers = pool(self.n_threads)
         for _ in range(self._helpers):
             workers.submit(_help, self._help, args, sync, self._desc)
-        self._check(self._drive(*args, _ptr(sync)))
+        try:
+            status = self._drive(*args, _ptr(sync))
+        finally:
+            sync[0] = len(self.stages)  # over, even if the call itself failed: helpers return
+        self._check(status)
 
     @staticmethod
     def _check(status) -> None:
