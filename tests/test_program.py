@@ -49,15 +49,26 @@ def test_program_answers_as_the_step_by_step_walk(kind, dtype, masked, k, monkey
     assert rel_residual(A, recorded["N"], b) < tol
 
 
-def test_program_is_recorded_once_and_kept_per_shape(monkeypatch):
-    rng = np.random.default_rng(12)
-    A, _ = _matrix("nonsym", np.float64, False, rng)
+def _kept(F):
+    """Every solve program ``F`` keeps."""
+    return [p for kept in F._numeric.programs.values() for p in kept]
+
+
+def _solved(kind, seed):
+    """``(A, F, b)``: a factor that has solved ``b`` once (and recorded that solve)."""
+    rng = np.random.default_rng(seed)
+    A, _ = _matrix(kind, np.float64, False, rng)
     F = ssi_sparse.factorize(A)
     b = rng.standard_normal(A.shape[0])
     F.solve(b)
-    (first,) = [p for kept in F._numeric.programs.values() for p in kept]
+    return A, F, b
+
+
+def test_program_is_recorded_once_and_kept_per_shape(monkeypatch):
+    A, F, b = _solved("nonsym", 12)
+    (first,) = _kept(F)
     F.solve(2 * b)
-    assert [p for kept in F._numeric.programs.values() for p in kept] == [first]  # the same one, again
+    assert _kept(F) == [first]  # the same one, again
     wide = np.ones((A.shape[0], 64))  # fronts far larger than a quarter of the factor: not kept
     np.testing.assert_allclose(F.solve(wide)[:, 0], F.solve(wide[:, 0]), rtol=1e-12, atol=1e-12)
     assert all(key[1] != 64 for key in F._numeric.programs)
@@ -65,7 +76,7 @@ def test_program_is_recorded_once_and_kept_per_shape(monkeypatch):
     budget = _tuning.SOLVE_WORKSPACE_MAX_FRACTION * F._numeric.nbytes()
     for k in (1, 2, 3):
         F.solve(np.ones((A.shape[0], k)), "T")
-        held = sum(p.nbytes for kept in F._numeric.programs.values() for p in kept)
+        held = sum(p.nbytes for p in _kept(F))
         assert held <= budget and ("T", k) == next(reversed(F._numeric.programs))[:2]
     assert len(F._numeric.programs) < 4  # the three would not fit together (nor with N's)
     F._numeric.programs.clear()
@@ -79,18 +90,14 @@ def test_program_is_recorded_once_and_kept_per_shape(monkeypatch):
 def test_refactorize_records_anew_in_the_old_workspace():
     """A program holds its factor's addresses: the new factor records its own, in the fronts
     the old one's program had (no fresh memory), and answers for the new values."""
-    rng = np.random.default_rng(13)
-    A, _ = _matrix("spd", np.float64, False, rng)
-    F = ssi_sparse.factorize(A)
-    b = rng.standard_normal(A.shape[0])
-    F.solve(b)
-    (old,) = [p for kept in F._numeric.programs.values() for p in kept]
+    A, F, b = _solved("spd", 13)
+    (old,) = _kept(F)
     A2 = A.copy()
     A2.setdiag(A2.diagonal() * 1.5)
     F.refactorize(A2)
     assert not F._numeric.programs  # nothing recorded for the new factor yet
     x = F.solve(b)
-    (new,) = [p for kept in F._numeric.programs.values() for p in kept]
+    (new,) = _kept(F)
     assert new is not old and new.factor() is F._numeric
     assert all(a is c for la, lc in zip(new.fronts, old.fronts) for a, c in zip(la, lc))
     assert rel_residual(A2, x, b) < 1e-10
@@ -100,10 +107,7 @@ def test_factor_with_programs_is_freed_without_the_cyclic_collector():
     import gc
     import weakref
 
-    rng = np.random.default_rng(15)
-    A, _ = _matrix("spd", np.float64, False, rng)
-    F = ssi_sparse.factorize(A)
-    F.solve(rng.standard_normal(A.shape[0]))
+    _, F, _ = _solved("spd", 15)
     assert F._numeric.programs
     gc.disable()
     try:
@@ -115,10 +119,7 @@ def test_factor_with_programs_is_freed_without_the_cyclic_collector():
 
 
 def test_pickled_factor_drops_programs():
-    rng = np.random.default_rng(14)
-    A, _ = _matrix("spd", np.float64, False, rng)
-    F = ssi_sparse.factorize(A)
-    b = rng.standard_normal(A.shape[0])
+    _, F, b = _solved("spd", 14)
     x = F.solve(b)
     G = pickle.loads(pickle.dumps(F))
     assert not G._numeric.programs

@@ -30,6 +30,7 @@ import weakref
 import numpy as np
 
 from . import native, pages
+from .native import _ptr
 from .dense import FactoredBlocks
 from .lapack import lapack_for
 from .threads import parallel_map, pool
@@ -106,10 +107,6 @@ def _applies(factor, dtype) -> bool:
                 if link.boundary_pos.dtype != np.int64 or not link.boundary_pos.flags.c_contiguous:
                     return False
     return True
-
-
-def _ptr(a) -> int:
-    return a.__array_interface__["data"][0]
 
 
 class SweepProgram:
